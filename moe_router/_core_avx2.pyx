@@ -1,0 +1,3 @@
+# The router core compiled with avx2 flags (see setup.py); imported only
+# when the CPU supports them (see moe_router/_dispatch.py).
+include "_router_kernels.pxi"

@@ -1,0 +1,3 @@
+# The router core compiled for the x86-64 baseline (SSE2) or, elsewhere,
+# the compiler's default target: always built, always importable.
+include "_router_kernels.pxi"

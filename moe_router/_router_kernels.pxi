@@ -1,0 +1,387 @@
+# The router kernels.  This file is the single source of the compiled core:
+# each `_core_<isa>.pyx` module includes it, and setup.py compiles those
+# modules with different instruction-set flags (see moe_router/_dispatch.py
+# for how one is picked at import).
+#
+# Contract with the Python layer (moe_router/_api.py): every array reaching
+# `route_rows` is already validated there (dtype, C-contiguity, sizes,
+# writeability, no overlap).  The kernels never raise inside `nogil` code;
+# they count bad rows and the Python layer turns that into an exception.
+
+from cython.parallel cimport prange
+from libc.math cimport INFINITY, expf
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport malloc, free
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from "_kernels.h" nogil:
+    float mr_expf(float x)
+    double mr_exp(double x)
+    float mr_max_f32(const float *z, Py_ssize_t n)
+    double mr_max_f64(const double *z, Py_ssize_t n)
+    float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
+    double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
+    int mr_any_gt_f32(const float *z, float t)
+    int mr_any_gt_f64(const double *z, double t)
+    int MR_LANES_F32
+    int MR_LANES_F64
+    int mr_openmp_enabled()
+    int mr_openmp_max_threads()
+    int mr_cpu_has_avx2()
+    int mr_cpu_has_avx512()
+
+ctypedef fused floating:
+    float
+    double
+
+ctypedef fused id_t:
+    int32_t
+    int64_t
+
+ctypedef fused weight_t:
+    float
+    double
+
+# Row status codes (returned by the row kernel, never raised in nogil code).
+cdef enum:
+    ROW_OK = 0
+    ROW_NAN = 1
+    ROW_ALL_NEG_INF = 2
+
+# Top-K up to this size is kept in a sorted list on the stack; larger K uses
+# a K-pass scan that needs no scratch memory at all.
+cdef enum:
+    MAX_STACK_K = 64
+
+MAX_LIST_TOP_K = MAX_STACK_K
+
+
+def build_info():
+    """Facts about this compiled module: OpenMP, max threads, CPU features."""
+    return {
+        "openmp": bool(mr_openmp_enabled()),
+        "openmp_max_threads": mr_openmp_max_threads(),
+        "cpu_avx2": bool(mr_cpu_has_avx2()),
+        "cpu_avx512": bool(mr_cpu_has_avx512()),
+    }
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return mr_expf(x)
+    else:
+        return mr_exp(x)
+
+
+cdef inline floating _row_max(const floating* z, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return mr_max_f32(z, n)
+    else:
+        return mr_max_f64(z, n)
+
+
+cdef inline floating _row_sum_exp(const floating* z, Py_ssize_t n, floating m) noexcept nogil:
+    if floating is float:
+        return mr_sum_exp_f32(z, n, m)
+    else:
+        return mr_sum_exp_f64(z, n, m)
+
+
+cdef inline bint _any_gt(const floating* z, floating t) noexcept nogil:
+    if floating is float:
+        return mr_any_gt_f32(z, t)
+    else:
+        return mr_any_gt_f64(z, t)
+
+
+cdef inline bint _row_has_nan(const floating* z, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if z[i] != z[i]:
+            return True
+    return False
+
+
+cdef inline void _insert_sorted(floating* vals, Py_ssize_t* idx, Py_ssize_t pos,
+                                floating v, Py_ssize_t i) noexcept nogil:
+    # Insert (v, i) into the descending list vals[0..pos), using slot `pos`.
+    # Entries already there have smaller indices, so the strict `>` keeps
+    # them ahead of an equal newcomer: the smaller index wins ties.
+    while pos > 0 and v > vals[pos - 1]:
+        vals[pos] = vals[pos - 1]
+        idx[pos] = idx[pos - 1]
+        pos -= 1
+    vals[pos] = v
+    idx[pos] = i
+
+
+cdef inline void _topk_list(const floating* z, Py_ssize_t n, Py_ssize_t k,
+                            id_t* ids_out) noexcept nogil:
+    # Top-k (k <= MAX_STACK_K) of a NaN-free row in one pass: a sorted list
+    # of the best k so far, and a vector compare of each block of lanes
+    # against the current k-th value so that most blocks are skipped.
+    cdef floating vals[MAX_STACK_K]
+    cdef Py_ssize_t idx[MAX_STACK_K]
+    cdef Py_ssize_t i, j, lanes
+    cdef floating thr
+    if floating is float:
+        lanes = MR_LANES_F32
+    else:
+        lanes = MR_LANES_F64
+    for i in range(k):
+        _insert_sorted(vals, idx, i, z[i], i)
+    thr = vals[k - 1]
+    i = k
+    while i + lanes <= n:
+        if _any_gt(z + i, thr):
+            for j in range(i, i + lanes):
+                if z[j] > thr:
+                    _insert_sorted(vals, idx, k - 1, z[j], j)
+                    thr = vals[k - 1]
+        i += lanes
+    for j in range(i, n):
+        if z[j] > thr:
+            _insert_sorted(vals, idx, k - 1, z[j], j)
+            thr = vals[k - 1]
+    for i in range(k):
+        ids_out[i] = <id_t>idx[i]
+
+
+cdef inline void _topk_scan(const floating* z, Py_ssize_t n, Py_ssize_t k,
+                            id_t* ids_out) noexcept nogil:
+    # Top-k for any k without scratch memory: pass j picks the best entry
+    # that comes after pick j-1 in the order (value descending, index
+    # ascending).  O(n*k); used only for k > MAX_STACK_K.
+    cdef Py_ssize_t j, i, best_i, prev_i = -1
+    cdef floating v, best_v, prev_v = INFINITY
+    for j in range(k):
+        best_i = -1
+        best_v = -INFINITY
+        for i in range(n):
+            v = z[i]
+            if j > 0 and not (v < prev_v or (v == prev_v and i > prev_i)):
+                continue
+            if best_i < 0 or v > best_v:
+                best_v = v
+                best_i = i
+        ids_out[j] = <id_t>best_i
+        prev_v = best_v
+        prev_i = best_i
+
+
+cdef inline void _topk(const floating* z, Py_ssize_t n, Py_ssize_t k,
+                       id_t* ids_out) noexcept nogil:
+    # Selecting on the logits, not on the rounded probabilities: exp is
+    # monotonic, so the order is the same, except that logits whose float32
+    # probabilities round (or underflow) to the same value keep their true
+    # order and -inf stays below every finite logit.
+    if k <= MAX_STACK_K:
+        _topk_list(z, n, k, ids_out)
+    else:
+        _topk_scan(z, n, k, ids_out)
+
+
+cdef inline floating _picked_exp(const floating* z, Py_ssize_t i, floating m,
+                                 bint posinf) noexcept nogil:
+    # exp(z[i] - m) of a picked expert; with +inf logits present, 1 for
+    # each +inf entry and 0 for the rest.
+    if posinf:
+        return 1 if z[i] == INFINITY else 0
+    return _exp(z[i] - m)
+
+
+cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, bint norm,
+                    id_t* ids_out, weight_t* w_out) noexcept nogil:
+    """Softmax, top-k and optional renormalisation of one row of logits."""
+    cdef floating m = _row_max(z, n)
+    cdef floating s, sel_sum
+    cdef Py_ssize_t j
+    cdef bint posinf = m == INFINITY
+
+    if m == -INFINITY:
+        # Every entry is -inf or NaN: nothing can be picked.
+        return ROW_NAN if _row_has_nan(z, n) else ROW_ALL_NEG_INF
+    if posinf:
+        # +inf logits share the whole probability mass equally; the rest
+        # get 0.  Rare, so a plain scalar path.
+        if _row_has_nan(z, n):
+            return ROW_NAN
+        s = 0
+        for j in range(n):
+            if z[j] == INFINITY:
+                s += 1
+    else:
+        s = _row_sum_exp(z, n, m)
+        if s != s:  # a NaN logit makes the sum NaN
+            return ROW_NAN
+
+    _topk(z, n, k, ids_out)
+
+    # The top-1 entry has e == 1, so both divisors are >= 1.
+    if norm:
+        sel_sum = 0
+        for j in range(k):
+            sel_sum += _picked_exp(z, ids_out[j], m, posinf)
+    else:
+        sel_sum = s
+    for j in range(k):
+        w_out[j] = <weight_t>(_picked_exp(z, ids_out[j], m, posinf) / sel_sum)
+    return ROW_OK
+
+
+cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
+                            Py_ssize_t n, Py_ssize_t k, bint norm,
+                            id_t* ids_out, weight_t* w_out,
+                            int num_threads) noexcept nogil:
+    """Route every row; returns the number of rows that could not be routed."""
+    cdef Py_ssize_t r, n_bad = 0
+    if num_threads > 1:
+        for r in prange(n_rows, num_threads=num_threads, schedule='static'):
+            n_bad += _route_row(logits + r * n, n, k, norm,
+                                ids_out + r * k, w_out + r * k) != ROW_OK
+    else:
+        for r in range(n_rows):
+            n_bad += _route_row(logits + r * n, n, k, norm,
+                                ids_out + r * k, w_out + r * k) != ROW_OK
+    return n_bad
+
+
+def route_rows(cnp.ndarray logits, Py_ssize_t top_k, bint norm_topk_prob,
+               cnp.ndarray expert_ids, cnp.ndarray expert_weights,
+               int num_threads=1):
+    """Route a validated C-contiguous [rows, num_experts] float32/float64 array.
+
+    `expert_ids` (int32, uint32 or int64) and `expert_weights` (float32 or
+    float64) are C-contiguous, writeable and hold at least rows * top_k
+    elements.  Returns the number of rows with NaN or only -inf logits
+    (0 when all rows were routed).
+    """
+    cdef Py_ssize_t n_rows, n
+    cdef int lt, wt
+    cdef bint ids64
+    cdef void* lp
+    cdef void* ip
+    cdef void* wp
+    cdef Py_ssize_t n_bad = 0
+    # Cheap last line of defence; the Python layer gives better messages.
+    if cnp.PyArray_NDIM(logits) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(logits):
+        raise ValueError("route_rows: logits must be a C-contiguous 2-D array")
+    n_rows = cnp.PyArray_DIM(logits, 0)
+    n = cnp.PyArray_DIM(logits, 1)
+    if top_k < 1 or top_k > n:
+        raise ValueError(f"route_rows: top_k={top_k} not in [1, {n}]")
+    if (cnp.PyArray_SIZE(expert_ids) < n_rows * top_k
+            or cnp.PyArray_SIZE(expert_weights) < n_rows * top_k
+            or not cnp.PyArray_IS_C_CONTIGUOUS(expert_ids)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(expert_weights)
+            or not cnp.PyArray_ISWRITEABLE(expert_ids)
+            or not cnp.PyArray_ISWRITEABLE(expert_weights)):
+        raise ValueError("route_rows: output buffers too small or not writeable C-contiguous")
+    lt = cnp.PyArray_TYPE(logits)
+    wt = cnp.PyArray_TYPE(expert_weights)
+    if lt != cnp.NPY_FLOAT32 and lt != cnp.NPY_FLOAT64:
+        raise TypeError("route_rows: logits must be float32 or float64")
+    if wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64:
+        raise TypeError("route_rows: expert_weights must be float32 or float64")
+    if cnp.PyArray_TYPE(expert_ids) in (cnp.NPY_INT32, cnp.NPY_UINT32):
+        ids64 = False
+    elif cnp.PyArray_TYPE(expert_ids) == cnp.NPY_INT64:
+        ids64 = True
+    else:
+        raise TypeError("route_rows: expert_ids must be int32, uint32 or int64")
+    lp = cnp.PyArray_DATA(logits)
+    ip = cnp.PyArray_DATA(expert_ids)
+    wp = cnp.PyArray_DATA(expert_weights)
+    # uint32 ids are written through the int32 path: ids < 2**31 have the
+    # same bits in both.
+    with nogil:
+        if lt == cnp.NPY_FLOAT32:
+            if not ids64:
+                if wt == cnp.NPY_FLOAT32:
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, norm_topk_prob, <int32_t*>ip, <float*>wp, num_threads)
+                else:
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, norm_topk_prob, <int32_t*>ip, <double*>wp, num_threads)
+            else:
+                if wt == cnp.NPY_FLOAT32:
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, norm_topk_prob, <int64_t*>ip, <float*>wp, num_threads)
+                else:
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, norm_topk_prob, <int64_t*>ip, <double*>wp, num_threads)
+        else:
+            if not ids64:
+                if wt == cnp.NPY_FLOAT32:
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, norm_topk_prob, <int32_t*>ip, <float*>wp, num_threads)
+                else:
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, norm_topk_prob, <int32_t*>ip, <double*>wp, num_threads)
+            else:
+                if wt == cnp.NPY_FLOAT32:
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, norm_topk_prob, <int64_t*>ip, <float*>wp, num_threads)
+                else:
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, norm_topk_prob, <int64_t*>ip, <double*>wp, num_threads)
+    return n_bad
+
+
+cdef void _route_rows_seed(const float* logits, Py_ssize_t n_rows, Py_ssize_t n,
+                           Py_ssize_t k, bint norm, int32_t* ids_out,
+                           float* w_out, float* probs) noexcept nogil:
+    # A faithful scalar port of the seed's `route_into` (libm expf, softmax
+    # into a scratch row, K passes of argmax over the probabilities), kept
+    # as the baseline the benchmarks measure the fast kernel against.
+    cdef Py_ssize_t b, i, j, best_i
+    cdef float mx, s, inv_sum, best, sel_sum, scale
+    cdef const float* row
+    for b in range(n_rows):
+        row = logits + b * n
+        mx = -INFINITY
+        for i in range(n):
+            if row[i] > mx:
+                mx = row[i]
+        s = 0
+        for i in range(n):
+            probs[i] = expf(row[i] - mx)
+            s += probs[i]
+        inv_sum = 1.0 / s
+        for i in range(n):
+            probs[i] *= inv_sum
+        sel_sum = 0
+        for j in range(k):
+            best = -INFINITY
+            best_i = 0
+            for i in range(n):
+                if probs[i] > best:
+                    best = probs[i]
+                    best_i = i
+            ids_out[b * k + j] = <int32_t>best_i
+            w_out[b * k + j] = best
+            sel_sum += best
+            probs[best_i] = -INFINITY
+        if norm:
+            if sel_sum > 0:
+                scale = 1.0 / sel_sum
+                for j in range(k):
+                    w_out[b * k + j] *= scale
+            else:
+                for j in range(k):
+                    w_out[b * k + j] = 1.0 / k
+
+
+def route_rows_seed(const float[:, ::1] logits, Py_ssize_t top_k,
+                    bint norm_topk_prob, int32_t[::1] expert_ids,
+                    float[::1] expert_weights):
+    """The seed's algorithm, for benchmarks only (finite float32 logits)."""
+    cdef Py_ssize_t n_rows = logits.shape[0], n = logits.shape[1]
+    cdef float* probs
+    if not 1 <= top_k <= n:
+        raise ValueError(f"top_k={top_k} not in [1, {n}]")
+    if expert_ids.shape[0] < n_rows * top_k or expert_weights.shape[0] < n_rows * top_k:
+        raise ValueError("output buffers hold fewer than rows * top_k elements")
+    if n_rows == 0:
+        return
+    probs = <float*>malloc(n * sizeof(float))
+    if probs == NULL:
+        raise MemoryError()
+    with nogil:
+        _route_rows_seed(&logits[0, 0], n_rows, n, top_k, norm_topk_prob,
+                         &expert_ids[0], &expert_weights[0], probs)
+    free(probs)

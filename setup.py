@@ -1,0 +1,129 @@
+"""Build of the compiled router core.
+
+The kernels live in one Cython source, moe_router/_router_kernels.pxi, which
+each `moe_router/_core_<isa>.pyx` includes.  Every module is built with its
+own instruction-set flags; moe_router/_dispatch.py imports the best one the
+running CPU supports, so a wheel built here runs on any x86-64.
+
+Environment switches:
+  MOE_ROUTER_DEBUG=1     bounds/wraparound/initialisation checks on, -O0 -g
+  MOE_ROUTER_SANITIZE=1  also -fsanitize=address,undefined (implies DEBUG)
+  MOE_ROUTER_OPENMP=0    build without OpenMP even if the compiler has it
+  MOE_ROUTER_ISA=baseline  build the baseline module only
+"""
+
+import os
+import platform
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _env_flag(name, default="0"):
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+SANITIZE = _env_flag("MOE_ROUTER_SANITIZE")
+DEBUG = _env_flag("MOE_ROUTER_DEBUG") or SANITIZE
+WANT_OPENMP = _env_flag("MOE_ROUTER_OPENMP", "1")
+ONLY_BASELINE = os.environ.get("MOE_ROUTER_ISA", "").strip().lower() == "baseline"
+
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+
+# Instruction-set variants: module suffix -> extra compiler flags (gcc/clang).
+# AVX-512 code uses the 512-bit registers: -mprefer-vector-width=512, since
+# generic tuning would otherwise stay on 256-bit vectors.
+ISA_VARIANTS = {"baseline": []}
+if X86_64 and not ONLY_BASELINE:
+    ISA_VARIANTS["avx2"] = ["-mavx2", "-mfma"]
+    ISA_VARIANTS["avx512"] = [
+        "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
+        "-mavx2", "-mfma", "-mprefer-vector-width=512",
+    ]
+
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": not DEBUG,
+    "embedsignature": True,
+}
+
+
+def _can_compile(compiler, flags, source="int main(void) { return 0; }\n"):
+    """True if `compiler` accepts `flags` for a small C program."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "probe.c")
+        with open(path, "w") as f:
+            f.write(source)
+        try:
+            objs = compiler.compile([path], output_dir=tmp, extra_postargs=flags)
+            compiler.link_executable(objs, os.path.join(tmp, "probe"),
+                                     extra_postargs=flags)
+        except Exception:
+            return False
+    return True
+
+
+OPENMP_PROBE = textwrap.dedent("""
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return omp_get_max_threads() > 0 && n > 0 ? 0 : 1;
+    }
+""")
+
+
+class BuildExt(build_ext):
+    """Adds per-variant ISA flags and OpenMP where the compiler supports them."""
+
+    def build_extensions(self):
+        unix_like = self.compiler.compiler_type == "unix"
+        openmp = []
+        if WANT_OPENMP and unix_like and _can_compile(self.compiler, ["-fopenmp"], OPENMP_PROBE):
+            openmp = ["-fopenmp"]
+        elif WANT_OPENMP:
+            print("WARNING: moe_router: the C compiler has no usable OpenMP; "
+                  "building the serial kernels (num_threads is then ignored).",
+                  file=sys.stderr)
+        opt = ["-O0", "-g"] if DEBUG else ["-O3"]
+        if SANITIZE:
+            opt += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+                    "-fno-sanitize-recover=undefined"]
+        kept = []
+        for ext in self.extensions:
+            isa = ext.name.rsplit("_", 1)[-1]
+            isa_flags = ISA_VARIANTS.get(isa, [])
+            if isa != "baseline" and not (unix_like and _can_compile(self.compiler, isa_flags)):
+                print(f"WARNING: moe_router: compiler lacks {isa_flags}; skipping {ext.name}",
+                      file=sys.stderr)
+                continue
+            ext.extra_compile_args = (opt + isa_flags + openmp) if unix_like else []
+            ext.extra_link_args = (openmp + (opt if SANITIZE else [])) if unix_like else []
+            kept.append(ext)
+        self.extensions = kept
+        super().build_extensions()
+
+
+def _extensions():
+    exts = []
+    for isa in ISA_VARIANTS:
+        exts.append(Extension(
+            f"moe_router._core_{isa}",
+            [f"moe_router/_core_{isa}.pyx"],
+            include_dirs=[np.get_include(), "moe_router"],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        ))
+    return cythonize(exts, compiler_directives=COMPILER_DIRECTIVES,
+                     include_path=["moe_router"], quiet=True)
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
