@@ -385,3 +385,13 @@ def route_rows_seed(const float[:, ::1] logits, Py_ssize_t top_k,
         _route_rows_seed(&logits[0, 0], n_rows, n, top_k, norm_topk_prob,
                          &expert_ids[0], &expert_weights[0], probs)
     free(probs)
+
+
+def exp_into(const floating[::1] x, floating[::1] out):
+    """out[i] = the kernels' exp(x[i]) (float32 or float64), for tests and error measurement."""
+    cdef Py_ssize_t i
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"out has {out.shape[0]} elements, x has {x.shape[0]}")
+    with nogil:
+        for i in range(x.shape[0]):
+            out[i] = _exp(x[i])

@@ -1,0 +1,313 @@
+"""Behaviour of route / route_into / Router / RouterOutput against independent oracles."""
+
+import math
+
+import numpy as np
+import pytest
+
+import moe_router as mr
+from moe_router import _core_baseline
+from moe_router import reference as ref
+
+WEIGHT_ATOL = 2e-6  # the precision contract (README)
+
+
+def assert_matches_reference(logits, out, top_k, norm=True):
+    ref_ids, ref_w = ref.softmax_topk(logits, top_k, norm)
+    np.testing.assert_array_equal(out.expert_ids, ref_ids)
+    np.testing.assert_allclose(out.expert_weights, ref_w, rtol=0, atol=WEIGHT_ATOL)
+
+
+# --- hand-computed cases -------------------------------------------------
+
+def test_hand_computed_renormalised(any_path):
+    # exp of the logits is [1, 2, 4, 8]: top-2 are experts 3 and 2, 8/12 and 4/12.
+    out = mr.route(np.log(np.array([1, 2, 4, 8], np.float32)), 2)
+    assert out.expert_ids.tolist() == [3, 2]
+    np.testing.assert_allclose(out.expert_weights, [2 / 3, 1 / 3], rtol=1e-6)
+
+
+def test_hand_computed_raw_probabilities(any_path):
+    out = mr.route(np.log(np.array([[1, 2, 4, 8]], np.float32)), 3, norm_topk_prob=False)
+    assert out.expert_ids.tolist() == [[3, 2, 1]]
+    np.testing.assert_allclose(out.expert_weights, [[8 / 15, 4 / 15, 2 / 15]], rtol=1e-6)
+
+
+def test_uniform_row_picks_lowest_indices(any_path):
+    out = mr.route(np.zeros((2, 8), np.float32), 3, norm_topk_prob=False)
+    assert out.expert_ids.tolist() == [[0, 1, 2], [0, 1, 2]]
+    np.testing.assert_allclose(out.expert_weights, np.full((2, 3), 1 / 8), rtol=1e-6)
+
+
+def test_ties_resolve_to_smaller_index(any_path):
+    row = np.array([1.0, 5.0, 5.0, 1.0, 5.0, 2.0], np.float32)
+    out = mr.route(row, 4)
+    assert out.expert_ids.tolist() == [1, 2, 4, 5]
+
+
+@pytest.mark.parametrize("num_experts", [17, 40, 130])
+def test_ties_across_simd_blocks(any_path, num_experts):
+    # Equal maxima far apart (different vector blocks and the scalar tail).
+    z = np.zeros(num_experts, np.float32)
+    hot = sorted({num_experts - 1, 3, num_experts // 2, 1})
+    z[hot] = 7.0
+    out = mr.route(z, len(hot))
+    assert out.expert_ids.tolist() == hot
+
+
+def test_top_k_equals_num_experts_is_a_sort(any_path, rng):
+    z = rng.standard_normal(10).astype(np.float32)
+    out = mr.route(z, 10, norm_topk_prob=False)
+    assert out.expert_ids.tolist() == np.argsort(-z, kind="stable").tolist()
+    assert math.isclose(float(out.expert_weights.sum()), 1.0, rel_tol=1e-6)
+
+
+def test_top_k_above_the_stack_list(kernel_path, rng):
+    # top_k > MAX_LIST_TOP_K takes the scratch-free K-pass scan.
+    k = _core_baseline.MAX_LIST_TOP_K + 6
+    z = rng.standard_normal((5, 200)).astype(np.float32)
+    z[2, 10:20] = 1.5  # ties inside the scan
+    out = mr.route(z, k, norm_topk_prob=False)
+    assert_matches_reference(z, out, k, norm=False)
+
+
+def test_single_expert(any_path):
+    out = mr.route(np.array([[3.0], [-2.0]], np.float32), 1)
+    assert out.expert_ids.tolist() == [[0], [0]]
+    assert out.expert_weights.tolist() == [[1.0], [1.0]]
+
+
+# --- infinities ----------------------------------------------------------
+
+def test_neg_inf_never_picked_while_finite_left(any_path):
+    z = np.array([-np.inf, -200.0, -np.inf, 0.0, -np.inf], np.float32)
+    out = mr.route(z, 3, norm_topk_prob=False)
+    # -200 underflows to probability 0 but is still preferred over -inf.
+    assert out.expert_ids.tolist() == [3, 1, 0]
+    assert out.expert_weights.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_pos_inf_shares_mass(any_path):
+    z = np.array([0.0, np.inf, 5.0, np.inf, np.inf], np.float32)
+    out = mr.route(z, 2, norm_topk_prob=False)
+    assert out.expert_ids.tolist() == [1, 3]
+    np.testing.assert_allclose(out.expert_weights, [1 / 3, 1 / 3], rtol=1e-6)
+    out = mr.route(z, 4, norm_topk_prob=True)
+    assert out.expert_ids.tolist() == [1, 3, 4, 2]
+    np.testing.assert_allclose(out.expert_weights, [1 / 3, 1 / 3, 1 / 3, 0], atol=1e-7)
+
+
+# --- the seed's four tests, ported ----------------------------------------
+
+def _seed_route(logits, top_k, norm):
+    """The seed's algorithm (compiled scalar port), an independent implementation."""
+    ids = np.empty(logits.shape[0] * top_k, np.int32)
+    w = np.empty(logits.shape[0] * top_k, np.float32)
+    _core_baseline.route_rows_seed(logits, top_k, norm, ids, w)
+    return ids, w
+
+
+@pytest.mark.parametrize("batch, num_experts, top_k, norm, seed", [
+    (32, 128, 8, True, 0xDEADBEEF),  # parity_qwen3_moe_shape
+    (1, 128, 8, True, 0x1234),
+    (64, 128, 8, True, 0x5678),
+    (8, 64, 4, False, 0xC0FFEE),      # parity_no_renorm
+    (4, 16, 1, True, 0x42),           # parity_topk_one
+    (4, 16, 1, False, 0x42),
+])
+def test_seed_parity(kernel_path, batch, num_experts, top_k, norm, seed):
+    logits = np.random.default_rng(seed).uniform(-3, 3, (batch, num_experts)).astype(np.float32)
+    a = mr.route(logits, top_k, norm)
+    b = mr.route_into(logits, top_k, mr.RouterOutput.empty(), norm)
+    seed_ids, seed_w = _seed_route(logits, top_k, norm)
+    for out in (a, b):
+        np.testing.assert_array_equal(out.expert_ids.reshape(-1), seed_ids)
+        np.testing.assert_allclose(out.expert_weights.reshape(-1), seed_w, rtol=0, atol=1e-6)
+        assert_matches_reference(logits, out, top_k, norm)
+
+
+def test_allocation_free_after_warmup(any_path):
+    out = mr.RouterOutput.empty()
+    logits = np.full((32, 128), 0.5, np.float32)
+    mr.route_into(logits, 8, out)
+    ptrs = (out.expert_ids.ctypes.data, out.expert_weights.ctypes.data, out.capacity)
+    for _ in range(16):
+        mr.route_into(logits, 8, out)
+        assert (out.expert_ids.ctypes.data, out.expert_weights.ctypes.data, out.capacity) == ptrs
+    assert out.expert_ids.tolist() == [list(range(8))] * 32
+
+
+# --- continuous batching, shapes, dtypes -----------------------------------
+
+def test_continuous_batching_reuses_memory(any_path, rng):
+    router = mr.Router(num_experts=64, top_k=4)
+    out_ext = mr.RouterOutput.empty()
+    mr.route_into(rng.standard_normal((48, 64)).astype(np.float32), 4, out_ext)
+    router(rng.standard_normal((48, 64)).astype(np.float32))
+    ptrs = None
+    for batch in [1, 7, 48, 3, 33, 0, 12, 48, 2]:
+        z = rng.standard_normal((batch, 64)).astype(np.float32)
+        a = router(z)
+        b = mr.route_into(z, 4, out_ext)
+        now = (a.expert_ids.ctypes.data, a.expert_weights.ctypes.data,
+               b.expert_ids.ctypes.data, b.expert_weights.ctypes.data)
+        assert ptrs is None or now == ptrs
+        ptrs = now
+        assert a.batch == b.batch == batch and a.top_k == 4
+        assert a.expert_ids.shape == (batch, 4)
+        assert_matches_reference(z, a, 4)
+        assert_matches_reference(z, b, 4)
+
+
+def test_leading_dimensions_kept(any_path, rng):
+    z = rng.standard_normal((2, 3, 5, 16)).astype(np.float32)
+    out = mr.route(z, 3)
+    assert out.expert_ids.shape == out.expert_weights.shape == (2, 3, 5, 3)
+    assert out.batch == 30 and out.top_k == 3
+    assert_matches_reference(z, out, 3)
+    one = mr.route(z[0, 0, 0], 3)
+    assert one.expert_ids.shape == (3,) and one.batch == 1
+
+
+def test_empty_batch(any_path):
+    out = mr.route(np.empty((0, 16), np.float32), 4)
+    assert out.expert_ids.shape == (0, 4) and out.expert_weights.shape == (0, 4)
+    assert out.batch == 0 and out.top_k == 4
+    out = mr.route(np.empty((3, 0, 16), np.float64), 2)
+    assert out.expert_ids.shape == (3, 0, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, ">f4", ">f8"])
+def test_logit_dtypes(any_path, rng, dtype):
+    z = rng.standard_normal((6, 40)).astype(dtype)
+    out = mr.route(z, 5)
+    assert_matches_reference(z.astype(np.float64), out, 5)
+
+
+@pytest.mark.parametrize("ids_dtype", [np.int32, np.uint32, np.int64])
+@pytest.mark.parametrize("weights_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("logits_dtype", [np.float32, np.float64])
+def test_output_dtypes_written_directly(any_path, rng, ids_dtype, weights_dtype, logits_dtype):
+    z = rng.standard_normal((9, 70)).astype(logits_dtype)
+    ids = np.full((9, 6), 99, ids_dtype)
+    w = np.full((9, 6), -1, weights_dtype)
+    out = mr.route_into(z, 6, mr.RouterOutput(expert_ids=ids, expert_weights=w))
+    assert out.expert_ids is ids or np.shares_memory(out.expert_ids, ids)
+    ref_ids, ref_w = ref.softmax_topk(z, 6)
+    np.testing.assert_array_equal(ids, ref_ids)
+    atol = 1e-12 if (weights_dtype == np.float64 and logits_dtype == np.float64) else WEIGHT_ATOL
+    np.testing.assert_allclose(w, ref_w, rtol=0, atol=atol)
+    r = mr.route(z, 6, ids_dtype=ids_dtype, weights_dtype=weights_dtype)
+    assert r.expert_ids.dtype == ids_dtype and r.expert_weights.dtype == weights_dtype
+    np.testing.assert_array_equal(r.expert_ids, ref_ids)
+
+
+def test_wrapped_buffers_larger_than_needed(any_path, rng):
+    ids = np.full(100, -7, np.int32)
+    w = np.full(100, -7.0, np.float32)
+    out = mr.RouterOutput(expert_ids=ids, expert_weights=w)
+    z = rng.standard_normal((3, 32)).astype(np.float32)
+    mr.route_into(z, 4, out)
+    assert out.expert_ids.shape == (3, 4) and np.shares_memory(out.expert_ids, ids)
+    assert_matches_reference(z, out, 4)
+    assert (ids[12:] == -7).all() and (w[12:] == -7).all()  # nothing written past batch*top_k
+
+
+def test_input_kinds(any_path, rng):
+    z = rng.standard_normal((4, 24))
+    expected = ref.softmax_topk(z, 3)
+    readonly = z.astype(np.float32)
+    readonly.flags.writeable = False
+    sources = [z.tolist(), readonly, np.asfortranarray(z), z[:, ::-1][:, ::-1],
+               np.repeat(z, 2, axis=1)[:, ::2]]
+    for src in sources:
+        out = mr.route(src, 3)
+        np.testing.assert_array_equal(out.expert_ids, expected[0])
+        np.testing.assert_allclose(out.expert_weights, expected[1], atol=WEIGHT_ATOL)
+
+
+def test_memmap_input(any_path, rng, tmp_path):
+    z = rng.standard_normal((5, 16)).astype(np.float32)
+    mm = np.memmap(tmp_path / "logits.bin", dtype=np.float32, mode="w+", shape=z.shape)
+    mm[:] = z
+    mm.flush()
+    ro = np.memmap(tmp_path / "logits.bin", dtype=np.float32, mode="r", shape=z.shape)
+    assert_matches_reference(z, mr.route(ro, 2), 2)
+
+
+# --- RouterOutput ---------------------------------------------------------
+
+def test_router_output_empty_and_reset():
+    out = mr.RouterOutput.empty()
+    assert out.capacity == 0 and out.batch == 0 and out.owns_memory
+    out.reset(4, 8)
+    assert out.expert_ids.shape == (4, 8) and out.batch == 4 and out.top_k == 8
+    cap = out.capacity
+    assert cap >= 32
+    ptr = out.expert_ids.ctypes.data
+    out.reset(2, 8)
+    assert out.capacity == cap and out.expert_ids.ctypes.data == ptr and out.batch == 2
+    out.reset((2, 3), 2)
+    assert out.expert_ids.shape == (2, 3, 2) and out.batch == 6
+    ids, weights = out
+    assert ids is out.expert_ids and weights is out.expert_weights
+    assert "batch=6" in repr(out)
+
+
+def test_router_output_batch_is_right_unlike_the_seed():
+    # The seed's batch() always returned 1.
+    out = mr.route(np.zeros((5, 8), np.float32), 2)
+    assert out.batch == 5 and out.top_k == 2
+
+
+def test_wrapped_output_never_reallocates():
+    ids = np.zeros((2, 4), np.int32)
+    w = np.zeros((2, 4), np.float32)
+    out = mr.RouterOutput(expert_ids=ids, expert_weights=w)
+    assert not out.owns_memory and out.batch == 2 and out.top_k == 4
+    with pytest.raises(ValueError, match="needs 12"):
+        mr.route_into(np.zeros((3, 8), np.float32), 4, out)
+    with pytest.raises(ValueError, match="never reallocates"):
+        out.reset(3, 4)
+
+
+# --- Router ---------------------------------------------------------------
+
+def test_router_matches_route(any_path, rng):
+    router = mr.Router(num_experts=128, top_k=8, norm_topk_prob=False)
+    z = rng.standard_normal((10, 128)).astype(np.float32)
+    first = router(z)
+    assert_matches_reference(z, first, 8, norm=False)
+    again = router(z[:3])
+    assert again is first  # the router's own buffers, reused
+    mine = mr.RouterOutput.empty()
+    assert router(z, out=mine) is mine
+    assert_matches_reference(z, mine, 8, norm=False)
+    assert "num_experts=128" in repr(router)
+
+
+# --- threads ----------------------------------------------------------------
+
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+def test_thread_count_does_not_change_results(kernel_path, rng, num_threads):
+    z = rng.standard_normal((mr.PARALLEL_MIN_ROWS * 2 + 5, 64)).astype(np.float32)
+    serial = mr.route(z, 4, num_threads=1)
+    out = mr.route(z, 4, num_threads=num_threads)
+    np.testing.assert_array_equal(out.expert_ids, serial.expert_ids)
+    np.testing.assert_array_equal(out.expert_weights, serial.expert_weights)
+    assert_matches_reference(z, out, 4)
+
+
+# --- interop -----------------------------------------------------------------
+
+def test_torch_tensor_input_and_peer_result(rng):
+    torch = pytest.importorskip("torch")
+    z = torch.from_numpy(rng.standard_normal((7, 64)).astype(np.float32))
+    out = mr.route(z, 4)
+    probs = torch.softmax(z, dim=-1, dtype=torch.float32)
+    w, ids = torch.topk(probs, 4, dim=-1)
+    w = w / w.sum(dim=-1, keepdim=True)
+    np.testing.assert_array_equal(out.expert_ids, ids.numpy())
+    np.testing.assert_allclose(out.expert_weights, w.numpy(), atol=WEIGHT_ATOL)
+    # int32 ids index torch tensors directly.
+    assert torch.from_numpy(out.expert_ids).dtype == torch.int32
