@@ -40,10 +40,10 @@ X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # generic tuning would otherwise stay on 256-bit vectors.
 ISA_VARIANTS = {"baseline": []}
 if X86_64 and not ONLY_BASELINE:
-    ISA_VARIANTS["avx2"] = ["-mavx2", "-mfma"]
+    ISA_VARIANTS["avx2"] = ["-mavx2", "-mfma", "-mpopcnt"]
     ISA_VARIANTS["avx512"] = [
         "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
-        "-mavx2", "-mfma", "-mprefer-vector-width=512",
+        "-mavx2", "-mfma", "-mpopcnt", "-mprefer-vector-width=512",
     ]
 
 COMPILER_DIRECTIVES = {

@@ -16,8 +16,6 @@
 #include <string.h>
 #include <math.h>
 
-#define MR_LANES_F32 16
-#define MR_LANES_F64 8
 
 static inline float mr_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t mr_bits_from_f32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -87,83 +85,251 @@ static inline double mr_exp(double x)
     return x < lo ? 0.0 : y;
 }
 
-/* max of z[0..n); NaN entries are skipped (callers detect NaN elsewhere). */
-static inline float mr_max_f32(const float *z, Py_ssize_t n)
-{
-    float acc[MR_LANES_F32];
-    Py_ssize_t i = 0;
-    for (int l = 0; l < MR_LANES_F32; l++) acc[l] = -INFINITY;
-    for (; i + MR_LANES_F32 <= n; i += MR_LANES_F32)
-        for (int l = 0; l < MR_LANES_F32; l++)
-            acc[l] = z[i + l] > acc[l] ? z[i + l] : acc[l];
-    float m = -INFINITY;
-    for (int l = 0; l < MR_LANES_F32; l++) m = acc[l] > m ? acc[l] : m;
-    for (; i < n; i++) m = z[i] > m ? z[i] : m;
-    return m;
-}
-
-static inline double mr_max_f64(const double *z, Py_ssize_t n)
-{
-    double acc[MR_LANES_F64];
-    Py_ssize_t i = 0;
-    for (int l = 0; l < MR_LANES_F64; l++) acc[l] = -INFINITY;
-    for (; i + MR_LANES_F64 <= n; i += MR_LANES_F64)
-        for (int l = 0; l < MR_LANES_F64; l++)
-            acc[l] = z[i + l] > acc[l] ? z[i + l] : acc[l];
-    double m = -INFINITY;
-    for (int l = 0; l < MR_LANES_F64; l++) m = acc[l] > m ? acc[l] : m;
-    for (; i < n; i++) m = z[i] > m ? z[i] : m;
-    return m;
-}
-
 /*
- * sum of exp(z[i] - m).  A NaN anywhere in z makes the sum NaN, which is
- * how the kernels detect NaN rows without a separate pass.  The lane
- * accumulators are summed in a fixed order, so the result does not depend
- * on the thread count.
+ * Vector layer.  gcc does not vectorise the max / exp-sum loops reliably
+ * (measured: the max loop stayed scalar at -O3 -mavx2), so they are written
+ * once against the small set of operations below, implemented with the
+ * intrinsics of the widest instruction set the module is compiled for
+ * (AVX-512F, AVX2+FMA, SSE2) or plain C elsewhere.  Every path processes
+ * MR_BLOCK values per step, so the per-lane summation order is the same
+ * whatever the vector width.
+ *
+ * NaN: vf_max(a, b) returns b when either is NaN (the x86 rule), so
+ * vf_max(z, acc) skips NaN in a running max, while vf_max(lo, x) keeps a
+ * NaN x; the exp below relies on that to propagate NaN into the sum.
  */
-static inline float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
+#define MR_BLOCK 16
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define MR_SIMD "avx512"
+#define MR_VF_W 16
+#define MR_VD_W 8
+typedef __m512 mr_vf;
+typedef __m512d mr_vd;
+static inline mr_vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline mr_vf vf_set(float x) { return _mm512_set1_ps(x); }
+static inline mr_vf vf_add(mr_vf a, mr_vf b) { return _mm512_add_ps(a, b); }
+static inline mr_vf vf_sub(mr_vf a, mr_vf b) { return _mm512_sub_ps(a, b); }
+static inline mr_vf vf_mul(mr_vf a, mr_vf b) { return _mm512_mul_ps(a, b); }
+static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm512_max_ps(a, b); }
+static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm512_min_ps(a, b); }
+static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y)
+{ return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ), y); }
+static inline int vf_gt_bits(mr_vf a, mr_vf b) { return (int)_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+static inline int vf_ge_bits(mr_vf a, mr_vf b) { return (int)_mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+static inline int vf_eq_bits(mr_vf a, mr_vf b) { return (int)_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+static inline mr_vf vf_pow2i(mr_vf t)  /* 2^(bits(t) + 127) << 23, see mr_expf */
+{ return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127)), 23)); }
+static inline void vf_store(float *p, mr_vf a) { _mm512_storeu_ps(p, a); }
+static inline mr_vd vd_load(const double *p) { return _mm512_loadu_pd(p); }
+static inline mr_vd vd_set(double x) { return _mm512_set1_pd(x); }
+static inline mr_vd vd_add(mr_vd a, mr_vd b) { return _mm512_add_pd(a, b); }
+static inline mr_vd vd_sub(mr_vd a, mr_vd b) { return _mm512_sub_pd(a, b); }
+static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return _mm512_mul_pd(a, b); }
+static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm512_fmadd_pd(a, b, c); }
+static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm512_max_pd(a, b); }
+static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm512_min_pd(a, b); }
+static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y)
+{ return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, lo, _CMP_NLT_UQ), y); }
+static inline int vd_gt_bits(mr_vd a, mr_vd b) { return (int)_mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
+static inline int vd_ge_bits(mr_vd a, mr_vd b) { return (int)_mm512_cmp_pd_mask(a, b, _CMP_GE_OQ); }
+static inline int vd_eq_bits(mr_vd a, mr_vd b) { return (int)_mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
+static inline mr_vd vd_pow2i(mr_vd t)
+{ return _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(_mm512_castpd_si512(t), _mm512_set1_epi64(1023)), 52)); }
+static inline void vd_store(double *p, mr_vd a) { _mm512_storeu_pd(p, a); }
+
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define MR_SIMD "avx2"
+#define MR_VF_W 8
+#define MR_VD_W 4
+typedef __m256 mr_vf;
+typedef __m256d mr_vd;
+static inline mr_vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline mr_vf vf_set(float x) { return _mm256_set1_ps(x); }
+static inline mr_vf vf_add(mr_vf a, mr_vf b) { return _mm256_add_ps(a, b); }
+static inline mr_vf vf_sub(mr_vf a, mr_vf b) { return _mm256_sub_ps(a, b); }
+static inline mr_vf vf_mul(mr_vf a, mr_vf b) { return _mm256_mul_ps(a, b); }
+#ifdef __FMA__
+static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm256_fmadd_pd(a, b, c); }
+#else
+static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm256_add_ps(_mm256_mul_ps(a, b), c); }
+static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm256_add_pd(_mm256_mul_pd(a, b), c); }
+#endif
+static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm256_max_ps(a, b); }
+static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm256_min_ps(a, b); }
+static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y)
+{ return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y); }
+static inline int vf_gt_bits(mr_vf a, mr_vf b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
+static inline int vf_ge_bits(mr_vf a, mr_vf b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
+static inline int vf_eq_bits(mr_vf a, mr_vf b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
+static inline mr_vf vf_pow2i(mr_vf t)
+{ return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127)), 23)); }
+static inline void vf_store(float *p, mr_vf a) { _mm256_storeu_ps(p, a); }
+static inline mr_vd vd_load(const double *p) { return _mm256_loadu_pd(p); }
+static inline mr_vd vd_set(double x) { return _mm256_set1_pd(x); }
+static inline mr_vd vd_add(mr_vd a, mr_vd b) { return _mm256_add_pd(a, b); }
+static inline mr_vd vd_sub(mr_vd a, mr_vd b) { return _mm256_sub_pd(a, b); }
+static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return _mm256_mul_pd(a, b); }
+static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm256_max_pd(a, b); }
+static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm256_min_pd(a, b); }
+static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y)
+{ return _mm256_andnot_pd(_mm256_cmp_pd(x, lo, _CMP_LT_OQ), y); }
+static inline int vd_gt_bits(mr_vd a, mr_vd b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)); }
+static inline int vd_ge_bits(mr_vd a, mr_vd b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GE_OQ)); }
+static inline int vd_eq_bits(mr_vd a, mr_vd b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ)); }
+static inline mr_vd vd_pow2i(mr_vd t)
+{ return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x(1023)), 52)); }
+static inline void vd_store(double *p, mr_vd a) { _mm256_storeu_pd(p, a); }
+
+#elif defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define MR_SIMD "sse2"
+#define MR_VF_W 4
+#define MR_VD_W 2
+typedef __m128 mr_vf;
+typedef __m128d mr_vd;
+static inline mr_vf vf_load(const float *p) { return _mm_loadu_ps(p); }
+static inline mr_vf vf_set(float x) { return _mm_set1_ps(x); }
+static inline mr_vf vf_add(mr_vf a, mr_vf b) { return _mm_add_ps(a, b); }
+static inline mr_vf vf_sub(mr_vf a, mr_vf b) { return _mm_sub_ps(a, b); }
+static inline mr_vf vf_mul(mr_vf a, mr_vf b) { return _mm_mul_ps(a, b); }
+static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm_max_ps(a, b); }
+static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm_min_ps(a, b); }
+static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y) { return _mm_andnot_ps(_mm_cmplt_ps(x, lo), y); }
+static inline int vf_gt_bits(mr_vf a, mr_vf b) { return _mm_movemask_ps(_mm_cmpgt_ps(a, b)); }
+static inline int vf_ge_bits(mr_vf a, mr_vf b) { return _mm_movemask_ps(_mm_cmpge_ps(a, b)); }
+static inline int vf_eq_bits(mr_vf a, mr_vf b) { return _mm_movemask_ps(_mm_cmpeq_ps(a, b)); }
+static inline mr_vf vf_pow2i(mr_vf t)
+{ return _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(_mm_castps_si128(t), _mm_set1_epi32(127)), 23)); }
+static inline void vf_store(float *p, mr_vf a) { _mm_storeu_ps(p, a); }
+static inline mr_vd vd_load(const double *p) { return _mm_loadu_pd(p); }
+static inline mr_vd vd_set(double x) { return _mm_set1_pd(x); }
+static inline mr_vd vd_add(mr_vd a, mr_vd b) { return _mm_add_pd(a, b); }
+static inline mr_vd vd_sub(mr_vd a, mr_vd b) { return _mm_sub_pd(a, b); }
+static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return _mm_mul_pd(a, b); }
+static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm_add_pd(_mm_mul_pd(a, b), c); }
+static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm_max_pd(a, b); }
+static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm_min_pd(a, b); }
+static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y) { return _mm_andnot_pd(_mm_cmplt_pd(x, lo), y); }
+static inline int vd_gt_bits(mr_vd a, mr_vd b) { return _mm_movemask_pd(_mm_cmpgt_pd(a, b)); }
+static inline int vd_ge_bits(mr_vd a, mr_vd b) { return _mm_movemask_pd(_mm_cmpge_pd(a, b)); }
+static inline int vd_eq_bits(mr_vd a, mr_vd b) { return _mm_movemask_pd(_mm_cmpeq_pd(a, b)); }
+static inline mr_vd vd_pow2i(mr_vd t)
+{ return _mm_castsi128_pd(_mm_slli_epi64(_mm_add_epi64(_mm_castpd_si128(t), _mm_set1_epi64x(1023)), 52)); }
+static inline void vd_store(double *p, mr_vd a) { _mm_storeu_pd(p, a); }
+
+#else  /* portable C: one lane */
+#define MR_SIMD "scalar"
+#define MR_VF_W 1
+#define MR_VD_W 1
+typedef float mr_vf;
+typedef double mr_vd;
+static inline mr_vf vf_load(const float *p) { return *p; }
+static inline mr_vf vf_set(float x) { return x; }
+static inline mr_vf vf_add(mr_vf a, mr_vf b) { return a + b; }
+static inline mr_vf vf_sub(mr_vf a, mr_vf b) { return a - b; }
+static inline mr_vf vf_mul(mr_vf a, mr_vf b) { return a * b; }
+static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return a * b + c; }
+static inline mr_vf vf_max(mr_vf a, mr_vf b) { return a > b ? a : b; }
+static inline mr_vf vf_min(mr_vf a, mr_vf b) { return a < b ? a : b; }
+static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y) { return x < lo ? 0.0f : y; }
+static inline int vf_gt_bits(mr_vf a, mr_vf b) { return a > b; }
+static inline int vf_ge_bits(mr_vf a, mr_vf b) { return a >= b; }
+static inline int vf_eq_bits(mr_vf a, mr_vf b) { return a == b; }
+static inline mr_vf vf_pow2i(mr_vf t) { return mr_f32_from_bits((mr_bits_from_f32(t) + 127u) << 23); }
+static inline void vf_store(float *p, mr_vf a) { *p = a; }
+static inline mr_vd vd_load(const double *p) { return *p; }
+static inline mr_vd vd_set(double x) { return x; }
+static inline mr_vd vd_add(mr_vd a, mr_vd b) { return a + b; }
+static inline mr_vd vd_sub(mr_vd a, mr_vd b) { return a - b; }
+static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return a * b; }
+static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return a * b + c; }
+static inline mr_vd vd_max(mr_vd a, mr_vd b) { return a > b ? a : b; }
+static inline mr_vd vd_min(mr_vd a, mr_vd b) { return a < b ? a : b; }
+static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y) { return x < lo ? 0.0 : y; }
+static inline int vd_gt_bits(mr_vd a, mr_vd b) { return a > b; }
+static inline int vd_ge_bits(mr_vd a, mr_vd b) { return a >= b; }
+static inline int vd_eq_bits(mr_vd a, mr_vd b) { return a == b; }
+static inline mr_vd vd_pow2i(mr_vd t) { return mr_f64_from_bits((mr_bits_from_f64(t) + 1023u) << 52); }
+static inline void vd_store(double *p, mr_vd a) { *p = a; }
+#endif
+
+/* mr_expf / mr_exp on a vector: the same steps as the scalar versions. */
+static inline mr_vf mr_expf_v(mr_vf x)
 {
-    float acc[MR_LANES_F32];
-    Py_ssize_t i = 0;
-    for (int l = 0; l < MR_LANES_F32; l++) acc[l] = 0.0f;
-    for (; i + MR_LANES_F32 <= n; i += MR_LANES_F32)
-        for (int l = 0; l < MR_LANES_F32; l++)
-            acc[l] += mr_expf(z[i + l] - m);
-    for (int l = 0; i < n; i++, l++) acc[l] += mr_expf(z[i] - m);
-    float s = 0.0f;
-    for (int l = 0; l < MR_LANES_F32; l++) s += acc[l];
-    return s;
+    const mr_vf lo = vf_set(-87.3f), magic = vf_set(12582912.0f);
+    mr_vf xc = vf_min(vf_set(88.7f), vf_max(lo, x));  /* keeps a NaN x */
+    mr_vf t = vf_fma(xc, vf_set(1.44269504088896341f), magic);
+    mr_vf n = vf_sub(t, magic);
+    mr_vf r = vf_fma(n, vf_set(-0.693359375f), xc);
+    r = vf_fma(n, vf_set(2.12194440e-4f), r);
+    mr_vf p = vf_set(1.9875691500e-4f);
+    p = vf_fma(p, r, vf_set(1.3981999507e-3f));
+    p = vf_fma(p, r, vf_set(8.3334519073e-3f));
+    p = vf_fma(p, r, vf_set(4.1665795894e-2f));
+    p = vf_fma(p, r, vf_set(1.6666665459e-1f));
+    p = vf_fma(p, r, vf_set(5.0000001201e-1f));
+    p = vf_fma(p, vf_mul(r, r), vf_add(r, vf_set(1.0f)));
+    return vf_zero_if_lt(x, lo, vf_mul(p, vf_pow2i(t)));
 }
 
-static inline double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
+static inline mr_vd mr_exp_v(mr_vd x)
 {
-    double acc[MR_LANES_F64];
-    Py_ssize_t i = 0;
-    for (int l = 0; l < MR_LANES_F64; l++) acc[l] = 0.0;
-    for (; i + MR_LANES_F64 <= n; i += MR_LANES_F64)
-        for (int l = 0; l < MR_LANES_F64; l++)
-            acc[l] += mr_exp(z[i + l] - m);
-    for (int l = 0; i < n; i++, l++) acc[l] += mr_exp(z[i] - m);
-    double s = 0.0;
-    for (int l = 0; l < MR_LANES_F64; l++) s += acc[l];
-    return s;
+    const mr_vd lo = vd_set(-708.0), magic = vd_set(6755399441055744.0);
+    mr_vd xc = vd_min(vd_set(709.0), vd_max(lo, x));
+    mr_vd t = vd_fma(xc, vd_set(1.4426950408889634074), magic);
+    mr_vd n = vd_sub(t, magic);
+    mr_vd r = vd_fma(n, vd_set(-6.93147180369123816490e-01), xc);
+    r = vd_fma(n, vd_set(-1.90821492927058770002e-10), r);
+    mr_vd p = vd_set(1.0 / 479001600.0);
+    p = vd_fma(p, r, vd_set(1.0 / 39916800.0));
+    p = vd_fma(p, r, vd_set(1.0 / 3628800.0));
+    p = vd_fma(p, r, vd_set(1.0 / 362880.0));
+    p = vd_fma(p, r, vd_set(1.0 / 40320.0));
+    p = vd_fma(p, r, vd_set(1.0 / 5040.0));
+    p = vd_fma(p, r, vd_set(1.0 / 720.0));
+    p = vd_fma(p, r, vd_set(1.0 / 120.0));
+    p = vd_fma(p, r, vd_set(1.0 / 24.0));
+    p = vd_fma(p, r, vd_set(1.0 / 6.0));
+    p = vd_fma(p, r, vd_set(0.5));
+    p = vd_fma(p, r, vd_set(1.0));
+    p = vd_fma(p, r, vd_set(1.0));
+    return vd_zero_if_lt(x, lo, vd_mul(p, vd_pow2i(t)));
 }
 
-/* 1 if any of the MR_LANES values at z exceeds t (one vector compare). */
-static inline int mr_any_gt_f32(const float *z, float t)
-{
-    int r = 0;
-    for (int l = 0; l < MR_LANES_F32; l++) r |= z[l] > t;
-    return r;
-}
+#if defined(__GNUC__) || defined(__clang__)
+static inline int mr_ctz(unsigned x) { return __builtin_ctz(x); }
+static inline int mr_popcount(unsigned x) { return __builtin_popcount(x); }
+#else
+static inline int mr_ctz(unsigned x) { int i = 0; while (!(x & 1u)) { x >>= 1; i++; } return i; }
+static inline int mr_popcount(unsigned x) { int c = 0; for (; x; x &= x - 1) c++; return c; }
+#endif
 
-static inline int mr_any_gt_f64(const double *z, double t)
-{
-    int r = 0;
-    for (int l = 0; l < MR_LANES_F64; l++) r |= z[l] > t;
-    return r;
-}
+/* The row operations, once for float (f32) and once for double (f64). */
+#define MR_T float
+#define MR_SFX(name) name##_f32
+#define MR_V mr_vf
+#define MR_W MR_VF_W
+#define MR_OP(name) vf_##name
+#define MR_EXPV mr_expf_v
+#define MR_EXPS mr_expf
+#include "_kernels_row.h"
+
+#define MR_T double
+#define MR_SFX(name) name##_f64
+#define MR_V mr_vd
+#define MR_W MR_VD_W
+#define MR_OP(name) vd_##name
+#define MR_EXPV mr_exp_v
+#define MR_EXPS mr_exp
+#include "_kernels_row.h"
+
+static inline const char *mr_simd_name(void) { return MR_SIMD; }
 
 /* Build facts reported by moe_router.show_config(). */
 #ifdef _OPENMP
@@ -184,7 +350,8 @@ static inline int mr_openmp_max_threads(void) { return 1; }
 static inline int mr_cpu_has_avx2(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+        && __builtin_cpu_supports("popcnt");
 }
 static inline int mr_cpu_has_avx512(void)
 {

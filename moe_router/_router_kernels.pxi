@@ -19,14 +19,16 @@ cnp.import_array()
 cdef extern from "_kernels.h" nogil:
     float mr_expf(float x)
     double mr_exp(double x)
-    float mr_max_f32(const float *z, Py_ssize_t n)
-    double mr_max_f64(const double *z, Py_ssize_t n)
+    float mr_max_lanes_f32(const float *z, Py_ssize_t n, float *lanes)
+    double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes)
     float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
     double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
-    int mr_any_gt_f32(const float *z, float t)
-    int mr_any_gt_f64(const double *z, double t)
-    int MR_LANES_F32
-    int MR_LANES_F64
+    unsigned mr_block_gt_f32(const float *z, float t)
+    unsigned mr_block_gt_f64(const double *z, double t)
+    int mr_topk_small_f32(const float *z, Py_ssize_t n, int k, const float *lanes, Py_ssize_t *idx)
+    int mr_topk_small_f64(const double *z, Py_ssize_t n, int k, const double *lanes, Py_ssize_t *idx)
+    enum: MR_BLOCK  # values per vector block (16), a compile-time constant
+    const char* mr_simd_name()
     int mr_openmp_enabled()
     int mr_openmp_max_threads()
     int mr_cpu_has_avx2()
@@ -61,6 +63,7 @@ MAX_LIST_TOP_K = MAX_STACK_K
 def build_info():
     """Facts about this compiled module: OpenMP, max threads, CPU features."""
     return {
+        "simd": mr_simd_name().decode(),
         "openmp": bool(mr_openmp_enabled()),
         "openmp_max_threads": mr_openmp_max_threads(),
         "cpu_avx2": bool(mr_cpu_has_avx2()),
@@ -75,11 +78,11 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return mr_exp(x)
 
 
-cdef inline floating _row_max(const floating* z, Py_ssize_t n) noexcept nogil:
+cdef inline floating _row_max(const floating* z, Py_ssize_t n, floating* lanes) noexcept nogil:
     if floating is float:
-        return mr_max_f32(z, n)
+        return mr_max_lanes_f32(z, n, lanes)
     else:
-        return mr_max_f64(z, n)
+        return mr_max_lanes_f64(z, n, lanes)
 
 
 cdef inline floating _row_sum_exp(const floating* z, Py_ssize_t n, floating m) noexcept nogil:
@@ -91,9 +94,17 @@ cdef inline floating _row_sum_exp(const floating* z, Py_ssize_t n, floating m) n
 
 cdef inline bint _any_gt(const floating* z, floating t) noexcept nogil:
     if floating is float:
-        return mr_any_gt_f32(z, t)
+        return mr_block_gt_f32(z, t) != 0
     else:
-        return mr_any_gt_f64(z, t)
+        return mr_block_gt_f64(z, t) != 0
+
+
+cdef inline int _topk_small(const floating* z, Py_ssize_t n, Py_ssize_t k,
+                            const floating* lanes, Py_ssize_t* idx) noexcept nogil:
+    if floating is float:
+        return mr_topk_small_f32(z, n, <int>k, lanes, idx)
+    else:
+        return mr_topk_small_f64(z, n, <int>k, lanes, idx)
 
 
 cdef inline bint _row_has_nan(const floating* z, Py_ssize_t n) noexcept nogil:
@@ -124,12 +135,8 @@ cdef inline void _topk_list(const floating* z, Py_ssize_t n, Py_ssize_t k,
     # against the current k-th value so that most blocks are skipped.
     cdef floating vals[MAX_STACK_K]
     cdef Py_ssize_t idx[MAX_STACK_K]
-    cdef Py_ssize_t i, j, lanes
+    cdef Py_ssize_t i, j, lanes = MR_BLOCK
     cdef floating thr
-    if floating is float:
-        lanes = MR_LANES_F32
-    else:
-        lanes = MR_LANES_F64
     for i in range(k):
         _insert_sorted(vals, idx, i, z[i], i)
     thr = vals[k - 1]
@@ -172,12 +179,17 @@ cdef inline void _topk_scan(const floating* z, Py_ssize_t n, Py_ssize_t k,
 
 
 cdef inline void _topk(const floating* z, Py_ssize_t n, Py_ssize_t k,
-                       id_t* ids_out) noexcept nogil:
+                       const floating* lanes, id_t* ids_out) noexcept nogil:
     # Selecting on the logits, not on the rounded probabilities: exp is
     # monotonic, so the order is the same, except that logits whose float32
     # probabilities round (or underflow) to the same value keep their true
     # order and -inf stays below every finite logit.
-    if k <= MAX_STACK_K:
+    cdef Py_ssize_t idx[MR_BLOCK]
+    cdef Py_ssize_t j
+    if _topk_small(z, n, k, lanes, idx) == 0:
+        for j in range(k):
+            ids_out[j] = <id_t>idx[j]
+    elif k <= MAX_STACK_K:
         _topk_list(z, n, k, ids_out)
     else:
         _topk_scan(z, n, k, ids_out)
@@ -195,8 +207,11 @@ cdef inline floating _picked_exp(const floating* z, Py_ssize_t i, floating m,
 cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, bint norm,
                     id_t* ids_out, weight_t* w_out) noexcept nogil:
     """Softmax, top-k and optional renormalisation of one row of logits."""
-    cdef floating m = _row_max(z, n)
-    cdef floating s, sel_sum
+    cdef floating lanes[MR_BLOCK]
+    cdef floating e_sel[MR_BLOCK]
+    cdef floating m = _row_max(z, n, lanes)
+    cdef floating s
+    cdef double sel_sum  # double: K float32 terms may be many (K up to num_experts)
     cdef Py_ssize_t j
     cdef bint posinf = m == INFINITY
 
@@ -217,9 +232,19 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, bint norm,
         if s != s:  # a NaN logit makes the sum NaN
             return ROW_NAN
 
-    _topk(z, n, k, ids_out)
+    _topk(z, n, k, lanes, ids_out)
 
-    # The top-1 entry has e == 1, so both divisors are >= 1.
+    # The top-1 entry has e == 1 (1 for a +inf), so both divisors are >= 1.
+    if k <= MR_BLOCK:  # keep the picked exps rather than computing them twice
+        sel_sum = 0
+        for j in range(k):
+            e_sel[j] = _picked_exp(z, ids_out[j], m, posinf)
+            sel_sum += e_sel[j]
+        if not norm:
+            sel_sum = s
+        for j in range(k):
+            w_out[j] = <weight_t>(e_sel[j] / sel_sum)
+        return ROW_OK
     if norm:
         sel_sum = 0
         for j in range(k):

@@ -1,0 +1,169 @@
+/*
+ * Row operations, written once for both precisions: _kernels.h includes this
+ * file twice, with MR_T / MR_V / MR_OP / MR_EXPV / MR_EXPS / MR_SFX defined
+ * for float and then for double.  Every loop works on blocks of MR_BLOCK
+ * values, MR_BLOCK / MR_W vectors each.
+ */
+#define MR_NV (MR_BLOCK / MR_W)
+
+/*
+ * Max of z[0..n), also leaving in lanes[l] the max of the elements whose
+ * index is l modulo MR_BLOCK (-inf for an empty lane).  NaN is skipped
+ * (the exp-sum detects NaN).  The lane maxima are MR_BLOCK distinct
+ * elements: their k-th largest is a lower bound of the row's k-th largest.
+ */
+static inline MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes)
+{
+    MR_V acc[MR_NV];
+    Py_ssize_t i = 0;
+    MR_T m = -INFINITY;
+    for (int j = 0; j < MR_NV; j++) acc[j] = MR_OP(set)(-INFINITY);
+    for (; i + MR_BLOCK <= n; i += MR_BLOCK)
+        for (int j = 0; j < MR_NV; j++) acc[j] = MR_OP(max)(MR_OP(load)(z + i + j * MR_W), acc[j]);
+    for (int j = 0; j < MR_NV; j++) MR_OP(store)(lanes + j * MR_W, acc[j]);
+    for (int l = 0; i < n; i++, l++) lanes[l] = z[i] > lanes[l] ? z[i] : lanes[l];
+    for (int l = 0; l < MR_BLOCK; l++) m = lanes[l] > m ? lanes[l] : m;
+    return m;
+}
+
+/*
+ * Sum of exp(z[i] - m).  A NaN anywhere in z makes the sum NaN: that is how
+ * the kernels find NaN rows without a pass of their own.  The lanes are
+ * added in a fixed order, so the sum does not depend on the thread count.
+ */
+static inline MR_T MR_SFX(mr_sum_exp)(const MR_T *z, Py_ssize_t n, MR_T m)
+{
+    MR_V acc[MR_NV];
+    MR_T lanes[MR_BLOCK];
+    const MR_V vm = MR_OP(set)(m);
+    Py_ssize_t i = 0;
+    MR_T s = 0;
+    for (int j = 0; j < MR_NV; j++) acc[j] = MR_OP(set)(0);
+    for (; i + MR_BLOCK <= n; i += MR_BLOCK)
+        for (int j = 0; j < MR_NV; j++)
+            acc[j] = MR_OP(add)(acc[j], MR_EXPV(MR_OP(sub)(MR_OP(load)(z + i + j * MR_W), vm)));
+    for (int j = 0; j < MR_NV; j++) MR_OP(store)(lanes + j * MR_W, acc[j]);
+    for (int l = 0; i < n; i++, l++) lanes[l] += MR_EXPS(z[i] - m);
+    for (int l = 0; l < MR_BLOCK; l++) s += lanes[l];
+    return s;
+}
+
+/* Bit l set where z[l] > t (gt) or >= t, over one block of MR_BLOCK values. */
+static inline unsigned MR_SFX(mr_block_gt)(const MR_T *z, MR_T t)
+{
+    const MR_V vt = MR_OP(set)(t);
+    unsigned bits = 0;
+    for (int j = 0; j < MR_NV; j++)
+        bits |= (unsigned)MR_OP(gt_bits)(MR_OP(load)(z + j * MR_W), vt) << (j * MR_W);
+    return bits;
+}
+
+static inline unsigned MR_SFX(mr_block_ge)(const MR_T *z, MR_T t)
+{
+    const MR_V vt = MR_OP(set)(t);
+    unsigned bits = 0;
+    for (int j = 0; j < MR_NV; j++)
+        bits |= (unsigned)MR_OP(ge_bits)(MR_OP(load)(z + j * MR_W), vt) << (j * MR_W);
+    return bits;
+}
+
+/*
+ * Top-k of a NaN-free row for k <= MR_BLOCK, in the order (value
+ * descending, index ascending), into idx[0..k).  `lanes` are the lane
+ * maxima from mr_max_lanes.
+ *
+ * 1. t = the k-th largest lane maximum: at least k elements are >= t.
+ * 2. Gather the elements >= t (about 10 of 128 for k = 8 on random logits),
+ *    in index order, with one vector compare per block.
+ * 3. k passes of argmax over those candidates (the seed's algorithm, on a
+ *    few vectors instead of the whole row); the first of equal maxima is
+ *    the smallest index.
+ *
+ * Returns 0, or -1 when this does not apply (t is -inf, or more than
+ * MR_MAX_CAND candidates: many ties); the caller then takes the general path.
+ */
+#ifndef MR_MAX_CAND
+#define MR_MAX_CAND 64
+#endif
+static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
+                                        const MR_T *lanes, Py_ssize_t *idx)
+{
+    MR_T t = INFINITY;
+    MR_T cv[MR_MAX_CAND + MR_BLOCK];
+    Py_ssize_t ci[MR_MAX_CAND + MR_BLOCK];
+    int c = 0;
+    Py_ssize_t i = 0;
+
+    if (k > MR_BLOCK)
+        return -1;
+    MR_V lv[MR_NV];
+    for (int j = 0; j < MR_NV; j++) lv[j] = MR_OP(load)(lanes + j * MR_W);
+    for (int l = 0; l < MR_BLOCK; l++) {  /* t = min of the lanes ranked < k */
+        const MR_V vl = MR_OP(set)(lanes[l]);
+        unsigned above = 0;
+        for (int j = 0; j < MR_NV; j++)
+            above |= (unsigned)MR_OP(gt_bits)(lv[j], vl) << (j * MR_W);
+        t = (mr_popcount(above) < k && lanes[l] < t) ? lanes[l] : t;
+    }
+    if (t == -INFINITY)
+        return -1;
+
+    for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
+        unsigned bits = MR_SFX(mr_block_ge)(z + i, t);
+        if (c + mr_popcount(bits) > MR_MAX_CAND)
+            return -1;
+        while (bits) {
+            int l = mr_ctz(bits);
+            cv[c] = z[i + l];
+            ci[c] = i + l;
+            c++;
+            bits &= bits - 1;
+        }
+    }
+    for (; i < n; i++) {
+        if (z[i] >= t) {
+            if (c == MR_MAX_CAND)
+                return -1;
+            cv[c] = z[i];
+            ci[c] = i;
+            c++;
+        }
+    }
+    int nb = (c + MR_BLOCK - 1) / MR_BLOCK;  /* candidate blocks */
+    for (int p = c; p < nb * MR_BLOCK; p++)
+        cv[p] = -INFINITY;
+
+    for (int j = 0; j < k; j++) {
+        MR_V acc = MR_OP(load)(cv);
+        MR_T lanes_max[MR_W];
+        MR_T best = -INFINITY;
+        for (int v = 1; v < nb * MR_NV; v++)
+            acc = MR_OP(max)(MR_OP(load)(cv + v * MR_W), acc);
+        MR_OP(store)(lanes_max, acc);
+        for (int l = 0; l < MR_W; l++)
+            best = lanes_max[l] > best ? lanes_max[l] : best;
+        int pos = 0;
+        for (int b = 0; b < nb; b++) {
+            unsigned eq = 0;
+            const MR_V vb = MR_OP(set)(best);
+            for (int v = 0; v < MR_NV; v++)
+                eq |= (unsigned)MR_OP(eq_bits)(MR_OP(load)(cv + b * MR_BLOCK + v * MR_W), vb) << (v * MR_W);
+            if (eq) {
+                pos = b * MR_BLOCK + mr_ctz(eq);
+                break;
+            }
+        }
+        idx[j] = ci[pos];
+        cv[pos] = -INFINITY;  /* every candidate is > -inf, so it is out now */
+    }
+    return 0;
+}
+
+#undef MR_NV
+#undef MR_T
+#undef MR_SFX
+#undef MR_V
+#undef MR_W
+#undef MR_OP
+#undef MR_EXPV
+#undef MR_EXPS
