@@ -115,6 +115,11 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+# Everything each _core_<isa> module is built from besides its own .pyx.
+KERNEL_SOURCES = ["moe_router/_router_kernels.pxi", "moe_router/_kernels.h",
+                  "moe_router/_kernels_row.h"]
+
+
 def _extensions():
     exts = []
     for isa in ISA_VARIANTS:
@@ -122,6 +127,7 @@ def _extensions():
             f"moe_router._core_{isa}",
             [f"moe_router/_core_{isa}.pyx"],
             include_dirs=[np.get_include(), "moe_router"],
+            depends=KERNEL_SOURCES,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ))
     return cythonize(exts, compiler_directives=COMPILER_DIRECTIVES,

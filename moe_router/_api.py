@@ -21,10 +21,8 @@ _F64 = np.dtype(np.float64)
 ID_DTYPES = (np.dtype(np.int32), np.dtype(np.uint32), np.dtype(np.int64))
 WEIGHT_DTYPES = (_F32, _F64)
 
-# Batches smaller than this run on one thread whatever num_threads says:
-# below it, waking a second thread costs more than it saves
-# (measured with benchmarks/bench_threads.py).
-PARALLEL_MIN_ROWS = 512
+# Batches smaller than this run on one thread whatever num_threads says.
+PARALLEL_MIN_ROWS = _dispatch.PARALLEL_MIN_ROWS
 
 
 def _dtype_names(dtypes):
@@ -88,7 +86,7 @@ class RouterOutput:
     them and raises ValueError when they are too small.
     """
 
-    __slots__ = ("_ids", "_weights", "_owns", "_shape", "_batch", "_top_k",
+    __slots__ = ("_ids", "_weights", "_owns", "_logits_shape", "_batch", "_top_k",
                  "expert_ids", "expert_weights")
 
     def __init__(self, expert_ids, expert_weights):
@@ -106,7 +104,7 @@ class RouterOutput:
         self._weights = expert_weights.reshape(-1)
         self.expert_ids = expert_ids
         self.expert_weights = expert_weights
-        self._shape = expert_ids.shape
+        self._logits_shape = None  # views are the caller's arrays as given
         if expert_ids.ndim >= 1 and expert_ids.shape[-1] > 0:
             self._top_k = expert_ids.shape[-1]
             self._batch = expert_ids.size // self._top_k
@@ -126,7 +124,9 @@ class RouterOutput:
         self._owns = True
         self._ids = np.empty(0, ids_dtype)
         self._weights = np.empty(0, weights_dtype)
-        self._set_shape((0, 0), 0, 0)
+        self._logits_shape = None
+        self._top_k = 0
+        self._set_view((0, 0), 0)
         return self
 
     @property
@@ -164,15 +164,16 @@ class RouterOutput:
         output grows them otherwise (old contents are not preserved).
         """
         shape = (batch,) if isinstance(batch, numbers.Integral) else tuple(batch)
-        dims = [check_int(d, "batch", low=0) for d in shape]
+        dims = tuple(check_int(d, "batch", low=0) for d in shape)
         top_k = check_int(top_k, "top_k", low=1)
-        n_tokens = 1
-        for d in dims:
-            n_tokens *= d
-        self._prepare(tuple(dims), n_tokens, top_k)
+        self._prepare(dims + (0,), top_k)
         return self
 
-    def _prepare(self, batch_shape, n_tokens, top_k):
+    def _prepare(self, logits_shape, top_k):
+        """Make room for routing logits of `logits_shape` with `top_k`, and shape the views."""
+        n_tokens = 1
+        for d in logits_shape[:-1]:
+            n_tokens *= d
         n = n_tokens * top_k
         if self._ids.size < n:
             if not self._owns:
@@ -185,25 +186,31 @@ class RouterOutput:
             cap = max(n, 2 * self._ids.size)
             self._ids = np.empty(cap, self._ids.dtype)
             self._weights = np.empty(cap, self._weights.dtype)
-            self._shape = None
-        shape = batch_shape + (top_k,)
-        if shape != self._shape:
-            self._set_shape(shape, n_tokens, top_k)
+            self._logits_shape = None
+        if not self._owns:
+            _check_buffer(self._ids, "out.expert_ids", ID_DTYPES)
+            _check_buffer(self._weights, "out.expert_weights", WEIGHT_DTYPES)
+        self._set_view(logits_shape, top_k)
 
-    def _set_shape(self, shape, n_tokens, top_k):
+    def _set_view(self, logits_shape, top_k):
+        """Views shaped [..., top_k] over the first batch * top_k elements."""
+        if self._logits_shape == logits_shape and self._top_k == top_k:
+            return
+        shape = logits_shape[:-1] + (top_k,)
+        n_tokens = 1
+        for d in logits_shape[:-1]:
+            n_tokens *= d
         n = n_tokens * top_k
         self.expert_ids = self._ids[:n].reshape(shape)
         self.expert_weights = self._weights[:n].reshape(shape)
-        self._shape = shape
+        self._logits_shape = logits_shape
         self._batch = n_tokens
         self._top_k = top_k
 
 
-def _threads_for(num_threads, n_rows):
-    if num_threads is None:
-        return _dispatch.default_threads if n_rows >= PARALLEL_MIN_ROWS else 1
-    num_threads = check_int(num_threads, "num_threads", low=1)
-    return num_threads if n_rows >= PARALLEL_MIN_ROWS else 1
+def _threads_arg(num_threads):
+    """num_threads as the kernel takes it: 0 for the default."""
+    return 0 if num_threads is None else check_int(num_threads, "num_threads", low=1)
 
 
 def _raise_bad_rows(flat, batch_shape):
@@ -221,21 +228,23 @@ def _raise_bad_rows(flat, batch_shape):
                      f"({bad.size} bad row(s) in all)")
 
 
-def _route_checked(arr, top_k, out, norm_topk_prob, num_threads):
-    """Route validated logits `arr` into `out`; `top_k` already checked."""
-    batch_shape = arr.shape[:-1]
-    num_experts = arr.shape[-1]
-    n_rows = arr.size // num_experts
-    out._prepare(batch_shape, n_rows, top_k)
+def _route_checked(logits, top_k, out, norm_topk_prob, num_threads, num_experts=None):
+    """The validating path: explain what is wrong, or convert / grow and route."""
+    arr = as_logits(logits)
+    if num_experts is not None and arr.shape[-1] != num_experts:
+        raise ValueError(f"logits must have shape [..., num_experts={num_experts}], "
+                         f"got {arr.shape}")
+    top_k = check_int(top_k, "top_k", low=1, high=arr.shape[-1], high_name="num_experts")
+    threads = _threads_arg(num_threads)
+    out._prepare(arr.shape, top_k)
     if np.may_share_memory(arr, out._ids) or np.may_share_memory(arr, out._weights):
         raise ValueError("out's buffers must not overlap the logits")
-    if n_rows == 0:
-        return out
-    flat = arr.reshape(n_rows, num_experts)
-    n_bad = _dispatch.kernel.route_rows(flat, top_k, norm_topk_prob, out._ids, out._weights,
-                                        _threads_for(num_threads, n_rows))
+    n_bad = _dispatch.kernel.route_rows(arr, top_k, bool(norm_topk_prob), out._ids,
+                                        out._weights, threads)
+    if n_bad < 0:  # every precondition of the kernel was checked above
+        raise RuntimeError("moe_router: the kernel refused validated input (a bug; please report)")
     if n_bad:
-        _raise_bad_rows(flat, batch_shape)
+        _raise_bad_rows(arr.reshape(-1, arr.shape[-1]), arr.shape[:-1])
     return out
 
 
@@ -249,10 +258,8 @@ def route(logits, top_k, norm_topk_prob=True, *, num_threads=None,
     num_threads: threads for large batches (default: all OpenMP threads;
         batches below PARALLEL_MIN_ROWS always run on one).
     """
-    arr = as_logits(logits)
-    top_k = check_int(top_k, "top_k", low=1, high=arr.shape[-1], high_name="num_experts")
     out = RouterOutput.empty(ids_dtype, weights_dtype)
-    return _route_checked(arr, top_k, out, bool(norm_topk_prob), num_threads)
+    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads)
 
 
 def route_into(logits, top_k, out, norm_topk_prob=True, *, num_threads=None):
@@ -261,11 +268,15 @@ def route_into(logits, top_k, out, norm_topk_prob=True, *, num_threads=None):
     Does not allocate when `out` already holds batch * top_k elements.  On
     error, `out`'s contents are unspecified but nothing outside it is written.
     """
-    if not isinstance(out, RouterOutput):
+    if type(out) is not RouterOutput and not isinstance(out, RouterOutput):
         raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
-    arr = as_logits(logits)
-    top_k = check_int(top_k, "top_k", low=1, high=arr.shape[-1], high_name="num_experts")
-    return _route_checked(arr, top_k, out, bool(norm_topk_prob), num_threads)
+    if type(top_k) is int and num_threads is None:
+        # The plain case in a few C checks; anything else takes the validating path.
+        if _dispatch.kernel.route_rows(logits, top_k, norm_topk_prob,
+                                       out._ids, out._weights, 0) == 0:
+            out._set_view(logits.shape, top_k)
+            return out
+    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads)
 
 
 class Router:
@@ -283,9 +294,8 @@ class Router:
         self.top_k = check_int(top_k, "top_k", low=1, high=self.num_experts,
                                high_name="num_experts")
         self.norm_topk_prob = bool(norm_topk_prob)
-        if num_threads is not None:
-            num_threads = check_int(num_threads, "num_threads", low=1)
         self.num_threads = num_threads
+        self._threads = _threads_arg(num_threads)
         self._out = RouterOutput.empty(ids_dtype, weights_dtype)
 
     def __repr__(self):
@@ -293,12 +303,14 @@ class Router:
                 f"norm_topk_prob={self.norm_topk_prob})")
 
     def __call__(self, logits, out=None):
-        arr = as_logits(logits)
-        if arr.shape[-1] != self.num_experts:
-            raise ValueError(f"logits must have shape [..., num_experts={self.num_experts}], "
-                             f"got {arr.shape}")
         if out is None:
             out = self._out
-        elif not isinstance(out, RouterOutput):
+        elif type(out) is not RouterOutput and not isinstance(out, RouterOutput):
             raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
-        return _route_checked(arr, self.top_k, out, self.norm_topk_prob, self.num_threads)
+        # The plain case in a few C checks; anything else takes the validating path.
+        if _dispatch.kernel.route_rows(logits, self.top_k, self.norm_topk_prob, out._ids,
+                                       out._weights, self._threads, self.num_experts) == 0:
+            out._set_view(logits.shape, self.top_k)
+            return out
+        return _route_checked(logits, self.top_k, out, self.norm_topk_prob, self.num_threads,
+                              self.num_experts)

@@ -19,6 +19,9 @@ from . import _core_baseline
 # or the machine's cores; 1 when built without OpenMP).
 default_threads = _core_baseline.build_info()["openmp_max_threads"]
 
+# Batches smaller than this always run on one thread (a fact of the kernels).
+PARALLEL_MIN_ROWS = _core_baseline.PARALLEL_MIN_ROWS
+
 # Best last.
 PATHS = ("baseline", "avx2", "avx512")
 

@@ -58,6 +58,15 @@ static inline unsigned MR_SFX(mr_block_gt)(const MR_T *z, MR_T t)
     return bits;
 }
 
+static inline unsigned MR_SFX(mr_block_eq)(const MR_T *z, MR_T t)
+{
+    const MR_V vt = MR_OP(set)(t);
+    unsigned bits = 0;
+    for (int j = 0; j < MR_NV; j++)
+        bits |= (unsigned)MR_OP(eq_bits)(MR_OP(load)(z + j * MR_W), vt) << (j * MR_W);
+    return bits;
+}
+
 static inline unsigned MR_SFX(mr_block_ge)(const MR_T *z, MR_T t)
 {
     const MR_V vt = MR_OP(set)(t);
@@ -75,9 +84,8 @@ static inline unsigned MR_SFX(mr_block_ge)(const MR_T *z, MR_T t)
  * 1. t = the k-th largest lane maximum: at least k elements are >= t.
  * 2. Gather the elements >= t (about 10 of 128 for k = 8 on random logits),
  *    in index order, with one vector compare per block.
- * 3. k passes of argmax over those candidates (the seed's algorithm, on a
- *    few vectors instead of the whole row); the first of equal maxima is
- *    the smallest index.
+ * 3. Rank the candidates against each other (vector compares) and place
+ *    the k best; equal values rank by index, the smaller first.
  *
  * Returns 0, or -1 when this does not apply (t is -inf, or more than
  * MR_MAX_CAND candidates: many ties); the caller then takes the general path.
@@ -131,31 +139,28 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
     }
     int nb = (c + MR_BLOCK - 1) / MR_BLOCK;  /* candidate blocks */
     for (int p = c; p < nb * MR_BLOCK; p++)
-        cv[p] = -INFINITY;
+        cv[p] = -INFINITY;  /* below every candidate: never counted */
 
-    for (int j = 0; j < k; j++) {
-        MR_V acc = MR_OP(load)(cv);
-        MR_T lanes_max[MR_W];
-        MR_T best = -INFINITY;
-        for (int v = 1; v < nb * MR_NV; v++)
-            acc = MR_OP(max)(MR_OP(load)(cv + v * MR_W), acc);
-        MR_OP(store)(lanes_max, acc);
-        for (int l = 0; l < MR_W; l++)
-            best = lanes_max[l] > best ? lanes_max[l] : best;
-        int pos = 0;
+    /* Place each candidate at its rank: the number of candidates before it
+     * in the order (value descending, index ascending).  Candidates are in
+     * index order, so an equal value ranks above it iff it comes earlier.
+     * Branch-free apart from the loop counts; ranks >= k land in a spare
+     * slot. */
+    Py_ssize_t placed[MR_BLOCK + 1];
+    for (int j = 0; j < c; j++) {
+        const MR_T v = cv[j];
+        int rank = 0;
         for (int b = 0; b < nb; b++) {
-            unsigned eq = 0;
-            const MR_V vb = MR_OP(set)(best);
-            for (int v = 0; v < MR_NV; v++)
-                eq |= (unsigned)MR_OP(eq_bits)(MR_OP(load)(cv + b * MR_BLOCK + v * MR_W), vb) << (v * MR_W);
-            if (eq) {
-                pos = b * MR_BLOCK + mr_ctz(eq);
-                break;
-            }
+            unsigned gt = MR_SFX(mr_block_gt)(cv + b * MR_BLOCK, v);
+            unsigned eq = MR_SFX(mr_block_eq)(cv + b * MR_BLOCK, v);
+            int before = j - b * MR_BLOCK;  /* positions of this block before j */
+            unsigned below = before <= 0 ? 0u : before >= MR_BLOCK ? ~0u : (1u << before) - 1u;
+            rank += mr_popcount(gt) + mr_popcount(eq & below);
         }
-        idx[j] = ci[pos];
-        cv[pos] = -INFINITY;  /* every candidate is > -inf, so it is out now */
+        placed[rank < k ? rank : k] = ci[j];
     }
+    for (int j = 0; j < k; j++)
+        idx[j] = placed[j];
     return 0;
 }
 

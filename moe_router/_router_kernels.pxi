@@ -273,50 +273,82 @@ cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
     return n_bad
 
 
-def route_rows(cnp.ndarray logits, Py_ssize_t top_k, bint norm_topk_prob,
-               cnp.ndarray expert_ids, cnp.ndarray expert_weights,
-               int num_threads=1):
-    """Route a validated C-contiguous [rows, num_experts] float32/float64 array.
+# Batches with fewer rows run on one thread whatever num_threads says: below
+# this, waking a second thread costs more than it saves (measured with
+# benchmarks/bench_threads.py).
+PARALLEL_MIN_ROWS = 512
 
-    `expert_ids` (int32, uint32 or int64) and `expert_weights` (float32 or
-    float64) are C-contiguous, writeable and hold at least rows * top_k
-    elements.  Returns the number of rows with NaN or only -inf logits
-    (0 when all rows were routed).
+cdef Py_ssize_t _parallel_min_rows = PARALLEL_MIN_ROWS
+
+
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
+
+
+def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
+               cnp.ndarray expert_ids, cnp.ndarray expert_weights,
+               int num_threads=1, Py_ssize_t num_experts=0):
+    """Route logits [..., num_experts] into flat output buffers.
+
+    This is the hot path of Router.__call__ and route_into: a handful of C
+    checks, then the nogil kernel.  Returns the number of rows that could
+    not be routed (NaN, or all -inf), 0 when all were, or -1 without
+    writing anything when the call is not the plain case: logits not a
+    C-contiguous native float32/float64 ndarray with ndim >= 1, last
+    dimension not `num_experts` (when > 0) or 0, top_k out of range,
+    buffers of another dtype, too small, not writeable C-contiguous, or
+    overlapping.  The Python layer then validates, converts or grows, and
+    raises with a precise message.
+
+    num_threads <= 0 means the OpenMP default; batches of fewer than
+    PARALLEL_MIN_ROWS rows always run on one thread.
     """
-    cdef Py_ssize_t n_rows, n
-    cdef int lt, wt
+    cdef cnp.ndarray arr
+    cdef int nd, lt, wt, it
+    cdef Py_ssize_t n, n_rows, n_bad = 0
     cdef bint ids64
     cdef void* lp
     cdef void* ip
     cdef void* wp
-    cdef Py_ssize_t n_bad = 0
-    # Cheap last line of defence; the Python layer gives better messages.
-    if cnp.PyArray_NDIM(logits) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(logits):
-        raise ValueError("route_rows: logits must be a C-contiguous 2-D array")
-    n_rows = cnp.PyArray_DIM(logits, 0)
-    n = cnp.PyArray_DIM(logits, 1)
-    if top_k < 1 or top_k > n:
-        raise ValueError(f"route_rows: top_k={top_k} not in [1, {n}]")
-    if (cnp.PyArray_SIZE(expert_ids) < n_rows * top_k
-            or cnp.PyArray_SIZE(expert_weights) < n_rows * top_k
+    if not cnp.PyArray_CheckExact(logits):
+        return -1
+    arr = <cnp.ndarray>logits
+    nd = cnp.PyArray_NDIM(arr)
+    if nd == 0:
+        return -1
+    n = cnp.PyArray_DIM(arr, nd - 1)
+    lt = cnp.PyArray_TYPE(arr)
+    wt = cnp.PyArray_TYPE(expert_weights)
+    it = cnp.PyArray_TYPE(expert_ids)
+    if (n == 0 or (num_experts > 0 and n != num_experts) or top_k < 1 or top_k > n
+            or (lt != cnp.NPY_FLOAT32 and lt != cnp.NPY_FLOAT64)
+            or (wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64)
+            or (it != cnp.NPY_INT32 and it != cnp.NPY_UINT32 and it != cnp.NPY_INT64)
+            or not cnp.PyArray_ISNOTSWAPPED(arr)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
             or not cnp.PyArray_IS_C_CONTIGUOUS(expert_ids)
             or not cnp.PyArray_IS_C_CONTIGUOUS(expert_weights)
             or not cnp.PyArray_ISWRITEABLE(expert_ids)
-            or not cnp.PyArray_ISWRITEABLE(expert_weights)):
-        raise ValueError("route_rows: output buffers too small or not writeable C-contiguous")
-    lt = cnp.PyArray_TYPE(logits)
-    wt = cnp.PyArray_TYPE(expert_weights)
-    if lt != cnp.NPY_FLOAT32 and lt != cnp.NPY_FLOAT64:
-        raise TypeError("route_rows: logits must be float32 or float64")
-    if wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64:
-        raise TypeError("route_rows: expert_weights must be float32 or float64")
-    if cnp.PyArray_TYPE(expert_ids) in (cnp.NPY_INT32, cnp.NPY_UINT32):
-        ids64 = False
-    elif cnp.PyArray_TYPE(expert_ids) == cnp.NPY_INT64:
-        ids64 = True
-    else:
-        raise TypeError("route_rows: expert_ids must be int32, uint32 or int64")
-    lp = cnp.PyArray_DATA(logits)
+            or not cnp.PyArray_ISWRITEABLE(expert_weights)
+            or not cnp.PyArray_ISNOTSWAPPED(expert_ids)
+            or not cnp.PyArray_ISNOTSWAPPED(expert_weights)):
+        return -1
+    n_rows = cnp.PyArray_SIZE(arr) // n
+    if (cnp.PyArray_SIZE(expert_ids) < n_rows * top_k
+            or cnp.PyArray_SIZE(expert_weights) < n_rows * top_k
+            or _overlap(arr, expert_ids) or _overlap(arr, expert_weights)
+            or _overlap(expert_ids, expert_weights)):
+        return -1
+    if n_rows == 0:
+        return 0
+    if n_rows < _parallel_min_rows:
+        num_threads = 1
+    elif num_threads <= 0:
+        num_threads = mr_openmp_max_threads()
+    ids64 = it == cnp.NPY_INT64
+    lp = cnp.PyArray_DATA(arr)
     ip = cnp.PyArray_DATA(expert_ids)
     wp = cnp.PyArray_DATA(expert_weights)
     # uint32 ids are written through the int32 path: ids < 2**31 have the

@@ -63,14 +63,27 @@ def softmax_topk(logits, top_k, norm_topk_prob=True):
     return ids.reshape(shape), w.reshape(shape)
 
 
-def route_rows(logits, top_k, norm_topk_prob, expert_ids, expert_weights, num_threads=1):
-    """Kernel-compatible entry: fill the flat output buffers; return the bad-row count."""
-    flat = np.asarray(logits).reshape(-1, logits.shape[-1]).astype(np.float64)
+def route_rows(logits, top_k, norm_topk_prob, expert_ids, expert_weights, num_threads=1,
+               num_experts=0):
+    """Kernel-compatible entry (see the compiled route_rows): fill the flat
+    output buffers and return the bad-row count, or -1 for anything but the
+    plain case, which the public API then validates and converts."""
+    if (type(logits) is not np.ndarray or logits.ndim == 0
+            or logits.dtype not in (np.float32, np.float64) or not logits.flags.c_contiguous):
+        return -1
+    n = logits.shape[-1]
+    n_rows = logits.size // n if n else 0
+    if (n == 0 or (num_experts > 0 and n != num_experts) or not 1 <= top_k <= n
+            or expert_ids.size < n_rows * top_k or expert_weights.size < n_rows * top_k
+            or not expert_ids.flags.writeable or not expert_weights.flags.writeable
+            or np.may_share_memory(logits, expert_ids)
+            or np.may_share_memory(logits, expert_weights)):
+        return -1
+    flat = logits.reshape(-1, n).astype(np.float64)
     bad = np.isnan(flat).any(axis=1) | (flat == -np.inf).all(axis=1)
     if bad.any():
         return int(bad.sum())
     ids, w = softmax_topk(flat, top_k, norm_topk_prob)
-    n = ids.size
-    expert_ids[:n] = ids.reshape(-1)
-    expert_weights[:n] = w.reshape(-1)
+    expert_ids[:ids.size] = ids.reshape(-1)
+    expert_weights[:ids.size] = w.reshape(-1)
     return 0
