@@ -123,6 +123,17 @@ static inline int vf_eq_bits(mr_vf a, mr_vf b) { return (int)_mm512_cmp_ps_mask(
 static inline mr_vf vf_pow2i(mr_vf t)  /* 2^(bits(t) + 127) << 23, see mr_expf */
 { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127)), 23)); }
 static inline void vf_store(float *p, mr_vf a) { _mm512_storeu_ps(p, a); }
+/* Pack the elements of src[0..16) that are >= t (and their indices,
+ * base + lane) to the front of cv / ci; returns how many.  May write 16. */
+static inline int vf_compress_ge(const float *src, float t, int32_t base, float *cv, int32_t *ci)
+{
+    const __m512 v = _mm512_loadu_ps(src);
+    const __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_set1_ps(t), _CMP_GE_OQ);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    _mm512_storeu_ps(cv, _mm512_maskz_compress_ps(m, v));
+    _mm512_storeu_si512(ci, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(_mm512_set1_epi32(base), iota)));
+    return _mm_popcnt_u32(m);
+}
 static inline mr_vd vd_load(const double *p) { return _mm512_loadu_pd(p); }
 static inline mr_vd vd_set(double x) { return _mm512_set1_pd(x); }
 static inline mr_vd vd_add(mr_vd a, mr_vd b) { return _mm512_add_pd(a, b); }
@@ -139,6 +150,15 @@ static inline int vd_eq_bits(mr_vd a, mr_vd b) { return (int)_mm512_cmp_pd_mask(
 static inline mr_vd vd_pow2i(mr_vd t)
 { return _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(_mm512_castpd_si512(t), _mm512_set1_epi64(1023)), 52)); }
 static inline void vd_store(double *p, mr_vd a) { _mm512_storeu_pd(p, a); }
+static inline int vd_compress_ge(const double *src, double t, int32_t base, double *cv, int32_t *ci)
+{
+    const __m512d v = _mm512_loadu_pd(src);
+    const __mmask8 m = _mm512_cmp_pd_mask(v, _mm512_set1_pd(t), _CMP_GE_OQ);
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm512_storeu_pd(cv, _mm512_maskz_compress_pd(m, v));
+    _mm256_storeu_si256((__m256i *)ci, _mm256_maskz_compress_epi32(m, _mm256_add_epi32(_mm256_set1_epi32(base), iota)));
+    return _mm_popcnt_u32(m);
+}
 
 #elif defined(__AVX2__)
 #include <immintrin.h>
@@ -169,6 +189,19 @@ static inline int vf_eq_bits(mr_vf a, mr_vf b) { return _mm256_movemask_ps(_mm25
 static inline mr_vf vf_pow2i(mr_vf t)
 { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127)), 23)); }
 static inline void vf_store(float *p, mr_vf a) { _mm256_storeu_ps(p, a); }
+/* mr_pack_lut[m]: byte j = lane of the j-th set bit of the 8-bit mask m. */
+static uint64_t mr_pack_lut[256];
+#define MR_NEEDS_PACK_LUT 1
+static inline int vf_compress_ge(const float *src, float t, int32_t base, float *cv, int32_t *ci)
+{
+    const __m256 v = _mm256_loadu_ps(src);
+    const int m = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(t), _CMP_GE_OQ));
+    const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mr_pack_lut[m]));
+    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_storeu_ps(cv, _mm256_permutevar8x32_ps(v, perm));
+    _mm256_storeu_si256((__m256i *)ci, _mm256_permutevar8x32_epi32(idx, perm));
+    return _mm_popcnt_u32((unsigned)m);
+}
 static inline mr_vd vd_load(const double *p) { return _mm256_loadu_pd(p); }
 static inline mr_vd vd_set(double x) { return _mm256_set1_pd(x); }
 static inline mr_vd vd_add(mr_vd a, mr_vd b) { return _mm256_add_pd(a, b); }
@@ -259,6 +292,54 @@ static inline mr_vd vd_pow2i(mr_vd t) { return mr_f64_from_bits((mr_bits_from_f6
 static inline void vd_store(double *p, mr_vd a) { *p = a; }
 #endif
 
+/* Compress fallbacks: a loop over the set bits (branchy, but portable). */
+#define MR_COMPRESS_BITS(T, P, W)                                                       \
+static inline int P##_compress_ge_bits(const T *src, T t, int32_t base, T *cv, int32_t *ci) \
+{                                                                                       \
+    unsigned bits = (unsigned)P##_ge_bits(P##_load(src), P##_set(t));                  \
+    int c = 0;                                                                          \
+    while (bits) {                                                                      \
+        int l = mr_ctz(bits);                                                           \
+        cv[c] = src[l];                                                                 \
+        ci[c] = base + l;                                                               \
+        c++;                                                                            \
+        bits &= bits - 1;                                                               \
+    }                                                                                   \
+    return c;                                                                           \
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+static inline int mr_ctz(unsigned x) { return __builtin_ctz(x); }
+static inline int mr_popcount(unsigned x) { return __builtin_popcount(x); }
+#else
+static inline int mr_ctz(unsigned x) { int i = 0; while (!(x & 1u)) { x >>= 1; i++; } return i; }
+static inline int mr_popcount(unsigned x) { int c = 0; for (; x; x &= x - 1) c++; return c; }
+#endif
+
+#if !defined(__AVX512F__)
+MR_COMPRESS_BITS(double, vd, MR_VD_W)
+#define vd_compress_ge vd_compress_ge_bits
+#if !defined(__AVX2__)
+MR_COMPRESS_BITS(float, vf, MR_VF_W)
+#define vf_compress_ge vf_compress_ge_bits
+#endif
+#endif
+
+/* Fills the tables some instruction sets use; called once at import. */
+static inline void mr_init_tables(void)
+{
+#ifdef MR_NEEDS_PACK_LUT
+    for (int m = 0; m < 256; m++) {
+        uint64_t v = 0;
+        int j = 0;
+        for (int b = 0; b < 8; b++)
+            if (m >> b & 1)
+                v |= (uint64_t)b << (8 * j++);
+        mr_pack_lut[m] = v;
+    }
+#endif
+}
+
 /* mr_expf / mr_exp on a vector: the same steps as the scalar versions. */
 static inline mr_vf mr_expf_v(mr_vf x)
 {
@@ -301,14 +382,6 @@ static inline mr_vd mr_exp_v(mr_vd x)
     p = vd_fma(p, r, vd_set(1.0));
     return vd_zero_if_lt(x, lo, vd_mul(p, vd_pow2i(t)));
 }
-
-#if defined(__GNUC__) || defined(__clang__)
-static inline int mr_ctz(unsigned x) { return __builtin_ctz(x); }
-static inline int mr_popcount(unsigned x) { return __builtin_popcount(x); }
-#else
-static inline int mr_ctz(unsigned x) { int i = 0; while (!(x & 1u)) { x >>= 1; i++; } return i; }
-static inline int mr_popcount(unsigned x) { int c = 0; for (; x; x &= x - 1) c++; return c; }
-#endif
 
 /* The row operations, once for float (f32) and once for double (f64). */
 #define MR_T float

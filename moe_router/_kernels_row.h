@@ -48,6 +48,13 @@ static inline MR_T MR_SFX(mr_sum_exp)(const MR_T *z, Py_ssize_t n, MR_T m)
     return s;
 }
 
+/* x[0..MR_BLOCK) = exp(x), in place: the exps of the picked experts. */
+static inline void MR_SFX(mr_exp_block)(MR_T *x)
+{
+    for (int j = 0; j < MR_NV; j++)
+        MR_OP(store)(x + j * MR_W, MR_EXPV(MR_OP(load)(x + j * MR_W)));
+}
+
 /* Bit l set where z[l] > t (gt) or >= t, over one block of MR_BLOCK values. */
 static inline unsigned MR_SFX(mr_block_gt)(const MR_T *z, MR_T t)
 {
@@ -79,7 +86,7 @@ static inline unsigned MR_SFX(mr_block_ge)(const MR_T *z, MR_T t)
 /*
  * Top-k of a NaN-free row for k <= MR_BLOCK, in the order (value
  * descending, index ascending), into idx[0..k).  `lanes` are the lane
- * maxima from mr_max_lanes.
+ * maxima from mr_max_lanes.  idx must hold k + 1 entries (one spare).
  *
  * 1. t = the k-th largest lane maximum: at least k elements are >= t.
  * 2. Gather the elements >= t (about 10 of 128 for k = 8 on random logits),
@@ -89,6 +96,8 @@ static inline unsigned MR_SFX(mr_block_ge)(const MR_T *z, MR_T t)
  *
  * Returns 0, or -1 when this does not apply (t is -inf, or more than
  * MR_MAX_CAND candidates: many ties); the caller then takes the general path.
+ * Candidates are gathered with a vector compress (AVX-512, or a lookup
+ * table of permutations on AVX2) so that no branch depends on the data.
  */
 #ifndef MR_MAX_CAND
 #define MR_MAX_CAND 64
@@ -97,12 +106,12 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
                                         const MR_T *lanes, Py_ssize_t *idx)
 {
     MR_T t = INFINITY;
-    MR_T cv[MR_MAX_CAND + MR_BLOCK];
-    Py_ssize_t ci[MR_MAX_CAND + MR_BLOCK];
+    MR_T cv[MR_MAX_CAND + 2 * MR_BLOCK];
+    int32_t ci[MR_MAX_CAND + 2 * MR_BLOCK];
     int c = 0;
     Py_ssize_t i = 0;
 
-    if (k > MR_BLOCK)
+    if (k > MR_BLOCK || n > INT32_MAX)
         return -1;
     MR_V lv[MR_NV];
     for (int j = 0; j < MR_NV; j++) lv[j] = MR_OP(load)(lanes + j * MR_W);
@@ -116,26 +125,20 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
     if (t == -INFINITY)
         return -1;
 
+    /* A block adds at most MR_BLOCK candidates (and may write that many
+     * past the count), so the buffers hold MR_MAX_CAND + 2 blocks. */
     for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
-        unsigned bits = MR_SFX(mr_block_ge)(z + i, t);
-        if (c + mr_popcount(bits) > MR_MAX_CAND)
+        if (c > MR_MAX_CAND)
             return -1;
-        while (bits) {
-            int l = mr_ctz(bits);
-            cv[c] = z[i + l];
-            ci[c] = i + l;
-            c++;
-            bits &= bits - 1;
-        }
+        for (int j = 0; j < MR_NV; j++)
+            c += MR_OP(compress_ge)(z + i + j * MR_W, t, (int32_t)(i + j * MR_W), cv + c, ci + c);
     }
+    if (c > MR_MAX_CAND)
+        return -1;
     for (; i < n; i++) {
-        if (z[i] >= t) {
-            if (c == MR_MAX_CAND)
-                return -1;
-            cv[c] = z[i];
-            ci[c] = i;
-            c++;
-        }
+        cv[c] = z[i];
+        ci[c] = (int32_t)i;
+        c += z[i] >= t;
     }
     int nb = (c + MR_BLOCK - 1) / MR_BLOCK;  /* candidate blocks */
     for (int p = c; p < nb * MR_BLOCK; p++)
@@ -144,9 +147,8 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
     /* Place each candidate at its rank: the number of candidates before it
      * in the order (value descending, index ascending).  Candidates are in
      * index order, so an equal value ranks above it iff it comes earlier.
-     * Branch-free apart from the loop counts; ranks >= k land in a spare
-     * slot. */
-    Py_ssize_t placed[MR_BLOCK + 1];
+     * Branch-free apart from the loop counts; ranks >= k land in the spare
+     * slot idx[k]. */
     for (int j = 0; j < c; j++) {
         const MR_T v = cv[j];
         int rank = 0;
@@ -157,10 +159,8 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
             unsigned below = before <= 0 ? 0u : before >= MR_BLOCK ? ~0u : (1u << before) - 1u;
             rank += mr_popcount(gt) + mr_popcount(eq & below);
         }
-        placed[rank < k ? rank : k] = ci[j];
+        idx[rank < k ? rank : k] = ci[j];
     }
-    for (int j = 0; j < k; j++)
-        idx[j] = placed[j];
     return 0;
 }
 

@@ -15,6 +15,7 @@ from libc.stdlib cimport malloc, free
 cimport numpy as cnp
 
 cnp.import_array()
+mr_init_tables()
 
 cdef extern from "_kernels.h" nogil:
     float mr_expf(float x)
@@ -29,6 +30,9 @@ cdef extern from "_kernels.h" nogil:
     int mr_topk_small_f64(const double *z, Py_ssize_t n, int k, const double *lanes, Py_ssize_t *idx)
     enum: MR_BLOCK  # values per vector block (16), a compile-time constant
     const char* mr_simd_name()
+    void mr_exp_block_f32(float *x)
+    void mr_exp_block_f64(double *x)
+    void mr_init_tables()
     int mr_openmp_enabled()
     int mr_openmp_max_threads()
     int mr_cpu_has_avx2()
@@ -83,6 +87,13 @@ cdef inline floating _row_max(const floating* z, Py_ssize_t n, floating* lanes) 
         return mr_max_lanes_f32(z, n, lanes)
     else:
         return mr_max_lanes_f64(z, n, lanes)
+
+
+cdef inline void _exp_block(floating* x) noexcept nogil:
+    if floating is float:
+        mr_exp_block_f32(x)
+    else:
+        mr_exp_block_f64(x)
 
 
 cdef inline floating _row_sum_exp(const floating* z, Py_ssize_t n, floating m) noexcept nogil:
@@ -184,7 +195,7 @@ cdef inline void _topk(const floating* z, Py_ssize_t n, Py_ssize_t k,
     # monotonic, so the order is the same, except that logits whose float32
     # probabilities round (or underflow) to the same value keep their true
     # order and -inf stays below every finite logit.
-    cdef Py_ssize_t idx[MR_BLOCK]
+    cdef Py_ssize_t idx[MR_BLOCK + 1]
     cdef Py_ssize_t j
     if _topk_small(z, n, k, lanes, idx) == 0:
         for j in range(k):
@@ -211,7 +222,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, bint norm,
     cdef floating e_sel[MR_BLOCK]
     cdef floating m = _row_max(z, n, lanes)
     cdef floating s
-    cdef double sel_sum  # double: K float32 terms may be many (K up to num_experts)
+    cdef double sel_sum, inv  # double: K float32 terms may be many (K up to num_experts)
     cdef Py_ssize_t j
     cdef bint posinf = m == INFINITY
 
@@ -235,16 +246,29 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, bint norm,
     _topk(z, n, k, lanes, ids_out)
 
     # The top-1 entry has e == 1 (1 for a +inf), so both divisors are >= 1.
-    if k <= MR_BLOCK:  # keep the picked exps rather than computing them twice
+    if k <= MR_BLOCK and not posinf:
+        # The picked exps in one vector pass.
+        for j in range(k):
+            e_sel[j] = z[ids_out[j]] - m
+        for j in range(k, MR_BLOCK):
+            e_sel[j] = -INFINITY
+        _exp_block(e_sel)
         sel_sum = 0
         for j in range(k):
-            e_sel[j] = _picked_exp(z, ids_out[j], m, posinf)
             sel_sum += e_sel[j]
-        if not norm:
-            sel_sum = s
+        inv = 1.0 / (sel_sum if norm else s)
         for j in range(k):
-            w_out[j] = <weight_t>(e_sel[j] / sel_sum)
+            w_out[j] = <weight_t>(e_sel[j] * inv)
         return ROW_OK
+    if norm:
+        sel_sum = 0
+        for j in range(k):
+            sel_sum += _picked_exp(z, ids_out[j], m, posinf)
+    else:
+        sel_sum = s
+    for j in range(k):
+        w_out[j] = <weight_t>(_picked_exp(z, ids_out[j], m, posinf) / sel_sum)
+    return ROW_OK
     if norm:
         sel_sum = 0
         for j in range(k):
