@@ -115,6 +115,15 @@ static inline mr_vf vf_mul(mr_vf a, mr_vf b) { return _mm512_mul_ps(a, b); }
 static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm512_max_ps(a, b); }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm512_min_ps(a, b); }
+static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm512_div_ps(a, b); }
+static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb)
+{ return _mm512_mask_add_ps(cnt, _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ) & _mm512_cmp_ps_mask(qa, qb, _CMP_LT_OQ), cnt, _mm512_set1_ps(1.0f)); }
+static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return _mm512_mask_add_ps(cnt, _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), cnt, _mm512_set1_ps(1.0f)); }
+static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), _mm512_set1_ps(INFINITY), x); }
+typedef __mmask16 mr_nf;  /* NaN accumulator */
+static inline mr_nf vf_nan_init(void) { return 0; }
+static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf v) { return acc | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+static inline int vf_nan_any(mr_nf acc) { return acc != 0; }
 static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y)
 { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ), y); }
 static inline int vf_gt_bits(mr_vf a, mr_vf b) { return (int)_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
@@ -142,6 +151,15 @@ static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return _mm512_mul_pd(a, b); }
 static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm512_fmadd_pd(a, b, c); }
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm512_max_pd(a, b); }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm512_min_pd(a, b); }
+static inline mr_vd vd_div(mr_vd a, mr_vd b) { return _mm512_div_pd(a, b); }
+static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb)
+{ return _mm512_mask_add_pd(cnt, _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ) & _mm512_cmp_pd_mask(qa, qb, _CMP_LT_OQ), cnt, _mm512_set1_pd(1.0)); }
+static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return _mm512_mask_add_pd(cnt, _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ), cnt, _mm512_set1_pd(1.0)); }
+static inline mr_vd vd_keep_lt(mr_vd x, mr_vd a, mr_vd b) { return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), _mm512_set1_pd(INFINITY), x); }
+typedef __mmask8 mr_nd;
+static inline mr_nd vd_nan_init(void) { return 0; }
+static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd v) { return acc | _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q); }
+static inline int vd_nan_any(mr_nd acc) { return acc != 0; }
 static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y)
 { return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, lo, _CMP_NLT_UQ), y); }
 static inline int vd_gt_bits(mr_vd a, mr_vd b) { return (int)_mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
@@ -181,6 +199,15 @@ static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm256_add_pd(_mm
 #endif
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm256_max_ps(a, b); }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm256_min_ps(a, b); }
+static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm256_div_ps(a, b); }
+static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb)
+{ return _mm256_add_ps(cnt, _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ), _mm256_cmp_ps(qa, qb, _CMP_LT_OQ)), _mm256_set1_ps(1.0f))); }
+static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return _mm256_add_ps(cnt, _mm256_and_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ), _mm256_set1_ps(1.0f))); }
+static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b) { return _mm256_blendv_ps(_mm256_set1_ps(INFINITY), x, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+typedef __m256 mr_nf;
+static inline mr_nf vf_nan_init(void) { return _mm256_setzero_ps(); }
+static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf v) { return _mm256_or_ps(acc, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)); }
+static inline int vf_nan_any(mr_nf acc) { return _mm256_movemask_ps(acc) != 0; }
 static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y)
 { return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y); }
 static inline int vf_gt_bits(mr_vf a, mr_vf b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
@@ -209,6 +236,15 @@ static inline mr_vd vd_sub(mr_vd a, mr_vd b) { return _mm256_sub_pd(a, b); }
 static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return _mm256_mul_pd(a, b); }
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm256_max_pd(a, b); }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm256_min_pd(a, b); }
+static inline mr_vd vd_div(mr_vd a, mr_vd b) { return _mm256_div_pd(a, b); }
+static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb)
+{ return _mm256_add_pd(cnt, _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ), _mm256_cmp_pd(qa, qb, _CMP_LT_OQ)), _mm256_set1_pd(1.0))); }
+static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return _mm256_add_pd(cnt, _mm256_and_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ), _mm256_set1_pd(1.0))); }
+static inline mr_vd vd_keep_lt(mr_vd x, mr_vd a, mr_vd b) { return _mm256_blendv_pd(_mm256_set1_pd(INFINITY), x, _mm256_cmp_pd(a, b, _CMP_LT_OQ)); }
+typedef __m256d mr_nd;
+static inline mr_nd vd_nan_init(void) { return _mm256_setzero_pd(); }
+static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd v) { return _mm256_or_pd(acc, _mm256_cmp_pd(v, v, _CMP_UNORD_Q)); }
+static inline int vd_nan_any(mr_nd acc) { return _mm256_movemask_pd(acc) != 0; }
 static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y)
 { return _mm256_andnot_pd(_mm256_cmp_pd(x, lo, _CMP_LT_OQ), y); }
 static inline int vd_gt_bits(mr_vd a, mr_vd b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)); }
@@ -233,6 +269,16 @@ static inline mr_vf vf_mul(mr_vf a, mr_vf b) { return _mm_mul_ps(a, b); }
 static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm_max_ps(a, b); }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm_min_ps(a, b); }
+static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm_div_ps(a, b); }
+static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb)
+{ return _mm_add_ps(cnt, _mm_and_ps(_mm_and_ps(_mm_cmpeq_ps(a, b), _mm_cmplt_ps(qa, qb)), _mm_set1_ps(1.0f))); }
+static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return _mm_add_ps(cnt, _mm_and_ps(_mm_cmpgt_ps(a, b), _mm_set1_ps(1.0f))); }
+static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b)
+{ __m128 m = _mm_cmplt_ps(a, b); return _mm_or_ps(_mm_and_ps(m, x), _mm_andnot_ps(m, _mm_set1_ps(INFINITY))); }
+typedef __m128 mr_nf;
+static inline mr_nf vf_nan_init(void) { return _mm_setzero_ps(); }
+static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf v) { return _mm_or_ps(acc, _mm_cmpunord_ps(v, v)); }
+static inline int vf_nan_any(mr_nf acc) { return _mm_movemask_ps(acc) != 0; }
 static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y) { return _mm_andnot_ps(_mm_cmplt_ps(x, lo), y); }
 static inline int vf_gt_bits(mr_vf a, mr_vf b) { return _mm_movemask_ps(_mm_cmpgt_ps(a, b)); }
 static inline int vf_ge_bits(mr_vf a, mr_vf b) { return _mm_movemask_ps(_mm_cmpge_ps(a, b)); }
@@ -248,6 +294,16 @@ static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return _mm_mul_pd(a, b); }
 static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm_add_pd(_mm_mul_pd(a, b), c); }
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm_max_pd(a, b); }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm_min_pd(a, b); }
+static inline mr_vd vd_div(mr_vd a, mr_vd b) { return _mm_div_pd(a, b); }
+static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb)
+{ return _mm_add_pd(cnt, _mm_and_pd(_mm_and_pd(_mm_cmpeq_pd(a, b), _mm_cmplt_pd(qa, qb)), _mm_set1_pd(1.0))); }
+static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return _mm_add_pd(cnt, _mm_and_pd(_mm_cmpgt_pd(a, b), _mm_set1_pd(1.0))); }
+static inline mr_vd vd_keep_lt(mr_vd x, mr_vd a, mr_vd b)
+{ __m128d m = _mm_cmplt_pd(a, b); return _mm_or_pd(_mm_and_pd(m, x), _mm_andnot_pd(m, _mm_set1_pd(INFINITY))); }
+typedef __m128d mr_nd;
+static inline mr_nd vd_nan_init(void) { return _mm_setzero_pd(); }
+static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd v) { return _mm_or_pd(acc, _mm_cmpunord_pd(v, v)); }
+static inline int vd_nan_any(mr_nd acc) { return _mm_movemask_pd(acc) != 0; }
 static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y) { return _mm_andnot_pd(_mm_cmplt_pd(x, lo), y); }
 static inline int vd_gt_bits(mr_vd a, mr_vd b) { return _mm_movemask_pd(_mm_cmpgt_pd(a, b)); }
 static inline int vd_ge_bits(mr_vd a, mr_vd b) { return _mm_movemask_pd(_mm_cmpge_pd(a, b)); }
@@ -270,6 +326,14 @@ static inline mr_vf vf_mul(mr_vf a, mr_vf b) { return a * b; }
 static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return a * b + c; }
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return a > b ? a : b; }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return a < b ? a : b; }
+static inline mr_vf vf_div(mr_vf a, mr_vf b) { return a / b; }
+static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb) { return cnt + (a == b && qa < qb); }
+static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return cnt + (a > b); }
+static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b) { return a < b ? x : INFINITY; }
+typedef int mr_nf;
+static inline mr_nf vf_nan_init(void) { return 0; }
+static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf v) { return acc | (v != v); }
+static inline int vf_nan_any(mr_nf acc) { return acc; }
 static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y) { return x < lo ? 0.0f : y; }
 static inline int vf_gt_bits(mr_vf a, mr_vf b) { return a > b; }
 static inline int vf_ge_bits(mr_vf a, mr_vf b) { return a >= b; }
@@ -284,6 +348,14 @@ static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return a * b; }
 static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return a * b + c; }
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return a > b ? a : b; }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return a < b ? a : b; }
+static inline mr_vd vd_div(mr_vd a, mr_vd b) { return a / b; }
+static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb) { return cnt + (a == b && qa < qb); }
+static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return cnt + (a > b); }
+static inline mr_vd vd_keep_lt(mr_vd x, mr_vd a, mr_vd b) { return a < b ? x : INFINITY; }
+typedef int mr_nd;
+static inline mr_nd vd_nan_init(void) { return 0; }
+static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd v) { return acc | (v != v); }
+static inline int vd_nan_any(mr_nd acc) { return acc; }
 static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y) { return x < lo ? 0.0 : y; }
 static inline int vd_gt_bits(mr_vd a, mr_vd b) { return a > b; }
 static inline int vd_ge_bits(mr_vd a, mr_vd b) { return a >= b; }
@@ -387,6 +459,7 @@ static inline mr_vd mr_exp_v(mr_vd x)
 #define MR_T float
 #define MR_SFX(name) name##_f32
 #define MR_V mr_vf
+#define MR_N mr_nf
 #define MR_W MR_VF_W
 #define MR_OP(name) vf_##name
 #define MR_EXPV mr_expf_v
@@ -396,6 +469,7 @@ static inline mr_vd mr_exp_v(mr_vd x)
 #define MR_T double
 #define MR_SFX(name) name##_f64
 #define MR_V mr_vd
+#define MR_N mr_nd
 #define MR_W MR_VD_W
 #define MR_OP(name) vd_##name
 #define MR_EXPV mr_exp_v

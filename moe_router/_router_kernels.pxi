@@ -8,8 +8,8 @@
 # writeability, no overlap).  The kernels never raise inside `nogil` code;
 # they count bad rows and the Python layer turns that into an exception.
 
-from cython.parallel cimport prange
-from libc.math cimport INFINITY, expf
+from cython.parallel cimport prange, threadid
+from libc.math cimport INFINITY, NAN, expf
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
 cimport numpy as cnp
@@ -20,8 +20,10 @@ mr_init_tables()
 cdef extern from "_kernels.h" nogil:
     float mr_expf(float x)
     double mr_exp(double x)
-    float mr_max_lanes_f32(const float *z, Py_ssize_t n, float *lanes)
-    double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes)
+    float mr_max_lanes_f32(const float *z, Py_ssize_t n, float *lanes, int *has_nan)
+    double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes, int *has_nan)
+    void mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *s, float *c)
+    void mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *s, double *c)
     float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
     double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
     unsigned mr_block_gt_f32(const float *z, float t)
@@ -82,11 +84,20 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return mr_exp(x)
 
 
-cdef inline floating _row_max(const floating* z, Py_ssize_t n, floating* lanes) noexcept nogil:
+cdef inline floating _row_max(const floating* z, Py_ssize_t n, floating* lanes,
+                              int* has_nan) noexcept nogil:
     if floating is float:
-        return mr_max_lanes_f32(z, n, lanes)
+        return mr_max_lanes_f32(z, n, lanes, has_nan)
     else:
-        return mr_max_lanes_f64(z, n, lanes)
+        return mr_max_lanes_f64(z, n, lanes, has_nan)
+
+
+cdef inline void _sigmoid_into(const floating* z, Py_ssize_t n, const floating* bias,
+                               floating* s, floating* c) noexcept nogil:
+    if floating is float:
+        mr_sigmoid_into_f32(z, n, bias, s, c)
+    else:
+        mr_sigmoid_into_f64(z, n, bias, s, c)
 
 
 cdef inline void _exp_block(floating* x) noexcept nogil:
@@ -116,14 +127,6 @@ cdef inline int _topk_small(const floating* z, Py_ssize_t n, Py_ssize_t k,
         return mr_topk_small_f32(z, n, <int>k, lanes, idx)
     else:
         return mr_topk_small_f64(z, n, <int>k, lanes, idx)
-
-
-cdef inline bint _row_has_nan(const floating* z, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if z[i] != z[i]:
-            return True
-    return False
 
 
 cdef inline void _insert_sorted(floating* vals, Py_ssize_t* idx, Py_ssize_t pos,
@@ -206,93 +209,178 @@ cdef inline void _topk(const floating* z, Py_ssize_t n, Py_ssize_t k,
         _topk_scan(z, n, k, ids_out)
 
 
-cdef inline floating _picked_exp(const floating* z, Py_ssize_t i, floating m,
-                                 bint posinf) noexcept nogil:
-    # exp(z[i] - m) of a picked expert; with +inf logits present, 1 for
-    # each +inf entry and 0 for the rest.
+# What a router computes besides top-K: set once per call by route_rows.
+cdef struct RouteCfg:
+    bint norm              # renormalise the K weights
+    bint sigmoid           # sigmoid scores (else softmax)
+    Py_ssize_t n_group     # expert groups (1: no group limit)
+    Py_ssize_t topk_group  # groups kept
+    double scale           # routed_scaling_factor
+    const void* bias       # e_score_correction_bias, logits' dtype, or NULL
+
+
+cdef inline void _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg* cfg,
+                               floating* masked, floating* group_score,
+                               bint top2_sum) noexcept nogil:
+    # masked = sel with the experts outside the best cfg.topk_group groups
+    # set to -inf (never 0: 0 would beat negative biased scores and pick
+    # experts of dropped groups).  masked may be sel itself.  A group's
+    # score is the sum of its two best scores (sigmoid routers) or its best
+    # score (softmax routers); equal group scores keep the smaller group.
+    cdef Py_ssize_t g, i, j, best_g, size = n // cfg.n_group
+    cdef floating v, top1, top2
+    for g in range(cfg.n_group):
+        top1 = -INFINITY
+        top2 = -INFINITY
+        for i in range(g * size, (g + 1) * size):
+            v = sel[i]
+            top2 = max(top2, min(v, top1))
+            top1 = max(top1, v)
+        group_score[g] = top1 + top2 if top2_sum else top1
+    for j in range(cfg.topk_group):
+        best_g = -1
+        for g in range(cfg.n_group):
+            if group_score[g] != group_score[g]:
+                continue  # already kept (marked NaN below)
+            if best_g < 0 or group_score[g] > group_score[best_g]:
+                best_g = g
+        group_score[best_g] = <floating>NAN
+    for g in range(cfg.n_group):
+        if group_score[g] != group_score[g]:
+            if masked != sel:
+                for i in range(g * size, (g + 1) * size):
+                    masked[i] = sel[i]
+        else:
+            for i in range(g * size, (g + 1) * size):
+                masked[i] = -INFINITY
+
+
+cdef inline floating _weight_score(const floating* z, const floating* picked, Py_ssize_t i,
+                                   floating m, bint posinf, bint sigmoid) noexcept nogil:
+    # The unnormalised weight of expert i: exp(z[i] - m) for softmax (with
+    # +inf logits present: 1 for each +inf, 0 for the rest), s[i] for
+    # sigmoid (picked is s, or z when s was not materialised).
+    if sigmoid:
+        return picked[i] if picked != z else 1 / (1 + _exp(-z[i]))
     if posinf:
         return 1 if z[i] == INFINITY else 0
     return _exp(z[i] - m)
 
 
-cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, bint norm,
-                    id_t* ids_out, weight_t* w_out) noexcept nogil:
-    """Softmax, top-k and optional renormalisation of one row of logits."""
+cdef inline void _picked_scores(const floating* z, const floating* picked, const id_t* ids,
+                                Py_ssize_t k, floating m, bint posinf, bint sigmoid,
+                                floating* out) noexcept nogil:
+    # out[0..k) = _weight_score of each picked expert (k <= MR_BLOCK), the
+    # exps in one vector pass.
+    cdef Py_ssize_t j
+    if posinf or (sigmoid and picked != z):
+        for j in range(k):
+            out[j] = _weight_score(z, picked, ids[j], m, posinf, sigmoid)
+        return
+    for j in range(MR_BLOCK):
+        if j < k:
+            out[j] = -z[ids[j]] if sigmoid else z[ids[j]] - m
+        else:
+            out[j] = -INFINITY
+    _exp_block(out)
+    if sigmoid:
+        for j in range(k):
+            out[j] = 1 / (1 + out[j])
+
+
+cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
+                    floating* scratch, id_t* ids_out, weight_t* w_out) noexcept nogil:
+    """Route one row of logits: scores, (group-limited) top-k, weights.
+
+    `scratch` holds 2 * n + n_group values (used by the grouped and the
+    biased routers only).
+    """
     cdef floating lanes[MR_BLOCK]
     cdef floating e_sel[MR_BLOCK]
-    cdef floating m = _row_max(z, n, lanes)
-    cdef floating s
-    cdef double sel_sum, inv  # double: K float32 terms may be many (K up to num_experts)
+    cdef int has_nan
+    cdef floating m = _row_max(z, n, lanes, &has_nan)
+    cdef floating s = 0
+    cdef const floating* sel = z        # what the top-k is taken of
+    cdef const floating* picked = z     # what the weights are read from
+    cdef floating* c
+    cdef double sel_sum = 0, inv
     cdef Py_ssize_t j
-    cdef bint posinf = m == INFINITY
+    cdef bint posinf = False
 
-    if m == -INFINITY:
-        # Every entry is -inf or NaN: nothing can be picked.
-        return ROW_NAN if _row_has_nan(z, n) else ROW_ALL_NEG_INF
-    if posinf:
-        # +inf logits share the whole probability mass equally; the rest
-        # get 0.  Rare, so a plain scalar path.
-        if _row_has_nan(z, n):
-            return ROW_NAN
-        s = 0
-        for j in range(n):
-            if z[j] == INFINITY:
-                s += 1
-    else:
-        s = _row_sum_exp(z, n, m)
-        if s != s:  # a NaN logit makes the sum NaN
-            return ROW_NAN
+    if has_nan:
+        return ROW_NAN
+    if not cfg.sigmoid:
+        if m == -INFINITY:
+            return ROW_ALL_NEG_INF  # the softmax of nothing but -inf is undefined
+        posinf = m == INFINITY
+        if not cfg.norm:  # the full softmax sum is needed only unnormalised
+            if posinf:
+                for j in range(n):
+                    s += z[j] == INFINITY  # +inf logits share the mass equally
+            else:
+                s = _row_sum_exp(z, n, m)
+        if cfg.n_group > 1:
+            # A group's best probability is its best logit's.
+            _limit_groups(z, n, cfg, scratch, scratch + 2 * n, False)
+            sel = scratch
+    elif cfg.bias != NULL or cfg.n_group > 1:
+        # s = sigmoid(z) in scratch[n:2n], c = s + bias in scratch[0:n];
+        # the top-k is taken of c (group-limited in place), weights are s.
+        c = scratch if cfg.bias != NULL else scratch + n
+        _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n, scratch)
+        picked = scratch + n
+        if cfg.n_group > 1:
+            _limit_groups(c, n, cfg, scratch, scratch + 2 * n, True)
+            c = scratch
+        sel = c
+    # else: sigmoid without bias or groups: the order of s is that of z.
 
-    _topk(z, n, k, lanes, ids_out)
+    if sel != z:
+        _row_max(sel, n, lanes, &has_nan)
+    # Selecting on the logits when the order is theirs: exp and sigmoid are
+    # monotonic, and the logits keep apart values whose float32
+    # probabilities round (or underflow) to the same number.
+    _topk(sel, n, k, lanes, ids_out)
 
-    # The top-1 entry has e == 1 (1 for a +inf), so both divisors are >= 1.
-    if k <= MR_BLOCK and not posinf:
-        # The picked exps in one vector pass.
-        for j in range(k):
-            e_sel[j] = z[ids_out[j]] - m
-        for j in range(k, MR_BLOCK):
-            e_sel[j] = -INFINITY
-        _exp_block(e_sel)
-        sel_sum = 0
+    if k <= MR_BLOCK:
+        _picked_scores(z, picked, ids_out, k, m, posinf, cfg.sigmoid, e_sel)
         for j in range(k):
             sel_sum += e_sel[j]
-        inv = 1.0 / (sel_sum if norm else s)
+    else:
         for j in range(k):
+            sel_sum += _weight_score(z, picked, ids_out[j], m, posinf, cfg.sigmoid)
+    if cfg.norm:
+        # The top-1 of an ungrouped softmax row has e == 1, so sel_sum >= 1;
+        # DeepSeek-style routers divide by (sum + 1e-20) as their picked
+        # scores may all be 0.
+        inv = cfg.scale / (sel_sum + (1e-20 if cfg.sigmoid or cfg.n_group > 1 else 0.0))
+    elif cfg.sigmoid:
+        inv = cfg.scale
+    else:
+        inv = cfg.scale / s
+    for j in range(k):
+        if k <= MR_BLOCK:
             w_out[j] = <weight_t>(e_sel[j] * inv)
-        return ROW_OK
-    if norm:
-        sel_sum = 0
-        for j in range(k):
-            sel_sum += _picked_exp(z, ids_out[j], m, posinf)
-    else:
-        sel_sum = s
-    for j in range(k):
-        w_out[j] = <weight_t>(_picked_exp(z, ids_out[j], m, posinf) / sel_sum)
-    return ROW_OK
-    if norm:
-        sel_sum = 0
-        for j in range(k):
-            sel_sum += _picked_exp(z, ids_out[j], m, posinf)
-    else:
-        sel_sum = s
-    for j in range(k):
-        w_out[j] = <weight_t>(_picked_exp(z, ids_out[j], m, posinf) / sel_sum)
+        else:
+            w_out[j] = <weight_t>(_weight_score(z, picked, ids_out[j], m, posinf, cfg.sigmoid) * inv)
     return ROW_OK
 
 
 cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
-                            Py_ssize_t n, Py_ssize_t k, bint norm,
+                            Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
+                            floating* scratch, Py_ssize_t scratch_per_thread,
                             id_t* ids_out, weight_t* w_out,
                             int num_threads) noexcept nogil:
     """Route every row; returns the number of rows that could not be routed."""
     cdef Py_ssize_t r, n_bad = 0
     if num_threads > 1:
         for r in prange(n_rows, num_threads=num_threads, schedule='static'):
-            n_bad += _route_row(logits + r * n, n, k, norm,
+            n_bad += _route_row(logits + r * n, n, k, cfg,
+                                scratch + threadid() * scratch_per_thread,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
     else:
         for r in range(n_rows):
-            n_bad += _route_row(logits + r * n, n, k, norm,
+            n_bad += _route_row(logits + r * n, n, k, cfg, scratch,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
     return n_bad
 
@@ -313,29 +401,34 @@ cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
 
 def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                cnp.ndarray expert_ids, cnp.ndarray expert_weights,
-               int num_threads=1, Py_ssize_t num_experts=0):
+               int num_threads=1, Py_ssize_t num_experts=0, bint sigmoid=False,
+               Py_ssize_t n_group=1, Py_ssize_t topk_group=1,
+               double routed_scaling_factor=1.0, object bias=None):
     """Route logits [..., num_experts] into flat output buffers.
 
     This is the hot path of Router.__call__ and route_into: a handful of C
     checks, then the nogil kernel.  Returns the number of rows that could
-    not be routed (NaN, or all -inf), 0 when all were, or -1 without
-    writing anything when the call is not the plain case: logits not a
-    C-contiguous native float32/float64 ndarray with ndim >= 1, last
-    dimension not `num_experts` (when > 0) or 0, top_k out of range,
-    buffers of another dtype, too small, not writeable C-contiguous, or
-    overlapping.  The Python layer then validates, converts or grows, and
-    raises with a precise message.
+    not be routed (NaN, or all -inf under softmax), 0 when all were, or -1
+    without writing anything when the call is not the plain case: logits
+    not a C-contiguous native float32/float64 ndarray with ndim >= 1, last
+    dimension not `num_experts` (when > 0) or 0, top_k or the groups out of
+    range, a bias not a C-contiguous array of the logits' dtype and shape
+    [num_experts], buffers of another dtype, too small, not writeable
+    C-contiguous, or overlapping.  The Python layer then validates,
+    converts or grows, and raises with a precise message.
 
     num_threads <= 0 means the OpenMP default; batches of fewer than
     PARALLEL_MIN_ROWS rows always run on one thread.
     """
     cdef cnp.ndarray arr
     cdef int nd, lt, wt, it
-    cdef Py_ssize_t n, n_rows, n_bad = 0
+    cdef Py_ssize_t n, n_rows, n_bad = 0, per_thread = 0
     cdef bint ids64
     cdef void* lp
     cdef void* ip
     cdef void* wp
+    cdef void* scratch = NULL
+    cdef RouteCfg cfg
     if not cnp.PyArray_CheckExact(logits):
         return -1
     arr = <cnp.ndarray>logits
@@ -347,6 +440,8 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     wt = cnp.PyArray_TYPE(expert_weights)
     it = cnp.PyArray_TYPE(expert_ids)
     if (n == 0 or (num_experts > 0 and n != num_experts) or top_k < 1 or top_k > n
+            or n_group < 1 or n % n_group != 0 or topk_group < 1 or topk_group > n_group
+            or topk_group * (n // n_group) < top_k
             or (lt != cnp.NPY_FLOAT32 and lt != cnp.NPY_FLOAT64)
             or (wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64)
             or (it != cnp.NPY_INT32 and it != cnp.NPY_UINT32 and it != cnp.NPY_INT64)
@@ -359,6 +454,13 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
             or not cnp.PyArray_ISNOTSWAPPED(expert_ids)
             or not cnp.PyArray_ISNOTSWAPPED(expert_weights)):
         return -1
+    cfg.bias = NULL
+    if bias is not None:
+        if (not cnp.PyArray_CheckExact(bias) or cnp.PyArray_TYPE(<cnp.ndarray>bias) != lt
+                or cnp.PyArray_NDIM(<cnp.ndarray>bias) != 1 or cnp.PyArray_DIM(<cnp.ndarray>bias, 0) != n
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>bias) or not sigmoid):
+            return -1
+        cfg.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
     n_rows = cnp.PyArray_SIZE(arr) // n
     if (cnp.PyArray_SIZE(expert_ids) < n_rows * top_k
             or cnp.PyArray_SIZE(expert_weights) < n_rows * top_k
@@ -371,6 +473,16 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
         num_threads = 1
     elif num_threads <= 0:
         num_threads = mr_openmp_max_threads()
+    cfg.norm = norm_topk_prob
+    cfg.sigmoid = sigmoid
+    cfg.n_group = n_group
+    cfg.topk_group = topk_group
+    cfg.scale = routed_scaling_factor
+    if n_group > 1 or cfg.bias != NULL:
+        per_thread = 2 * n + n_group
+        scratch = malloc(num_threads * per_thread * cnp.PyArray_ITEMSIZE(arr))
+        if scratch == NULL:
+            raise MemoryError()
     ids64 = it == cnp.NPY_INT64
     lp = cnp.PyArray_DATA(arr)
     ip = cnp.PyArray_DATA(expert_ids)
@@ -381,25 +493,26 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
         if lt == cnp.NPY_FLOAT32:
             if not ids64:
                 if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, norm_topk_prob, <int32_t*>ip, <float*>wp, num_threads)
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, <int32_t*>ip, <float*>wp, num_threads)
                 else:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, norm_topk_prob, <int32_t*>ip, <double*>wp, num_threads)
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, <int32_t*>ip, <double*>wp, num_threads)
             else:
                 if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, norm_topk_prob, <int64_t*>ip, <float*>wp, num_threads)
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, <int64_t*>ip, <float*>wp, num_threads)
                 else:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, norm_topk_prob, <int64_t*>ip, <double*>wp, num_threads)
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, <int64_t*>ip, <double*>wp, num_threads)
         else:
             if not ids64:
                 if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, norm_topk_prob, <int32_t*>ip, <float*>wp, num_threads)
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, <int32_t*>ip, <float*>wp, num_threads)
                 else:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, norm_topk_prob, <int32_t*>ip, <double*>wp, num_threads)
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, <int32_t*>ip, <double*>wp, num_threads)
             else:
                 if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, norm_topk_prob, <int64_t*>ip, <float*>wp, num_threads)
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, <int64_t*>ip, <float*>wp, num_threads)
                 else:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, norm_topk_prob, <int64_t*>ip, <double*>wp, num_threads)
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, <int64_t*>ip, <double*>wp, num_threads)
+    free(scratch)
     return n_bad
 
 
