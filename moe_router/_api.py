@@ -213,10 +213,10 @@ def _threads_arg(num_threads):
     return 0 if num_threads is None else check_int(num_threads, "num_threads", low=1)
 
 
-def _raise_bad_rows(flat, batch_shape):
-    """Name the first row the kernel could not route (NaN or all -inf)."""
+def _raise_bad_rows(flat, batch_shape, sigmoid=False):
+    """Name the first row the kernel could not route (NaN, or all -inf under softmax)."""
     nan_rows = np.isnan(flat).any(axis=1)
-    neginf_rows = (flat == -np.inf).all(axis=1)
+    neginf_rows = np.zeros_like(nan_rows) if sigmoid else (flat == -np.inf).all(axis=1)
     bad = np.flatnonzero(nan_rows | neginf_rows)
     r = int(bad[0])
     where = f"row {r}"
@@ -228,28 +228,106 @@ def _raise_bad_rows(flat, batch_shape):
                      f"({bad.size} bad row(s) in all)")
 
 
-def _route_checked(logits, top_k, out, norm_topk_prob, num_threads, num_experts=None):
-    """The validating path: explain what is wrong, or convert / grow and route."""
+class _Variant:
+    """A validated router variant: what the kernel needs besides top_k and the buffers."""
+
+    __slots__ = ("norm", "sigmoid", "n_group", "topk_group", "scale", "bias32", "bias64",
+                 "plain", "scoring_func", "topk_on_logits", "norm_topk_prob")
+
+    def __init__(self, num_experts, top_k, norm_topk_prob=True, scoring_func="softmax",
+                 topk_on_logits=False, n_group=1, topk_group=None, routed_scaling_factor=1.0,
+                 e_score_correction_bias=None):
+        if scoring_func not in ("softmax", "sigmoid"):
+            raise ValueError(f"scoring_func must be 'softmax' or 'sigmoid', got {scoring_func!r}")
+        n_group = check_int(n_group, "n_group", low=1, high=num_experts, high_name="num_experts")
+        if num_experts % n_group:
+            raise ValueError(f"num_experts={num_experts} must be divisible by n_group={n_group}")
+        topk_group = n_group if topk_group is None else check_int(
+            topk_group, "topk_group", low=1, high=n_group, high_name="n_group")
+        group_size = num_experts // n_group
+        if topk_group * group_size < top_k:
+            raise ValueError(f"top_k={top_k} exceeds the {topk_group * group_size} experts of "
+                             f"the topk_group={topk_group} kept groups of {group_size}")
+        if n_group > 1 and scoring_func == "sigmoid" and group_size < 2:
+            raise ValueError(f"sigmoid group scores sum each group's two best experts: "
+                             f"groups need >= 2 experts, got num_experts/n_group={group_size}")
+        if isinstance(routed_scaling_factor, bool) or not isinstance(routed_scaling_factor, numbers.Real):
+            raise TypeError(f"routed_scaling_factor must be a real number, got "
+                            f"{type(routed_scaling_factor).__name__}")
+        scale = float(routed_scaling_factor)
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"routed_scaling_factor must be finite and > 0, got {scale}")
+        self.bias32 = self.bias64 = None
+        if e_score_correction_bias is not None:
+            if scoring_func != "sigmoid":
+                raise ValueError("e_score_correction_bias is for scoring_func='sigmoid' routers")
+            bias = np.asarray(e_score_correction_bias)
+            if bias.dtype.kind not in "fiu":
+                raise TypeError(f"e_score_correction_bias must be a real array, got dtype {bias.dtype}")
+            if bias.shape != (num_experts,):
+                raise ValueError(f"e_score_correction_bias must have shape ({num_experts},), "
+                                 f"got {bias.shape}")
+            if not np.isfinite(bias).all():
+                raise ValueError("e_score_correction_bias must be finite (it has NaN or inf)")
+            self.bias32 = np.ascontiguousarray(bias, dtype=np.float32)
+            self.bias64 = np.ascontiguousarray(bias, dtype=np.float64)
+        if topk_on_logits:
+            if n_group > 1 or self.bias32 is not None:
+                raise ValueError("topk_on_logits takes the top-K of the raw logits: it does not "
+                                 "combine with n_group > 1 or e_score_correction_bias")
+            if scoring_func == "softmax" and not norm_topk_prob:
+                raise ValueError("topk_on_logits with softmax scoring is a softmax over the K "
+                                 "picked logits: its weights always sum to 1 "
+                                 "(norm_topk_prob=False contradicts it)")
+        self.scoring_func = scoring_func
+        self.topk_on_logits = bool(topk_on_logits)
+        self.norm_topk_prob = bool(norm_topk_prob)
+        self.norm = bool(norm_topk_prob)
+        self.sigmoid = scoring_func == "sigmoid"
+        self.n_group = n_group
+        self.topk_group = topk_group
+        self.scale = scale
+        self.plain = not self.sigmoid and n_group == 1 and scale == 1.0
+
+    def bias_for(self, dtype):
+        return self.bias64 if dtype == _F64 else self.bias32
+
+
+_DEFAULT_VARIANT_OPTIONS = dict(scoring_func="softmax", topk_on_logits=False, n_group=1,
+                                topk_group=None, routed_scaling_factor=1.0,
+                                e_score_correction_bias=None)
+
+
+def _route_checked(logits, top_k, out, norm_topk_prob, num_threads, num_experts=None,
+                   variant=None, options=None):
+    """The validating path: explain what is wrong, or convert / grow and route.
+
+    `variant` is a validated _Variant (a Router's), or None to build one from
+    `options` (the keywords of route / route_into) once num_experts is known.
+    """
     arr = as_logits(logits)
     if num_experts is not None and arr.shape[-1] != num_experts:
         raise ValueError(f"logits must have shape [..., num_experts={num_experts}], "
                          f"got {arr.shape}")
     top_k = check_int(top_k, "top_k", low=1, high=arr.shape[-1], high_name="num_experts")
+    if variant is None:
+        variant = _Variant(arr.shape[-1], top_k, norm_topk_prob, **(options or {}))
     threads = _threads_arg(num_threads)
     out._prepare(arr.shape, top_k)
     if np.may_share_memory(arr, out._ids) or np.may_share_memory(arr, out._weights):
         raise ValueError("out's buffers must not overlap the logits")
-    n_bad = _dispatch.kernel.route_rows(arr, top_k, bool(norm_topk_prob), out._ids,
-                                        out._weights, threads)
+    n_bad = _dispatch.kernel.route_rows(
+        arr, top_k, variant.norm, out._ids, out._weights, threads, 0, variant.sigmoid,
+        variant.n_group, variant.topk_group, variant.scale, variant.bias_for(arr.dtype))
     if n_bad < 0:  # every precondition of the kernel was checked above
         raise RuntimeError("moe_router: the kernel refused validated input (a bug; please report)")
     if n_bad:
-        _raise_bad_rows(arr.reshape(-1, arr.shape[-1]), arr.shape[:-1])
+        _raise_bad_rows(arr.reshape(-1, arr.shape[-1]), arr.shape[:-1], variant.sigmoid)
     return out
 
 
 def route(logits, top_k, norm_topk_prob=True, *, num_threads=None,
-          ids_dtype=np.int32, weights_dtype=np.float32):
+          ids_dtype=np.int32, weights_dtype=np.float32, **variant_options):
     """Route tokens to their top-K experts; allocates a new RouterOutput.
 
     logits: [..., num_experts] floating array (anything numpy converts).
@@ -257,26 +335,41 @@ def route(logits, top_k, norm_topk_prob=True, *, num_threads=None,
     norm_topk_prob: renormalise the K weights of a token to sum to 1.
     num_threads: threads for large batches (default: all OpenMP threads;
         batches below PARALLEL_MIN_ROWS always run on one).
+    variant_options: the router variant, as for Router (scoring_func,
+        topk_on_logits, n_group, topk_group, routed_scaling_factor,
+        e_score_correction_bias).
     """
+    _check_options(variant_options)
     out = RouterOutput.empty(ids_dtype, weights_dtype)
-    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads)
+    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads,
+                          options=variant_options)
 
 
-def route_into(logits, top_k, out, norm_topk_prob=True, *, num_threads=None):
+def _check_options(options):
+    unknown = set(options) - set(_DEFAULT_VARIANT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; router options are "
+                        f"{sorted(_DEFAULT_VARIANT_OPTIONS)}")
+
+
+def route_into(logits, top_k, out, norm_topk_prob=True, *, num_threads=None, **variant_options):
     """Route into `out` (a RouterOutput), reusing its memory; returns `out`.
 
-    Does not allocate when `out` already holds batch * top_k elements.  On
-    error, `out`'s contents are unspecified but nothing outside it is written.
+    Takes the same router options as `route`.  Does not allocate when `out`
+    already holds batch * top_k elements.  On error, `out`'s contents are
+    unspecified but nothing outside it is written.
     """
     if type(out) is not RouterOutput and not isinstance(out, RouterOutput):
         raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
-    if type(top_k) is int and num_threads is None:
+    if not variant_options and type(top_k) is int and num_threads is None:
         # The plain case in a few C checks; anything else takes the validating path.
-        if _dispatch.kernel.route_rows(logits, top_k, norm_topk_prob,
-                                       out._ids, out._weights, 0) == 0:
+        if _dispatch.kernel.route_rows(logits, top_k, norm_topk_prob, out._ids, out._weights,
+                                       0) == 0:
             out._set_view(logits.shape, top_k)
             return out
-    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads)
+    _check_options(variant_options)
+    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads,
+                          options=variant_options)
 
 
 class Router:
@@ -286,31 +379,81 @@ class Router:
     overwritten in place (copy what you need to keep across calls), so a
     decode loop allocates nothing after the first step.  Pass `out=` to
     route into your own RouterOutput instead.
+
+    The variant (the names are those of the models' configs):
+      scoring_func: "softmax" (p = softmax(z)) or "sigmoid" (s = sigmoid(z)).
+      topk_on_logits: take the top-K of the raw logits, then score only
+        those (gpt-oss: softmax over the K; Llama 4: sigmoid of each).
+      n_group, topk_group: group-limited routing (DeepSeek): keep the
+        topk_group best of n_group expert groups, pick the K among them.
+      routed_scaling_factor: multiplies the final weights.
+      e_score_correction_bias: [num_experts] bias added to the sigmoid scores
+        for selection only (DeepSeek-V3, GLM-4.5); weights stay unbiased.
+    `Router.from_hf_config(config)` sets all of these from a model's config.
     """
 
-    def __init__(self, num_experts, top_k, norm_topk_prob=True, *, num_threads=None,
+    def __init__(self, num_experts, top_k, norm_topk_prob=True, *, scoring_func="softmax",
+                 topk_on_logits=False, n_group=1, topk_group=None, routed_scaling_factor=1.0,
+                 e_score_correction_bias=None, num_threads=None,
                  ids_dtype=np.int32, weights_dtype=np.float32):
         self.num_experts = check_int(num_experts, "num_experts", low=1)
         self.top_k = check_int(top_k, "top_k", low=1, high=self.num_experts,
                                high_name="num_experts")
-        self.norm_topk_prob = bool(norm_topk_prob)
+        self._variant = _Variant(self.num_experts, self.top_k, norm_topk_prob, scoring_func,
+                                 topk_on_logits, n_group, topk_group, routed_scaling_factor,
+                                 e_score_correction_bias)
         self.num_threads = num_threads
         self._threads = _threads_arg(num_threads)
         self._out = RouterOutput.empty(ids_dtype, weights_dtype)
 
+    norm_topk_prob = property(lambda self: self._variant.norm_topk_prob)
+    scoring_func = property(lambda self: self._variant.scoring_func)
+    topk_on_logits = property(lambda self: self._variant.topk_on_logits)
+    n_group = property(lambda self: self._variant.n_group)
+    topk_group = property(lambda self: self._variant.topk_group)
+    routed_scaling_factor = property(lambda self: self._variant.scale)
+    e_score_correction_bias = property(lambda self: self._variant.bias64)
+
+    @classmethod
+    def from_hf_config(cls, config, e_score_correction_bias=None, **overrides):
+        """A Router for the MoE layers of a Hugging Face model config.
+
+        `config`: a dict (a model's config.json) or an object with those
+        attributes (a transformers config); transformers is not imported.
+        `e_score_correction_bias`: the gate's bias weight, for the models that
+        have one (deepseek_v3, glm4_moe).  `overrides` go to Router().
+        """
+        from ._presets import router_kwargs_from_config
+        kwargs = router_kwargs_from_config(config, e_score_correction_bias)
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
     def __repr__(self):
+        v = self._variant
+        extra = "" if v.plain and not v.topk_on_logits else (
+            f", scoring_func={v.scoring_func!r}, topk_on_logits={v.topk_on_logits}, "
+            f"n_group={v.n_group}, topk_group={v.topk_group}, "
+            f"routed_scaling_factor={v.scale}, bias={v.bias32 is not None}")
         return (f"Router(num_experts={self.num_experts}, top_k={self.top_k}, "
-                f"norm_topk_prob={self.norm_topk_prob})")
+                f"norm_topk_prob={v.norm_topk_prob}{extra})")
 
     def __call__(self, logits, out=None):
         if out is None:
             out = self._out
         elif type(out) is not RouterOutput and not isinstance(out, RouterOutput):
             raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
+        v = self._variant
         # The plain case in a few C checks; anything else takes the validating path.
-        if _dispatch.kernel.route_rows(logits, self.top_k, self.norm_topk_prob, out._ids,
-                                       out._weights, self._threads, self.num_experts) == 0:
+        if v.plain:
+            rc = _dispatch.kernel.route_rows(logits, self.top_k, v.norm, out._ids,
+                                             out._weights, self._threads, self.num_experts)
+        else:
+            rc = _dispatch.kernel.route_rows(
+                logits, self.top_k, v.norm, out._ids, out._weights, self._threads,
+                self.num_experts, v.sigmoid, v.n_group, v.topk_group, v.scale,
+                None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)))
+        if rc == 0:
             out._set_view(logits.shape, self.top_k)
             return out
-        return _route_checked(logits, self.top_k, out, self.norm_topk_prob, self.num_threads,
-                              self.num_experts)
+        return _route_checked(logits, self.top_k, out, v.norm, self.num_threads,
+                              self.num_experts, variant=v)

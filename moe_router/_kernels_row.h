@@ -83,6 +83,48 @@ static inline MR_T MR_SFX(mr_sum_exp)(const MR_T *z, Py_ssize_t n, MR_T m)
     return s;
 }
 
+/*
+ * The two largest of x[0..len) (NaN-free, len >= 1; top2 is -inf when
+ * len == 1): per-lane running top-2 in vectors, then the top-2 of the lanes.
+ */
+static inline void MR_SFX(mr_top2)(const MR_T *x, Py_ssize_t len, MR_T *top1, MR_T *top2)
+{
+    MR_V t1 = MR_OP(set)(-INFINITY), t2 = MR_OP(set)(-INFINITY);
+    MR_T l1[MR_W], l2[MR_W];
+    MR_T a = -INFINITY, b = -INFINITY;
+    Py_ssize_t i = 0;
+    for (; i + MR_W <= len; i += MR_W) {
+        const MR_V v = MR_OP(load)(x + i);
+        t2 = MR_OP(max)(t2, MR_OP(min)(v, t1));
+        t1 = MR_OP(max)(t1, v);
+    }
+    MR_OP(store)(l1, t1);
+    MR_OP(store)(l2, t2);
+    /* Merge the lanes' (top1, top2) pairs as a tree: a short dependency
+     * chain (a linear scan here was latency-bound). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 8
+#endif
+    for (int step = 1; step < MR_W; step *= 2)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 16
+#endif
+        for (int l = 0; l + step < MR_W; l += 2 * step) {
+            const MR_T lo1 = l1[l] < l1[l + step] ? l1[l] : l1[l + step];
+            const MR_T hi2 = l2[l] > l2[l + step] ? l2[l] : l2[l + step];
+            l1[l] = l1[l] > l1[l + step] ? l1[l] : l1[l + step];
+            l2[l] = lo1 > hi2 ? lo1 : hi2;
+        }
+    a = l1[0];
+    b = l2[0];
+    for (; i < len; i++) {
+        b = b > (a < x[i] ? a : x[i]) ? b : (a < x[i] ? a : x[i]);
+        a = a > x[i] ? a : x[i];
+    }
+    *top1 = a;
+    *top2 = b;
+}
+
 /* x[0..MR_BLOCK) = exp(x), in place: the exps of the picked experts. */
 static inline void MR_SFX(mr_exp_block)(MR_T *x)
 {

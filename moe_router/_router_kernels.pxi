@@ -22,6 +22,8 @@ cdef extern from "_kernels.h" nogil:
     double mr_exp(double x)
     float mr_max_lanes_f32(const float *z, Py_ssize_t n, float *lanes, int *has_nan)
     double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes, int *has_nan)
+    void mr_top2_f32(const float *x, Py_ssize_t n, float *top1, float *top2)
+    void mr_top2_f64(const double *x, Py_ssize_t n, double *top1, double *top2)
     void mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *s, float *c)
     void mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *s, double *c)
     float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
@@ -90,6 +92,13 @@ cdef inline floating _row_max(const floating* z, Py_ssize_t n, floating* lanes,
         return mr_max_lanes_f32(z, n, lanes, has_nan)
     else:
         return mr_max_lanes_f64(z, n, lanes, has_nan)
+
+
+cdef inline void _top2(const floating* x, Py_ssize_t n, floating* top1, floating* top2) noexcept nogil:
+    if floating is float:
+        mr_top2_f32(x, n, top1, top2)
+    else:
+        mr_top2_f64(x, n, top1, top2)
 
 
 cdef inline void _sigmoid_into(const floating* z, Py_ssize_t n, const floating* bias,
@@ -228,14 +237,9 @@ cdef inline void _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg
     # score is the sum of its two best scores (sigmoid routers) or its best
     # score (softmax routers); equal group scores keep the smaller group.
     cdef Py_ssize_t g, i, j, best_g, size = n // cfg.n_group
-    cdef floating v, top1, top2
+    cdef floating top1, top2
     for g in range(cfg.n_group):
-        top1 = -INFINITY
-        top2 = -INFINITY
-        for i in range(g * size, (g + 1) * size):
-            v = sel[i]
-            top2 = max(top2, min(v, top1))
-            top1 = max(top1, v)
+        _top2(sel + g * size, size, &top1, &top2)
         group_score[g] = top1 + top2 if top2_sum else top1
     for j in range(cfg.topk_group):
         best_g = -1

@@ -1,15 +1,33 @@
 """Plain NumPy reference router: the independent oracle of the test suite.
 
-The math is done in float64 straight from the definitions, with no attempt
-at speed:
+Every router variant is computed here in float64 straight from its
+definition, with no attempt at speed (z = a token's logits):
 
-    p = softmax(z)                      (max-subtracted; +inf logits share
-                                         the mass equally, -inf get 0)
-    S = top-K of p, in descending order; equal probabilities resolve to the
-        smaller expert index.  p is computed exactly here from the logits'
-        order (exp is strictly increasing), so S is the stable descending
-        sort of the logits.
-    w = p[S]; if norm_topk_prob: w /= sum(w)   (uniform 1/K if the sum is 0)
+softmax scoring
+    p = softmax(z)   (max-subtracted; +inf logits share the mass equally,
+                      -inf get 0; a row of only -inf has no softmax)
+sigmoid scoring
+    s = 1 / (1 + exp(-z)),  c = s + e_score_correction_bias (if given)
+
+selection
+    The top-K of the selection score, in descending order, equal scores
+    resolving to the smaller expert index.  The score is p (softmax), or c
+    (sigmoid).  Where it is a strictly increasing function of z (softmax;
+    sigmoid without bias or groups) the logits' own order is used: it is
+    the exact order of the scores, which float rounding cannot tie.
+group limit (n_group > 1)
+    Experts form n_group equal groups of consecutive indices.  A group's
+    score is its best p (softmax) or the sum of its two best c (sigmoid);
+    the topk_group best groups are kept (ties: smaller group index) and the
+    experts of the others are excluded (as -inf, never as 0).
+topk_on_logits
+    Take the top-K of z first and score only those: softmax over the K
+    (gpt-oss) or sigmoid of each (Llama 4).  With softmax this is the
+    renormalised softmax router; with sigmoid, the sigmoid router.
+weights
+    w = p[S] or s[S]; if norm_topk_prob: w /= sum(w) (softmax, ungrouped)
+    or w /= (sum(w) + 1e-20) (sigmoid or grouped, as DeepSeek does);
+    then w *= routed_scaling_factor.
 
 `route_rows` has the signature of the compiled kernels' entry point, so the
 public API (moe_router._api) can run on this module too (path "reference").
@@ -17,7 +35,7 @@ public API (moe_router._api) can run on this module too (path "reference").
 
 import numpy as np
 
-__all__ = ["softmax", "softmax_topk", "route_rows"]
+__all__ = ["softmax", "sigmoid", "softmax_topk", "route_reference", "route_rows"]
 
 
 def _rows(logits):
@@ -27,13 +45,21 @@ def _rows(logits):
     return z, z.reshape(-1, z.shape[-1])
 
 
-def _check_rows(flat):
+def _bad_rows(flat, softmax_scoring=True):
+    bad = np.isnan(flat).any(axis=1)
+    if softmax_scoring:
+        bad |= (flat == -np.inf).all(axis=1)
+    return bad
+
+
+def _check_rows(flat, softmax_scoring=True):
     nan_rows = np.isnan(flat).any(axis=1)
-    neginf_rows = (flat == -np.inf).all(axis=1)
     if nan_rows.any():
         raise ValueError(f"logits row {int(np.flatnonzero(nan_rows)[0])} contains NaN")
-    if neginf_rows.any():
-        raise ValueError(f"logits row {int(np.flatnonzero(neginf_rows)[0])} is all -inf")
+    if softmax_scoring:
+        neginf_rows = (flat == -np.inf).all(axis=1)
+        if neginf_rows.any():
+            raise ValueError(f"logits row {int(np.flatnonzero(neginf_rows)[0])} is all -inf")
 
 
 def softmax(logits):
@@ -48,23 +74,74 @@ def softmax(logits):
     return (e / e.sum(axis=1, keepdims=True)).reshape(z.shape)
 
 
-def softmax_topk(logits, top_k, norm_topk_prob=True):
+def sigmoid(logits):
+    """Elementwise 1 / (1 + exp(-z)) in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def _top_k(keys, top_k):
+    """Indices of the top_k largest keys per row, descending, smaller index first on ties."""
+    return np.argsort(-keys, axis=1, kind="stable")[:, :top_k]
+
+
+def _limit_groups(score, n_group, topk_group, top2_sum):
+    """score with the experts outside the topk_group best groups set to -inf."""
+    rows, n = score.shape
+    grouped = score.reshape(rows, n_group, n // n_group)
+    ordered = -np.sort(-grouped, axis=2)
+    group_score = ordered[:, :, 0] + ordered[:, :, 1] if top2_sum else ordered[:, :, 0]
+    kept = _top_k(group_score, topk_group)
+    keep = np.zeros((rows, n_group), bool)
+    np.put_along_axis(keep, kept, True, axis=1)
+    return np.where(np.repeat(keep, n // n_group, axis=1), score, -np.inf)
+
+
+def route_reference(logits, top_k, norm_topk_prob=True, *, scoring_func="softmax",
+                    topk_on_logits=False, n_group=1, topk_group=None,
+                    routed_scaling_factor=1.0, e_score_correction_bias=None):
     """(expert_ids int64, expert_weights float64), both shaped [..., top_k]."""
     z, flat = _rows(logits)
-    if not 1 <= top_k <= flat.shape[1]:
-        raise ValueError(f"top_k must be in [1, {flat.shape[1]}], got {top_k}")
-    p = softmax(flat)
-    ids = np.argsort(-flat, axis=1, kind="stable")[:, :top_k]
-    w = np.take_along_axis(p, ids, axis=1)
+    n = flat.shape[1]
+    if not 1 <= top_k <= n:
+        raise ValueError(f"top_k must be in [1, {n}], got {top_k}")
+    topk_group = n_group if topk_group is None else topk_group
+    grouped = n_group > 1
+    if scoring_func == "softmax":
+        if topk_on_logits:
+            norm_topk_prob = True  # a softmax over the K picked logits
+        weights_of = softmax(flat).reshape(flat.shape)
+        key = _limit_groups(flat, n_group, topk_group, False) if grouped else flat
+    elif scoring_func == "sigmoid":
+        _check_rows(flat, softmax_scoring=False)
+        weights_of = sigmoid(flat)
+        if e_score_correction_bias is None and not grouped:
+            key = flat
+        else:
+            c = weights_of if e_score_correction_bias is None else \
+                weights_of + np.asarray(e_score_correction_bias, np.float64)
+            key = _limit_groups(c, n_group, topk_group, True) if grouped else c
+    else:
+        raise ValueError(f"unknown scoring_func {scoring_func!r}")
+    ids = _top_k(key, top_k)
+    w = np.take_along_axis(weights_of, ids, axis=1)
     if norm_topk_prob:
-        s = w.sum(axis=1, keepdims=True)
-        w = np.where(s > 0, w / np.where(s > 0, s, 1), 1.0 / top_k)
+        eps = 1e-20 if (scoring_func == "sigmoid" or grouped) else 0.0
+        w = w / (w.sum(axis=1, keepdims=True) + eps)
+    w = w * routed_scaling_factor
     shape = z.shape[:-1] + (top_k,)
     return ids.reshape(shape), w.reshape(shape)
 
 
+def softmax_topk(logits, top_k, norm_topk_prob=True):
+    """The seed's router: softmax, top-K, optional renormalisation."""
+    return route_reference(logits, top_k, norm_topk_prob)
+
+
 def route_rows(logits, top_k, norm_topk_prob, expert_ids, expert_weights, num_threads=1,
-               num_experts=0):
+               num_experts=0, sigmoid=False, n_group=1, topk_group=1,
+               routed_scaling_factor=1.0, bias=None):
     """Kernel-compatible entry (see the compiled route_rows): fill the flat
     output buffers and return the bad-row count, or -1 for anything but the
     plain case, which the public API then validates and converts."""
@@ -74,16 +151,23 @@ def route_rows(logits, top_k, norm_topk_prob, expert_ids, expert_weights, num_th
     n = logits.shape[-1]
     n_rows = logits.size // n if n else 0
     if (n == 0 or (num_experts > 0 and n != num_experts) or not 1 <= top_k <= n
+            or n % n_group or not 1 <= topk_group <= n_group
+            or topk_group * (n // n_group) < top_k
+            or (bias is not None and (not sigmoid or bias.shape != (n,)))
             or expert_ids.size < n_rows * top_k or expert_weights.size < n_rows * top_k
             or not expert_ids.flags.writeable or not expert_weights.flags.writeable
             or np.may_share_memory(logits, expert_ids)
             or np.may_share_memory(logits, expert_weights)):
         return -1
     flat = logits.reshape(-1, n).astype(np.float64)
-    bad = np.isnan(flat).any(axis=1) | (flat == -np.inf).all(axis=1)
+    bad = _bad_rows(flat, softmax_scoring=not sigmoid)
     if bad.any():
         return int(bad.sum())
-    ids, w = softmax_topk(flat, top_k, norm_topk_prob)
+    ids, w = route_reference(flat, top_k, norm_topk_prob,
+                             scoring_func="sigmoid" if sigmoid else "softmax",
+                             n_group=n_group, topk_group=topk_group,
+                             routed_scaling_factor=routed_scaling_factor,
+                             e_score_correction_bias=bias)
     expert_ids[:ids.size] = ids.reshape(-1)
     expert_weights[:ids.size] = w.reshape(-1)
     return 0

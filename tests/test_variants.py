@@ -1,0 +1,388 @@
+"""Router variants (DeepSeek, gpt-oss, Llama 4, ...) and the Hugging Face presets.
+
+Oracles: the float64 NumPy reference (moe_router.reference), and PyTorch
+transcriptions of each model's router as its transformers modeling file
+writes it.  Float32 selection scores that the float64 reference separates
+by less than TIE_TOL may legitimately come out in either order; a row whose
+ids differ from the oracle's must be such a near tie, and its weights must
+still be the oracle's weight function of the ids the kernel picked.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import moe_router as mr
+from moe_router import reference as ref
+
+TIE_TOL = 1e-5
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+
+def _keys_and_groups(z, opts):
+    """Reference selection keys (float64, group-limited) and group scores per row."""
+    flat = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
+    sig = opts.get("scoring_func", "softmax") == "sigmoid"
+    n_group = opts.get("n_group", 1)
+    bias = opts.get("e_score_correction_bias")
+    if sig:
+        key = ref.sigmoid(flat) + (0 if bias is None else np.asarray(bias, np.float64))
+        if bias is None and n_group == 1:
+            key = flat
+    else:
+        key = flat
+    groups = None
+    if n_group > 1:
+        g = key.reshape(len(flat), n_group, -1)
+        ordered = -np.sort(-g, axis=2)
+        groups = ordered[:, :, 0] + ordered[:, :, 1] if sig else ordered[:, :, 0]
+    return key, groups
+
+
+def _near_tie(row_keys, row_groups, top_k, topk_group):
+    def gap_small(values, k):
+        v = np.sort(values)[::-1][:k + 1]
+        v = v[np.isfinite(v)]
+        return len(v) > 1 and np.min(np.abs(np.diff(v))) < TIE_TOL * max(1.0, np.max(np.abs(v)))
+    if row_groups is not None and gap_small(row_groups, topk_group):
+        return True
+    return gap_small(row_keys, top_k)
+
+
+def _weights_for(z, ids, opts, norm):
+    """The reference weight function applied to given ids (per row)."""
+    flat = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
+    ids = ids.reshape(len(flat), -1)
+    if opts.get("scoring_func", "softmax") == "sigmoid":
+        w = np.take_along_axis(ref.sigmoid(flat), ids, axis=1)
+    else:
+        w = np.take_along_axis(ref.softmax(flat), ids, axis=1)
+        if opts.get("topk_on_logits"):
+            norm = True
+    if norm:
+        eps = 1e-20 if (opts.get("scoring_func") == "sigmoid" or opts.get("n_group", 1) > 1) else 0
+        w = w / (w.sum(axis=1, keepdims=True) + eps)
+    return w * opts.get("routed_scaling_factor", 1.0)
+
+
+def assert_routes_like(z, ids, w, oracle_ids, oracle_w, top_k, norm, opts):
+    """ids/weights equal the oracle's, except on near ties (see module doc)."""
+    scale = opts.get("routed_scaling_factor", 1.0)
+    atol = 2e-6 * max(1.0, scale)
+    n = z.shape[-1]
+    ids = np.asarray(ids).reshape(-1, top_k).astype(np.int64)
+    w = np.asarray(w, np.float64).reshape(-1, top_k)
+    oracle_ids = np.asarray(oracle_ids).reshape(-1, top_k)
+    oracle_w = np.asarray(oracle_w, np.float64).reshape(-1, top_k)
+    assert ((ids >= 0) & (ids < n)).all()
+    assert all(len(set(r)) == top_k for r in ids.tolist())
+    assert np.isfinite(w).all() and (w >= 0).all()
+    same = (ids == oracle_ids).all(axis=1)
+    np.testing.assert_allclose(w[same], oracle_w[same], rtol=0, atol=atol)
+    if (~same).any():
+        keys, groups = _keys_and_groups(z, opts)
+        topk_group = opts.get("topk_group") or opts.get("n_group", 1)
+        for r in np.flatnonzero(~same):
+            assert _near_tie(keys[r], None if groups is None else groups[r], top_k, topk_group), \
+                f"row {r}: ids {ids[r]} differ from {oracle_ids[r]} without a near tie"
+        np.testing.assert_allclose(w[~same], _weights_for(z, ids, opts, norm)[~same],
+                                   rtol=0, atol=atol)
+
+
+# --- the variants against the reference ------------------------------------
+
+VARIANTS = {
+    "softmax_scaled": dict(routed_scaling_factor=16.0),
+    "gpt_oss": dict(topk_on_logits=True),
+    "llama4": dict(scoring_func="sigmoid", topk_on_logits=True),
+    "sigmoid": dict(scoring_func="sigmoid"),
+    "sigmoid_bias": dict(scoring_func="sigmoid", bias=True),
+    "deepseek_v3": dict(scoring_func="sigmoid", bias=True, n_group=8, topk_group=4,
+                        routed_scaling_factor=2.5),
+    "sigmoid_grouped_nobias": dict(scoring_func="sigmoid", n_group=4, topk_group=2),
+    "deepseek_v2_grouped": dict(n_group=4, topk_group=2, routed_scaling_factor=16.0),
+}
+
+
+@st.composite
+def variant_problems(draw, name):
+    opts = dict(VARIANTS[name])
+    n_group = opts.get("n_group", 1)
+    group_size = draw(st.integers(2, 40))
+    num_experts = n_group * group_size if n_group > 1 else draw(st.integers(1, 300))
+    kept = opts.get("topk_group", 1) * group_size if n_group > 1 else num_experts
+    top_k = draw(st.integers(1, min(kept, 20)))
+    batch = draw(st.integers(0, 40))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    gen = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = 10.0 ** draw(st.integers(-1, 1))
+    z = (gen.standard_normal((batch, num_experts)) * 3 * scale).astype(dtype)
+    if draw(st.booleans()):  # exact ties
+        z = np.round(z)
+    norm = draw(st.booleans()) or (opts.get("topk_on_logits") and opts.get("scoring_func") != "sigmoid")
+    if opts.pop("bias", False):
+        # Biases as DeepSeek-V3 learns them: often negative, larger than s.
+        opts["e_score_correction_bias"] = gen.normal(-0.5, 1.0, num_experts).astype(np.float32)
+    return z, top_k, bool(norm), opts
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_matches_reference(kernel_path, name):
+    @SETTINGS
+    @given(problem=variant_problems(name))
+    def check(problem):
+        z, top_k, norm, opts = problem
+        router = mr.Router(z.shape[1], top_k, norm, **opts)
+        out = router(z)
+        oracle = ref.route_reference(z, top_k, norm, **opts)
+        assert_routes_like(z, out.expert_ids, out.expert_weights, *oracle, top_k, norm, opts)
+        # The functional API takes the same options and gives the same result.
+        again = mr.route(z, top_k, norm, **opts)
+        np.testing.assert_array_equal(again.expert_ids, out.expert_ids)
+        np.testing.assert_array_equal(again.expert_weights, out.expert_weights)
+    check()
+
+
+def test_group_masking_with_negative_biased_scores(any_path):
+    # 2 groups of 4; group 1 wins.  All biased scores are negative, so a
+    # mask of 0 instead of -inf would pick experts of the dropped group 0.
+    z = np.zeros((1, 8), np.float32)
+    bias = np.array([-0.9, -0.9, -0.9, -0.9, -0.6, -0.7, -2.0, -3.0], np.float32)
+    router = mr.Router(8, 3, True, scoring_func="sigmoid", n_group=2, topk_group=1,
+                       e_score_correction_bias=bias)
+    out = router(z)
+    assert out.expert_ids.tolist() == [[4, 5, 6]]
+    np.testing.assert_allclose(out.expert_weights, [[1 / 3] * 3], rtol=1e-6)
+
+
+def test_group_ties_keep_smaller_group(any_path):
+    # Four identical groups: the kept ones are groups 0 and 1.
+    z = np.tile(np.array([3.0, 1.0, 2.0, 0.0], np.float32), 4)[None]
+    out = mr.route(z, 4, True, scoring_func="sigmoid", n_group=4, topk_group=2,
+                   e_score_correction_bias=np.zeros(16))
+    assert out.expert_ids.tolist() == [[0, 4, 2, 6]]
+    out = mr.route(z, 2, True, n_group=4, topk_group=2)
+    assert out.expert_ids.tolist() == [[0, 4]]
+
+
+def test_topk_group_equals_n_group_is_ungrouped(any_path, rng):
+    z = rng.standard_normal((16, 64)).astype(np.float32)
+    bias = rng.normal(-0.3, 0.5, 64)
+    a = mr.route(z, 6, True, scoring_func="sigmoid", n_group=8, topk_group=8,
+                 e_score_correction_bias=bias)
+    b = mr.route(z, 6, True, scoring_func="sigmoid", e_score_correction_bias=bias)
+    np.testing.assert_array_equal(a.expert_ids, b.expert_ids)
+    np.testing.assert_allclose(a.expert_weights, b.expert_weights, atol=1e-7)
+
+
+def test_hand_computed_deepseek_v3_row(any_path):
+    # 4 experts in 2 groups, keep 1 group, top-2, bias shifts the choice.
+    z = np.array([[0.0, 2.0, 1.0, -1.0]])
+    bias = np.array([0.5, -1.0, 0.0, 0.0])
+    s = 1 / (1 + np.exp(-z[0]))
+    c = s + bias          # [1.0, -0.119, 0.731, 0.269]
+    # groups: {0,1}: 1.0 - 0.119 = 0.881; {2,3}: 1.0 -> keep group 1
+    out = mr.route(z, 2, True, scoring_func="sigmoid", n_group=2, topk_group=1,
+                   routed_scaling_factor=2.0, e_score_correction_bias=bias,
+                   weights_dtype=np.float64)
+    assert out.expert_ids.tolist() == [[2, 3]]
+    w = s[[2, 3]] / (s[2] + s[3] + 1e-20) * 2.0
+    np.testing.assert_allclose(out.expert_weights[0], w, rtol=1e-12)
+    assert c[2] > c[3]
+
+
+def test_llama4_weights_are_sigmoid_of_top_logits(any_path):
+    z = np.array([[1.0, -2.0, 3.0, 0.5]], np.float32)
+    out = mr.route(z, 1, False, scoring_func="sigmoid", topk_on_logits=True)
+    assert out.expert_ids.tolist() == [[2]]
+    np.testing.assert_allclose(out.expert_weights, [[1 / (1 + np.exp(-3.0))]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, exc, msg", [
+    (dict(scoring_func="tanh"), ValueError, "scoring_func must be 'softmax' or 'sigmoid'"),
+    (dict(n_group=3), ValueError, "num_experts=16 must be divisible by n_group=3"),
+    (dict(n_group=0), ValueError, "n_group must be >= 1"),
+    (dict(n_group=4, topk_group=5), ValueError, "topk_group must be <= n_group=4"),
+    (dict(n_group=4, topk_group=0), ValueError, "topk_group must be >= 1"),
+    (dict(n_group=8, topk_group=1), ValueError, "top_k=4 exceeds the 2 experts"),
+    (dict(n_group=16, topk_group=8, scoring_func="sigmoid"), ValueError, "groups need >= 2 experts"),
+    (dict(routed_scaling_factor=0.0), ValueError, "routed_scaling_factor must be finite and > 0"),
+    (dict(routed_scaling_factor=float("nan")), ValueError, "routed_scaling_factor must be finite"),
+    (dict(routed_scaling_factor="2"), TypeError, "routed_scaling_factor must be a real number"),
+    (dict(e_score_correction_bias=np.zeros(16)), ValueError, "is for scoring_func='sigmoid'"),
+    (dict(scoring_func="sigmoid", e_score_correction_bias=np.zeros(15)), ValueError,
+     r"must have shape \(16,\), got \(15,\)"),
+    (dict(scoring_func="sigmoid", e_score_correction_bias=np.full(16, np.nan)), ValueError,
+     "must be finite"),
+    (dict(scoring_func="sigmoid", e_score_correction_bias=["a"] * 16), TypeError,
+     "must be a real array"),
+    (dict(topk_on_logits=True, norm_topk_prob=False), ValueError, "always sum to 1"),
+    (dict(topk_on_logits=True, n_group=2), ValueError, "does not combine"),
+])
+def test_invalid_configurations(kwargs, exc, msg):
+    norm = kwargs.pop("norm_topk_prob", True)
+    with pytest.raises(exc, match=msg):
+        mr.Router(16, 4, norm, **kwargs)
+    with pytest.raises(exc, match=msg):
+        mr.route(np.zeros((2, 16), np.float32), 4, norm, **kwargs)
+
+
+def test_unknown_route_option():
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        mr.route(np.zeros((1, 4)), 1, n_groups=2)
+
+
+def test_sigmoid_accepts_all_neg_inf_rows(any_path):
+    # sigmoid(-inf) = 0 is defined: no error, weights 0 (softmax would raise).
+    z = np.full((1, 8), -np.inf, np.float32)
+    out = mr.route(z, 2, True, scoring_func="sigmoid")
+    assert out.expert_ids.tolist() == [[0, 1]]
+    assert (out.expert_weights <= 1e-30).all()
+    with pytest.raises(ValueError, match="row 0 contains NaN"):
+        mr.route(np.array([[np.nan, 0.0]]), 1, scoring_func="sigmoid")
+
+
+# --- presets from Hugging Face configs --------------------------------------
+
+QWEN3 = {"model_type": "qwen3_moe", "num_experts": 128, "num_experts_per_tok": 8,
+         "norm_topk_prob": True}
+CONFIGS = {
+    "mixtral": {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2},
+    "qwen2_moe": {"model_type": "qwen2_moe", "num_experts": 60, "num_experts_per_tok": 4,
+                  "norm_topk_prob": False},
+    "qwen3_moe": QWEN3,
+    "olmoe": {"model_type": "olmoe", "num_experts": 64, "num_experts_per_tok": 8,
+              "norm_topk_prob": False},
+    "deepseek_v2_greedy": {"model_type": "deepseek_v2", "n_routed_experts": 64,
+                           "num_experts_per_tok": 6, "topk_method": "greedy",
+                           "norm_topk_prob": False, "routed_scaling_factor": 1.0},
+    "deepseek_v2_group": {"model_type": "deepseek_v2", "n_routed_experts": 160,
+                          "num_experts_per_tok": 6, "topk_method": "group_limited_greedy",
+                          "n_group": 8, "topk_group": 3, "norm_topk_prob": False,
+                          "routed_scaling_factor": 16.0},
+    "deepseek_v3": {"model_type": "deepseek_v3", "n_routed_experts": 256,
+                    "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
+                    "norm_topk_prob": True, "routed_scaling_factor": 2.5,
+                    "scoring_func": "sigmoid", "topk_method": "noaux_tc"},
+    "glm4_moe": {"model_type": "glm4_moe", "n_routed_experts": 128, "num_experts_per_tok": 8,
+                 "n_group": 1, "topk_group": 1, "norm_topk_prob": True,
+                 "routed_scaling_factor": 2.5},
+    "gpt_oss": {"model_type": "gpt_oss", "num_local_experts": 32, "num_experts_per_tok": 4},
+    "llama4_text": {"model_type": "llama4_text", "num_local_experts": 16,
+                    "num_experts_per_tok": 1},
+}
+
+
+def _torch_router(torch, name, cfg, logits, bias):
+    """The model's router as transformers writes it (topk sorted for comparison)."""
+    F = torch.nn.functional
+    if name in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"):
+        w = F.softmax(logits, dim=1, dtype=torch.float)
+        w, ids = torch.topk(w, cfg["num_experts_per_tok"], dim=-1)
+        if name == "mixtral" or cfg.get("norm_topk_prob"):
+            w = w / w.sum(dim=-1, keepdim=True)
+        return ids, w
+    if name.startswith("deepseek_v2"):
+        k = cfg["num_experts_per_tok"]
+        scores = logits.softmax(dim=-1, dtype=torch.float32)
+        if cfg["topk_method"] == "greedy":
+            w, ids = torch.topk(scores, k=k, dim=-1)
+        else:
+            n, g = len(logits), cfg["n_group"]
+            group_scores = scores.view(n, g, -1).max(dim=-1).values
+            group_idx = torch.topk(group_scores, k=cfg["topk_group"], dim=-1)[1]
+            group_mask = torch.zeros_like(group_scores)
+            group_mask.scatter_(1, group_idx, 1)
+            score_mask = group_mask.unsqueeze(-1).expand(n, g, logits.shape[1] // g).reshape(n, -1)
+            tmp = scores.masked_fill(~score_mask.bool(), 0.0)
+            w, ids = torch.topk(tmp, k=k, dim=-1)
+        if k > 1 and cfg["norm_topk_prob"]:
+            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20) * cfg["routed_scaling_factor"]
+        else:
+            w = w * cfg["routed_scaling_factor"]
+        return ids, w
+    if name in ("deepseek_v3", "glm4_moe"):
+        n, g = len(logits), cfg["n_group"]
+        scores = logits.sigmoid()
+        choice = scores + bias.unsqueeze(0)
+        group_scores = choice.view(n, g, -1).topk(2, dim=-1)[0].sum(dim=-1)
+        group_idx = torch.topk(group_scores, k=cfg["topk_group"], dim=-1)[1]
+        group_mask = torch.zeros_like(group_scores)
+        group_mask.scatter_(1, group_idx, 1)
+        score_mask = group_mask.unsqueeze(-1).expand(n, g, logits.shape[1] // g).reshape(n, -1)
+        # -inf, as vLLM and SGLang do (transformers' 0.0 picks experts of
+        # dropped groups when the biased scores are negative).
+        tmp = choice.masked_fill(~score_mask.bool(), float("-inf"))
+        ids = torch.topk(tmp, k=cfg["num_experts_per_tok"], dim=-1)[1]
+        w = scores.gather(1, ids)
+        if cfg["norm_topk_prob"]:
+            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+        return ids, w * cfg["routed_scaling_factor"]
+    if name == "gpt_oss":
+        v, ids = torch.topk(logits, cfg["num_experts_per_tok"], dim=-1)
+        return ids, F.softmax(v, dim=1, dtype=v.dtype)
+    if name == "llama4_text":
+        v, ids = torch.topk(logits, cfg["num_experts_per_tok"], dim=1)
+        return ids, torch.sigmoid(v.float())
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_preset_matches_transformers_router(kernel_path, name, rng):
+    torch = pytest.importorskip("torch")
+    cfg = CONFIGS[name]
+    e = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg["n_routed_experts"]
+    bias = None
+    if cfg["model_type"] in ("deepseek_v3", "glm4_moe"):
+        bias = rng.normal(-0.5, 1.0, e).astype(np.float32)  # often negative
+    router = mr.Router.from_hf_config(cfg, e_score_correction_bias=bias)
+    logits = (rng.standard_normal((200, e)) * 2).astype(np.float32)
+    out = router(logits)
+    ids, w = _torch_router(torch, name, cfg, torch.from_numpy(logits),
+                           None if bias is None else torch.from_numpy(bias))
+    opts = {k: getattr(router, k) for k in ("scoring_func", "topk_on_logits", "n_group",
+                                            "topk_group", "routed_scaling_factor")}
+    opts["e_score_correction_bias"] = bias
+    assert_routes_like(logits, out.expert_ids, out.expert_weights, ids.numpy(), w.numpy(),
+                       router.top_k, router.norm_topk_prob, opts)
+
+
+def test_from_hf_config_fields():
+    r = mr.Router.from_hf_config(QWEN3)
+    assert (r.num_experts, r.top_k, r.norm_topk_prob, r.scoring_func) == (128, 8, True, "softmax")
+    bias = np.zeros(256)
+    r = mr.Router.from_hf_config(CONFIGS["deepseek_v3"], e_score_correction_bias=bias)
+    assert (r.num_experts, r.top_k, r.n_group, r.topk_group, r.routed_scaling_factor,
+            r.scoring_func) == (256, 8, 8, 4, 2.5, "sigmoid")
+    r = mr.Router.from_hf_config({"model_type": "llama4",
+                                  "text_config": CONFIGS["llama4_text"]})
+    assert (r.num_experts, r.top_k, r.scoring_func, r.topk_on_logits) == (16, 1, "sigmoid", True)
+    r = mr.Router.from_hf_config(CONFIGS["gpt_oss"])
+    assert r.topk_on_logits and r.norm_topk_prob
+    r = mr.Router.from_hf_config(CONFIGS["deepseek_v2_greedy"])
+    assert r.n_group == 1 and not r.norm_topk_prob
+
+    class Config:  # a transformers-style attribute object
+        model_type = "mixtral"
+        num_local_experts = 8
+        num_experts_per_tok = 2
+    r = mr.Router.from_hf_config(Config())
+    assert (r.num_experts, r.top_k, r.norm_topk_prob) == (8, 2, True)
+    r = mr.Router.from_hf_config(QWEN3, num_threads=1)
+    assert r.num_threads == 1
+
+
+@pytest.mark.parametrize("config, bias, msg", [
+    ({"model_type": "llama"}, None, "'llama' is not a MoE model moe_router knows"),
+    ({}, None, "None is not a MoE model"),
+    ({"model_type": "qwen3_moe", "num_experts": 8}, None, "has no num_experts_per_tok"),
+    (CONFIGS["deepseek_v3"], None, "pass Router.from_hf_config"),
+    (QWEN3, np.zeros(128), "qwen3_moe has no e_score_correction_bias"),
+    ({**CONFIGS["deepseek_v2_greedy"], "topk_method": "noaux"}, None, "not supported"),
+])
+def test_from_hf_config_errors(config, bias, msg):
+    with pytest.raises(ValueError, match=msg):
+        mr.Router.from_hf_config(config, e_score_correction_bias=bias)
