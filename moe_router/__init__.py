@@ -25,6 +25,7 @@ def show_config(print_out=True):
     config = {
         "version": __version__,
         "kernel_path": _dispatch.path,
+        "simd": info.get("simd", "numpy"),
         "compiled_paths": _dispatch.compiled_paths(),
         "available_paths": _dispatch.available_paths(),
         "openmp": info.get("openmp", False),

@@ -355,16 +355,18 @@ def _check_options(options):
 def route_into(logits, top_k, out, norm_topk_prob=True, *, num_threads=None, **variant_options):
     """Route into `out` (a RouterOutput), reusing its memory; returns `out`.
 
-    Takes the same router options as `route`.  Does not allocate when `out`
+    Takes the same router options as `route` (validated on every call: for a
+    variant in a loop, a Router is faster).  Does not allocate when `out`
     already holds batch * top_k elements.  On error, `out`'s contents are
     unspecified but nothing outside it is written.
     """
     if type(out) is not RouterOutput and not isinstance(out, RouterOutput):
         raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
-    if not variant_options and type(top_k) is int and num_threads is None:
+    if (not variant_options and type(top_k) is int
+            and (num_threads is None or (type(num_threads) is int and num_threads >= 1))):
         # The plain case in a few C checks; anything else takes the validating path.
         if _dispatch.kernel.route_rows(logits, top_k, norm_topk_prob, out._ids, out._weights,
-                                       0) == 0:
+                                       num_threads or 0) == 0:
             out._set_view(logits.shape, top_k)
             return out
     _check_options(variant_options)

@@ -43,6 +43,27 @@ def torch_route(torch, logits, top_k, norm_topk_prob=True):
     return selected_experts, routing_weights
 
 
+DEEPSEEK_V3 = {"num_experts": 256, "top_k": 8, "norm_topk_prob": True, "scoring_func": "sigmoid",
+               "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5}
+
+
+def torch_deepseek_v3(torch, logits, bias, top_k=8, n_group=8, topk_group=4, scale=2.5):
+    """transformers' DeepseekV3TopkRouter (group mask -inf, as vLLM / SGLang)."""
+    n = logits.shape[0]
+    scores = logits.sigmoid()
+    choice = scores + bias.unsqueeze(0)
+    group_scores = choice.view(n, n_group, -1).topk(2, dim=-1)[0].sum(dim=-1)
+    group_idx = torch.topk(group_scores, k=topk_group, dim=-1, sorted=False)[1]
+    group_mask = torch.zeros_like(group_scores)
+    group_mask.scatter_(1, group_idx, 1)
+    score_mask = group_mask.unsqueeze(-1).expand(n, n_group, logits.shape[1] // n_group)
+    tmp = choice.masked_fill(~score_mask.reshape(n, -1).bool(), float("-inf"))
+    ids = torch.topk(tmp, k=top_k, dim=-1, sorted=False)[1]
+    w = scores.gather(1, ids)
+    w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+    return ids, w * scale
+
+
 def import_torch():
     """torch with one intra-op thread (a fair one-thread comparison), or None."""
     try:

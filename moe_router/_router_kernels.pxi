@@ -228,15 +228,18 @@ cdef struct RouteCfg:
     const void* bias       # e_score_correction_bias, logits' dtype, or NULL
 
 
-cdef inline void _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg* cfg,
-                               floating* masked, floating* group_score,
-                               bint top2_sum) noexcept nogil:
-    # masked = sel with the experts outside the best cfg.topk_group groups
-    # set to -inf (never 0: 0 would beat negative biased scores and pick
-    # experts of dropped groups).  masked may be sel itself.  A group's
-    # score is the sum of its two best scores (sigmoid routers) or its best
-    # score (softmax routers); equal group scores keep the smaller group.
-    cdef Py_ssize_t g, i, j, best_g, size = n // cfg.n_group
+cdef inline Py_ssize_t _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg* cfg,
+                                     floating* kept_sel, floating* group_score,
+                                     Py_ssize_t* kept, bint top2_sum) noexcept nogil:
+    # Keep the best cfg.topk_group of the cfg.n_group groups of sel: their
+    # scores go to kept_sel, group after group in ascending group order (so
+    # position order is still expert order, and ties still go to the smaller
+    # expert), and their group indices to kept.  Returns len(kept_sel).
+    # The other groups' experts are out of the top-k altogether (as if -inf,
+    # never 0: 0 would beat negative biased scores).  A group's score is the
+    # sum of its two best scores (sigmoid routers) or its best score
+    # (softmax routers); equal group scores keep the smaller group.
+    cdef Py_ssize_t g, i, j, best_g, n_kept = 0, size = n // cfg.n_group
     cdef floating top1, top2
     for g in range(cfg.n_group):
         _top2(sel + g * size, size, &top1, &top2)
@@ -251,12 +254,11 @@ cdef inline void _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg
         group_score[best_g] = <floating>NAN
     for g in range(cfg.n_group):
         if group_score[g] != group_score[g]:
-            if masked != sel:
-                for i in range(g * size, (g + 1) * size):
-                    masked[i] = sel[i]
-        else:
-            for i in range(g * size, (g + 1) * size):
-                masked[i] = -INFINITY
+            for i in range(size):
+                kept_sel[n_kept * size + i] = sel[g * size + i]
+            kept[n_kept] = g
+            n_kept += 1
+    return n_kept * size
 
 
 cdef inline floating _weight_score(const floating* z, const floating* picked, Py_ssize_t i,
@@ -293,11 +295,12 @@ cdef inline void _picked_scores(const floating* z, const floating* picked, const
 
 
 cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
-                    floating* scratch, id_t* ids_out, weight_t* w_out) noexcept nogil:
+                    floating* scratch, Py_ssize_t* kept, id_t* ids_out,
+                    weight_t* w_out) noexcept nogil:
     """Route one row of logits: scores, (group-limited) top-k, weights.
 
-    `scratch` holds 2 * n + n_group values (used by the grouped and the
-    biased routers only).
+    `scratch` holds 2 * n + n_group values and `kept` n_group indices (used
+    by the grouped and the biased routers only).
     """
     cdef floating lanes[MR_BLOCK]
     cdef floating e_sel[MR_BLOCK]
@@ -305,10 +308,10 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef floating m = _row_max(z, n, lanes, &has_nan)
     cdef floating s = 0
     cdef const floating* sel = z        # what the top-k is taken of
+    cdef Py_ssize_t sel_n = n
     cdef const floating* picked = z     # what the weights are read from
-    cdef floating* c
     cdef double sel_sum = 0, inv
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, size
     cdef bint posinf = False
 
     if has_nan:
@@ -323,28 +326,29 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
                     s += z[j] == INFINITY  # +inf logits share the mass equally
             else:
                 s = _row_sum_exp(z, n, m)
-        if cfg.n_group > 1:
-            # A group's best probability is its best logit's.
-            _limit_groups(z, n, cfg, scratch, scratch + 2 * n, False)
-            sel = scratch
     elif cfg.bias != NULL or cfg.n_group > 1:
-        # s = sigmoid(z) in scratch[n:2n], c = s + bias in scratch[0:n];
-        # the top-k is taken of c (group-limited in place), weights are s.
-        c = scratch if cfg.bias != NULL else scratch + n
+        # s = sigmoid(z) in scratch[n:2n] (the weights), c = s + bias in
+        # scratch[0:n] (the selection score).
         _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n, scratch)
         picked = scratch + n
-        if cfg.n_group > 1:
-            _limit_groups(c, n, cfg, scratch, scratch + 2 * n, True)
-            c = scratch
-        sel = c
+        sel = scratch if cfg.bias != NULL else scratch + n
     # else: sigmoid without bias or groups: the order of s is that of z.
 
+    if cfg.n_group > 1:
+        # A softmax group's best probability is its best logit's; the kept
+        # groups' selection scores are compacted into scratch[0:n].
+        sel_n = _limit_groups(sel, n, cfg, scratch, scratch + 2 * n, kept, cfg.sigmoid)
+        sel = scratch
     if sel != z:
-        _row_max(sel, n, lanes, &has_nan)
+        _row_max(sel, sel_n, lanes, &has_nan)
     # Selecting on the logits when the order is theirs: exp and sigmoid are
     # monotonic, and the logits keep apart values whose float32
     # probabilities round (or underflow) to the same number.
-    _topk(sel, n, k, lanes, ids_out)
+    _topk(sel, sel_n, k, lanes, ids_out)
+    if cfg.n_group > 1:  # positions in the kept groups -> expert ids
+        size = n // cfg.n_group
+        for j in range(k):
+            ids_out[j] = <id_t>(kept[ids_out[j] // size] * size + ids_out[j] % size)
 
     if k <= MR_BLOCK:
         _picked_scores(z, picked, ids_out, k, m, posinf, cfg.sigmoid, e_sel)
@@ -373,7 +377,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
 cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
                             Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
                             floating* scratch, Py_ssize_t scratch_per_thread,
-                            id_t* ids_out, weight_t* w_out,
+                            Py_ssize_t* kept, id_t* ids_out, weight_t* w_out,
                             int num_threads) noexcept nogil:
     """Route every row; returns the number of rows that could not be routed."""
     cdef Py_ssize_t r, n_bad = 0
@@ -381,20 +385,30 @@ cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
         for r in prange(n_rows, num_threads=num_threads, schedule='static'):
             n_bad += _route_row(logits + r * n, n, k, cfg,
                                 scratch + threadid() * scratch_per_thread,
+                                kept + threadid() * cfg.n_group,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
     else:
         for r in range(n_rows):
-            n_bad += _route_row(logits + r * n, n, k, cfg, scratch,
+            n_bad += _route_row(logits + r * n, n, k, cfg, scratch, kept,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
     return n_bad
 
 
 # Batches with fewer rows run on one thread whatever num_threads says: below
-# this, waking a second thread costs more than it saves (measured with
-# benchmarks/bench_threads.py).
-PARALLEL_MIN_ROWS = 512
+# this, waking a second thread costs about what it saves.  Measured with
+# benchmarks/bench_threads.py (2-core EPYC, 128 experts, top-8): 2 threads
+# gave 1.04x at 16 rows, 1.24x at 32, 1.52x at 64, 1.85x at 4096.
+PARALLEL_MIN_ROWS = 64
 
 cdef Py_ssize_t _parallel_min_rows = PARALLEL_MIN_ROWS
+
+
+def set_parallel_min_rows(Py_ssize_t rows):
+    """Set the threshold for this module (benchmarks only); returns the old one."""
+    global _parallel_min_rows
+    old = _parallel_min_rows
+    _parallel_min_rows = max(rows, 1)
+    return old
 
 
 cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
@@ -432,6 +446,7 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     cdef void* ip
     cdef void* wp
     cdef void* scratch = NULL
+    cdef Py_ssize_t* kept = NULL
     cdef RouteCfg cfg
     if not cnp.PyArray_CheckExact(logits):
         return -1
@@ -485,7 +500,10 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     if n_group > 1 or cfg.bias != NULL:
         per_thread = 2 * n + n_group
         scratch = malloc(num_threads * per_thread * cnp.PyArray_ITEMSIZE(arr))
-        if scratch == NULL:
+        kept = <Py_ssize_t*>malloc(num_threads * n_group * sizeof(Py_ssize_t))
+        if scratch == NULL or kept == NULL:
+            free(scratch)
+            free(kept)
             raise MemoryError()
     ids64 = it == cnp.NPY_INT64
     lp = cnp.PyArray_DATA(arr)
@@ -497,26 +515,27 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
         if lt == cnp.NPY_FLOAT32:
             if not ids64:
                 if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, <int32_t*>ip, <float*>wp, num_threads)
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, kept, <int32_t*>ip, <float*>wp, num_threads)
                 else:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, <int32_t*>ip, <double*>wp, num_threads)
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, kept, <int32_t*>ip, <double*>wp, num_threads)
             else:
                 if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, <int64_t*>ip, <float*>wp, num_threads)
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, kept, <int64_t*>ip, <float*>wp, num_threads)
                 else:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, <int64_t*>ip, <double*>wp, num_threads)
+                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, kept, <int64_t*>ip, <double*>wp, num_threads)
         else:
             if not ids64:
                 if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, <int32_t*>ip, <float*>wp, num_threads)
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, kept, <int32_t*>ip, <float*>wp, num_threads)
                 else:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, <int32_t*>ip, <double*>wp, num_threads)
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, kept, <int32_t*>ip, <double*>wp, num_threads)
             else:
                 if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, <int64_t*>ip, <float*>wp, num_threads)
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, kept, <int64_t*>ip, <float*>wp, num_threads)
                 else:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, <int64_t*>ip, <double*>wp, num_threads)
+                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, kept, <int64_t*>ip, <double*>wp, num_threads)
     free(scratch)
+    free(kept)
     return n_bad
 
 

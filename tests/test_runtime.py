@@ -1,0 +1,99 @@
+"""Run-time behaviour an inference loop relies on: no allocation, GIL released, config."""
+
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import moe_router as mr
+
+
+@pytest.mark.parametrize("how", ["router", "route_into", "router_deepseek"])
+def test_no_allocation_growth_over_10000_calls(kernel_path, how, rng):
+    batches = [rng.standard_normal((b, 64)).astype(np.float32) for b in (1, 7, 32, 3, 32)]
+    if how == "router":
+        router = mr.Router(64, 4)
+        call = router
+    elif how == "router_deepseek":
+        router = mr.Router(64, 4, scoring_func="sigmoid", n_group=8, topk_group=2,
+                           routed_scaling_factor=2.5, e_score_correction_bias=rng.normal(size=64))
+        call = router
+    else:
+        out = mr.RouterOutput.empty()
+
+        def call(z):
+            return mr.route_into(z, 4, out)
+    for z in batches:  # warm-up: the largest batch sets the capacity
+        call(z)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for i in range(10_000):
+            call(batches[i % len(batches)])
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 2048, f"memory grew by {after - before} bytes over 10 000 calls"
+
+
+def test_gil_released_during_the_kernel(kernel_path):
+    # A large batch on one thread takes ~0.1 s in the kernel; a Python
+    # thread must keep running meanwhile.
+    z = np.random.default_rng(0).standard_normal((200_000, 128)).astype(np.float32)
+    out = mr.RouterOutput.empty()
+    mr.route_into(z[:10], 8, out)
+    progress = [0]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            progress[0] += 1
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        time.sleep(0.01)
+        start_count = progress[0]
+        t0 = time.perf_counter()
+        mr.route_into(z, 8, out, num_threads=1)
+        elapsed = time.perf_counter() - t0
+        during = progress[0] - start_count
+    finally:
+        stop.set()
+        worker.join()
+    # With the GIL held the spinner would get at most a switch interval
+    # (5 ms) of the call; released, it runs for most of it.
+    rate = during / elapsed
+    assert elapsed > 0.02, "batch too small to tell"
+    assert during > 1000 and rate > 0, f"only {during} iterations in {elapsed:.3f} s"
+
+
+def test_show_config_reports_the_build(capsys):
+    cfg = mr.show_config()
+    printed = capsys.readouterr().out
+    assert cfg["version"] == mr.__version__
+    assert cfg["kernel_path"] in cfg["available_paths"]
+    assert set(cfg["available_paths"]) <= set(cfg["compiled_paths"])
+    assert "baseline" in cfg["compiled_paths"]
+    assert isinstance(cfg["openmp"], bool) and cfg["default_threads"] >= 1
+    assert cfg["parallel_min_rows"] == mr.PARALLEL_MIN_ROWS
+    assert "kernel_path" in printed and cfg["simd"] in printed
+    assert mr.show_config(print_out=False) == cfg
+
+
+def test_forced_path_environment_variable():
+    import os
+    import subprocess
+    import sys
+    # The subprocess imports the same moe_router this test run does.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(mr.__file__)))
+    code = "import moe_router as mr; print(mr.show_config(False)['kernel_path'])"
+    for path in mr.show_config(print_out=False)["available_paths"]:
+        got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(env, MOE_ROUTER_PATH=path), cwd="/")
+        assert got.stdout.strip() == path, got.stderr
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(env, MOE_ROUTER_PATH="sse9"), cwd="/")
+    assert bad.returncode != 0 and "MOE_ROUTER_PATH='sse9'" in bad.stderr
