@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import threading
 
 import numpy as np
 
@@ -377,10 +378,10 @@ def route_into(logits, top_k, out, norm_topk_prob=True, *, num_threads=None, **v
 class Router:
     """A configured router that owns and reuses its output buffers.
 
-    `router(logits)` returns the same RouterOutput object every call,
-    overwritten in place (copy what you need to keep across calls), so a
-    decode loop allocates nothing after the first step.  Pass `out=` to
-    route into your own RouterOutput instead.
+    `router(logits)` returns the same RouterOutput object every call (one per
+    calling thread), overwritten in place (copy what you need to keep across
+    calls), so a decode loop allocates nothing after the first step.  Pass
+    `out=` to route into your own RouterOutput instead.
 
     The variant (the names are those of the models' configs):
       scoring_func: "softmax" (p = softmax(z)) or "sigmoid" (s = sigmoid(z)).
@@ -406,7 +407,11 @@ class Router:
                                  e_score_correction_bias)
         self.num_threads = num_threads
         self._threads = _threads_arg(num_threads)
-        self._out = RouterOutput.empty(ids_dtype, weights_dtype)
+        self._dtypes = (np.dtype(ids_dtype), np.dtype(weights_dtype))
+        RouterOutput.empty(*self._dtypes)  # validates the dtypes now
+        # One output per calling thread: a Router shared by threads never
+        # hands two of them the same buffers.
+        self._local = threading.local()
 
     norm_topk_prob = property(lambda self: self._variant.norm_topk_prob)
     scoring_func = property(lambda self: self._variant.scoring_func)
@@ -441,7 +446,10 @@ class Router:
 
     def __call__(self, logits, out=None):
         if out is None:
-            out = self._out
+            try:
+                out = self._local.out
+            except AttributeError:
+                out = self._local.out = RouterOutput.empty(*self._dtypes)
         elif type(out) is not RouterOutput and not isinstance(out, RouterOutput):
             raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
         v = self._variant

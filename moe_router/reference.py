@@ -19,7 +19,8 @@ group limit (n_group > 1)
     Experts form n_group equal groups of consecutive indices.  A group's
     score is its best p (softmax) or the sum of its two best c (sigmoid);
     the topk_group best groups are kept (ties: smaller group index) and the
-    experts of the others are excluded (as -inf, never as 0).
+    experts of the others are excluded (below every kept expert, a -inf
+    logit included; never masked as 0).
 topk_on_logits
     Take the top-K of z first and score only those: softmax over the K
     (gpt-oss) or sigmoid of each (Llama 4).  With softmax this is the
@@ -86,8 +87,8 @@ def _top_k(keys, top_k):
     return np.argsort(-keys, axis=1, kind="stable")[:, :top_k]
 
 
-def _limit_groups(score, n_group, topk_group, top2_sum):
-    """score with the experts outside the topk_group best groups set to -inf."""
+def _kept_experts(score, n_group, topk_group, top2_sum):
+    """Boolean [rows, n]: the experts of the topk_group best groups."""
     rows, n = score.shape
     grouped = score.reshape(rows, n_group, n // n_group)
     ordered = -np.sort(-grouped, axis=2)
@@ -95,7 +96,7 @@ def _limit_groups(score, n_group, topk_group, top2_sum):
     kept = _top_k(group_score, topk_group)
     keep = np.zeros((rows, n_group), bool)
     np.put_along_axis(keep, kept, True, axis=1)
-    return np.where(np.repeat(keep, n // n_group, axis=1), score, -np.inf)
+    return np.repeat(keep, n // n_group, axis=1)
 
 
 def route_reference(logits, top_k, norm_topk_prob=True, *, scoring_func="softmax",
@@ -112,19 +113,24 @@ def route_reference(logits, top_k, norm_topk_prob=True, *, scoring_func="softmax
         if topk_on_logits:
             norm_topk_prob = True  # a softmax over the K picked logits
         weights_of = softmax(flat).reshape(flat.shape)
-        key = _limit_groups(flat, n_group, topk_group, False) if grouped else flat
+        key = flat
     elif scoring_func == "sigmoid":
         _check_rows(flat, softmax_scoring=False)
         weights_of = sigmoid(flat)
         if e_score_correction_bias is None and not grouped:
             key = flat
         else:
-            c = weights_of if e_score_correction_bias is None else \
+            key = weights_of if e_score_correction_bias is None else \
                 weights_of + np.asarray(e_score_correction_bias, np.float64)
-            key = _limit_groups(c, n_group, topk_group, True) if grouped else c
     else:
         raise ValueError(f"unknown scoring_func {scoring_func!r}")
-    ids = _top_k(key, top_k)
+    if grouped:
+        # The experts of dropped groups rank below every kept one, a kept
+        # -inf logit included: they are out of the selection altogether.
+        keep = _kept_experts(key, n_group, topk_group, scoring_func == "sigmoid")
+        ids = np.lexsort((-key, ~keep), axis=1)[:, :top_k]
+    else:
+        ids = _top_k(key, top_k)
     w = np.take_along_axis(weights_of, ids, axis=1)
     if norm_topk_prob:
         eps = 1e-20 if (scoring_func == "sigmoid" or grouped) else 0.0

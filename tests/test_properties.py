@@ -84,3 +84,65 @@ def test_neg_inf_masks(kernel_path, num_experts, data):
     ref_ids, ref_w = ref.softmax_topk(z, top_k, False)
     np.testing.assert_array_equal(out.expert_ids, ref_ids)
     assert (out.expert_weights[:, keep:] == 0).all()
+
+
+# --- adversarial rows, every variant -------------------------------------------
+
+ADVERSARIAL_VARIANTS = {
+    "softmax": {}, "softmax_raw": {"norm_topk_prob": False},
+    "scaled_grouped": dict(n_group=4, topk_group=2, routed_scaling_factor=2.5),
+    "gpt_oss": dict(topk_on_logits=True),
+    "llama4": dict(scoring_func="sigmoid", topk_on_logits=True, norm_topk_prob=False),
+    "sigmoid_bias_grouped": dict(scoring_func="sigmoid", n_group=4, topk_group=2, bias=True),
+}
+
+
+@st.composite
+def adversarial_rows(draw):
+    group = draw(st.integers(2, 24))
+    num_experts = 4 * group
+    top_k = draw(st.integers(1, 2 * group))
+    batch = draw(st.integers(1, 12))
+    gen = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["all_equal", "two_values", "mask_all_but_k", "near_max",
+                                 "denormal", "huge_spread"]))
+    fmax = float(np.finfo(np.float32).max)
+    if kind == "all_equal":
+        z = np.full((batch, num_experts), draw(st.sampled_from([0.0, -5.0, 1e30, -1e30])))
+    elif kind == "two_values":
+        z = np.where(gen.random((batch, num_experts)) < 0.5, 1.0, 2.0)
+    elif kind == "mask_all_but_k":
+        z = np.full((batch, num_experts), -np.inf)
+        for row in z:
+            keep = gen.choice(num_experts, top_k, replace=False)
+            row[keep] = gen.standard_normal(top_k)
+    elif kind == "near_max":
+        z = fmax * (1 - gen.random((batch, num_experts)) * 1e-6) * gen.choice([-1, 1], (batch, num_experts))
+    elif kind == "denormal":
+        z = gen.integers(-3, 4, (batch, num_experts)) * 1e-45
+    else:
+        z = gen.choice([-fmax, -1.0, 0.0, 1.0, fmax], (batch, num_experts))
+    return z.astype(np.float32), top_k
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL_VARIANTS))
+def test_adversarial_rows_keep_the_invariants(kernel_path, name):
+    from test_variants import assert_routes_like
+
+    @SETTINGS
+    @given(problem=adversarial_rows(), data=st.data())
+    def check(problem, data):
+        z, top_k = problem
+        opts = dict(ADVERSARIAL_VARIANTS[name])
+        norm = opts.pop("norm_topk_prob", True)
+        if opts.pop("bias", False):
+            opts["e_score_correction_bias"] = np.random.default_rng(
+                data.draw(st.integers(0, 2**32 - 1))).normal(-0.5, 1.0, z.shape[1])
+        out = mr.route(z, top_k, norm, **opts)
+        oracle = ref.route_reference(z, top_k, norm, **opts)
+        assert_routes_like(z, out.expert_ids, out.expert_weights, *oracle, top_k, norm, opts)
+        if norm or opts.get("topk_on_logits") and opts.get("scoring_func") != "sigmoid":
+            sums = out.expert_weights.sum(axis=1) / opts.get("routed_scaling_factor", 1.0)
+            positive = oracle[1].sum(axis=1) > 0
+            np.testing.assert_allclose(sums[positive], 1.0, atol=1e-6)
+    check()

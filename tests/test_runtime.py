@@ -97,3 +97,43 @@ def test_forced_path_environment_variable():
     bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(env, MOE_ROUTER_PATH="sse9"), cwd="/")
     assert bad.returncode != 0 and "MOE_ROUTER_PATH='sse9'" in bad.stderr
+
+
+@pytest.mark.parametrize("variant", [{}, dict(scoring_func="sigmoid", n_group=4, topk_group=2,
+                                              routed_scaling_factor=2.5)])
+def test_eight_threads_match_serial(kernel_path, rng, variant):
+    # Shared read-only logits; each thread routes many batches through its
+    # own RouterOutput, through a Router shared by all, and with
+    # num_threads=2 inside; everything equals serial routing.
+    logits = rng.standard_normal((8, 300, 64)).astype(np.float32)
+    logits.flags.writeable = False
+    if variant:
+        variant = dict(variant, e_score_correction_bias=rng.normal(-0.3, 0.5, 64))
+    shared = mr.Router(64, 6, **variant)
+    serial = [mr.route(logits[t], 6, num_threads=1, **variant) for t in range(8)]
+    expected = [(s.expert_ids.copy(), s.expert_weights.copy()) for s in serial]
+    failures = []
+    barrier = threading.Barrier(8)
+
+    def work(t):
+        try:
+            own = mr.RouterOutput.empty()
+            barrier.wait()
+            for i in range(40):
+                z = logits[t, : 50 + (i * 37) % 250]
+                n = len(z)
+                a = mr.route_into(z, 6, own, num_threads=2, **variant)
+                b = shared(z)
+                for got in (a, b):
+                    if not (np.array_equal(got.expert_ids, expected[t][0][:n])
+                            and np.array_equal(got.expert_weights, expected[t][1][:n])):
+                        failures.append((t, i))
+        except Exception as exc:  # pragma: no cover - reported below
+            failures.append((t, repr(exc)))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not failures, failures[:5]
