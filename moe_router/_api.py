@@ -256,8 +256,10 @@ class _Variant:
             raise TypeError(f"routed_scaling_factor must be a real number, got "
                             f"{type(routed_scaling_factor).__name__}")
         scale = float(routed_scaling_factor)
-        if not (np.isfinite(scale) and scale > 0):
-            raise ValueError(f"routed_scaling_factor must be finite and > 0, got {scale}")
+        if not (np.isfinite(scale) and 0 < scale <= 1e38):
+            # Weights are <= 1 before scaling: this keeps them finite in float32.
+            raise ValueError(f"routed_scaling_factor must be finite, > 0 and <= 1e38 "
+                             f"(weights stay finite in float32), got {scale}")
         self.bias32 = self.bias64 = None
         if e_score_correction_bias is not None:
             if scoring_func != "sigmoid":
@@ -270,7 +272,11 @@ class _Variant:
                                  f"got {bias.shape}")
             if not np.isfinite(bias).all():
                 raise ValueError("e_score_correction_bias must be finite (it has NaN or inf)")
-            self.bias32 = np.ascontiguousarray(bias, dtype=np.float32)
+            with np.errstate(over="ignore"):
+                self.bias32 = np.ascontiguousarray(bias, dtype=np.float32)
+            if not np.isfinite(self.bias32).all():
+                raise ValueError("e_score_correction_bias must be finite in float32 "
+                                 "(|bias| <= 3.4e38): it is added to float32 scores")
             self.bias64 = np.ascontiguousarray(bias, dtype=np.float64)
         if topk_on_logits:
             if n_group > 1 or self.bias32 is not None:

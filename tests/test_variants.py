@@ -209,7 +209,7 @@ def test_llama4_weights_are_sigmoid_of_top_logits(any_path):
     (dict(n_group=4, topk_group=0), ValueError, "topk_group must be >= 1"),
     (dict(n_group=8, topk_group=1), ValueError, "top_k=4 exceeds the 2 experts"),
     (dict(n_group=16, topk_group=8, scoring_func="sigmoid"), ValueError, "groups need >= 2 experts"),
-    (dict(routed_scaling_factor=0.0), ValueError, "routed_scaling_factor must be finite and > 0"),
+    (dict(routed_scaling_factor=0.0), ValueError, "routed_scaling_factor must be finite, > 0"),
     (dict(routed_scaling_factor=float("nan")), ValueError, "routed_scaling_factor must be finite"),
     (dict(routed_scaling_factor="2"), TypeError, "routed_scaling_factor must be a real number"),
     (dict(e_score_correction_bias=np.zeros(16)), ValueError, "is for scoring_func='sigmoid'"),
