@@ -1,3 +1,9 @@
+import os
+
+# NumPy's OpenBLAS threads spin on the cores the measured code runs on
+# (the router and these baselines never call BLAS): keep them to one.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 
 from moe_router import _dispatch

@@ -209,7 +209,8 @@ cdef inline void _topk(const floating* z, Py_ssize_t n, Py_ssize_t k,
     # order and -inf stays below every finite logit.
     cdef Py_ssize_t idx[MR_BLOCK + 1]
     cdef Py_ssize_t j
-    if _topk_small(z, n, k, lanes, idx) == 0:
+    # Short rows: the sorted list is cheaper than the vector machinery.
+    if n >= 2 * MR_BLOCK and _topk_small(z, n, k, lanes, idx) == 0:
         for j in range(k):
             ids_out[j] = <id_t>idx[j]
     elif k <= MAX_STACK_K:
