@@ -232,7 +232,7 @@ def _raise_bad_rows(flat, batch_shape, sigmoid=False):
 class _Variant:
     """A validated router variant: what the kernel needs besides top_k and the buffers."""
 
-    __slots__ = ("norm", "sigmoid", "n_group", "topk_group", "scale", "bias32", "bias64",
+    __slots__ = ("sigmoid", "n_group", "topk_group", "scale", "bias32", "bias64",
                  "plain", "scoring_func", "topk_on_logits", "norm_topk_prob")
 
     def __init__(self, num_experts, top_k, norm_topk_prob=True, scoring_func="softmax",
@@ -289,7 +289,6 @@ class _Variant:
         self.scoring_func = scoring_func
         self.topk_on_logits = bool(topk_on_logits)
         self.norm_topk_prob = bool(norm_topk_prob)
-        self.norm = bool(norm_topk_prob)
         self.sigmoid = scoring_func == "sigmoid"
         self.n_group = n_group
         self.topk_group = topk_group
@@ -324,7 +323,7 @@ def _route_checked(logits, top_k, out, norm_topk_prob, num_threads, num_experts=
     if np.may_share_memory(arr, out._ids) or np.may_share_memory(arr, out._weights):
         raise ValueError("out's buffers must not overlap the logits")
     n_bad = _dispatch.kernel.route_rows(
-        arr, top_k, variant.norm, out._ids, out._weights, threads, 0, variant.sigmoid,
+        arr, top_k, variant.norm_topk_prob, out._ids, out._weights, threads, 0, variant.sigmoid,
         variant.n_group, variant.topk_group, variant.scale, variant.bias_for(arr.dtype))
     if n_bad < 0:  # every precondition of the kernel was checked above
         raise RuntimeError("moe_router: the kernel refused validated input (a bug; please report)")
@@ -461,15 +460,15 @@ class Router:
         v = self._variant
         # The plain case in a few C checks; anything else takes the validating path.
         if v.plain:
-            rc = _dispatch.kernel.route_rows(logits, self.top_k, v.norm, out._ids,
+            rc = _dispatch.kernel.route_rows(logits, self.top_k, v.norm_topk_prob, out._ids,
                                              out._weights, self._threads, self.num_experts)
         else:
             rc = _dispatch.kernel.route_rows(
-                logits, self.top_k, v.norm, out._ids, out._weights, self._threads,
+                logits, self.top_k, v.norm_topk_prob, out._ids, out._weights, self._threads,
                 self.num_experts, v.sigmoid, v.n_group, v.topk_group, v.scale,
                 None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)))
         if rc == 0:
             out._set_view(logits.shape, self.top_k)
             return out
-        return _route_checked(logits, self.top_k, out, v.norm, self.num_threads,
+        return _route_checked(logits, self.top_k, out, v.norm_topk_prob, self.num_threads,
                               self.num_experts, variant=v)

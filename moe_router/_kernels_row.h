@@ -132,33 +132,19 @@ static inline void MR_SFX(mr_exp_block)(MR_T *x)
         MR_OP(store)(x + j * MR_W, MR_EXPV(MR_OP(load)(x + j * MR_W)));
 }
 
-/* Bit l set where z[l] > t (gt) or >= t, over one block of MR_BLOCK values. */
-static inline unsigned MR_SFX(mr_block_gt)(const MR_T *z, MR_T t)
-{
-    const MR_V vt = MR_OP(set)(t);
-    unsigned bits = 0;
-    for (int j = 0; j < MR_NV; j++)
-        bits |= (unsigned)MR_OP(gt_bits)(MR_OP(load)(z + j * MR_W), vt) << (j * MR_W);
-    return bits;
+/* Bit l set where z[l] > t (gt) or == t (eq), over one block of MR_BLOCK values. */
+#define MR_BLOCK_BITS(NAME, CMP)                                                    \
+static inline unsigned MR_SFX(NAME)(const MR_T *z, MR_T t)                          \
+{                                                                                   \
+    const MR_V vt = MR_OP(set)(t);                                                  \
+    unsigned bits = 0;                                                              \
+    for (int j = 0; j < MR_NV; j++)                                                 \
+        bits |= (unsigned)MR_OP(CMP)(MR_OP(load)(z + j * MR_W), vt) << (j * MR_W);  \
+    return bits;                                                                    \
 }
-
-static inline unsigned MR_SFX(mr_block_eq)(const MR_T *z, MR_T t)
-{
-    const MR_V vt = MR_OP(set)(t);
-    unsigned bits = 0;
-    for (int j = 0; j < MR_NV; j++)
-        bits |= (unsigned)MR_OP(eq_bits)(MR_OP(load)(z + j * MR_W), vt) << (j * MR_W);
-    return bits;
-}
-
-static inline unsigned MR_SFX(mr_block_ge)(const MR_T *z, MR_T t)
-{
-    const MR_V vt = MR_OP(set)(t);
-    unsigned bits = 0;
-    for (int j = 0; j < MR_NV; j++)
-        bits |= (unsigned)MR_OP(ge_bits)(MR_OP(load)(z + j * MR_W), vt) << (j * MR_W);
-    return bits;
-}
+MR_BLOCK_BITS(mr_block_gt, gt_bits)
+MR_BLOCK_BITS(mr_block_eq, eq_bits)
+#undef MR_BLOCK_BITS
 
 /*
  * Top-k of a NaN-free row for k <= MR_BLOCK, in the order (value

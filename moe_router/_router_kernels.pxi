@@ -3,10 +3,11 @@
 # modules with different instruction-set flags (see moe_router/_dispatch.py
 # for how one is picked at import).
 #
-# Contract with the Python layer (moe_router/_api.py): every array reaching
-# `route_rows` is already validated there (dtype, C-contiguity, sizes,
-# writeability, no overlap).  The kernels never raise inside `nogil` code;
-# they count bad rows and the Python layer turns that into an exception.
+# Contract with the Python layer (moe_router/_api.py): `route_rows` routes
+# the plain case after a few C checks and returns -1 for anything else, which
+# the Python layer then validates (and converts, grows or rejects with a
+# precise message).  The kernels never raise inside `nogil` code; they count
+# bad rows (NaN, all -inf) and the Python layer turns that into an exception.
 
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, expf
