@@ -38,27 +38,24 @@ static inline MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes
 }
 
 /*
- * s[i] = sigmoid(z[i]) = 1 / (1 + exp(-z[i])) and, with a bias,
- * c[i] = s[i] + bias[i] (the selection score of biased sigmoid routers).
+ * c[i] = sigmoid(z[i]) = 1 / (1 + exp(-z[i])), plus bias[i] when a bias is
+ * given: the selection score of sigmoid routers.  (The weights, sigmoid of
+ * the K picked logits, are recomputed from z rather than stored here.)
  */
-static inline void MR_SFX(mr_sigmoid_into)(const MR_T *z, Py_ssize_t n, const MR_T *bias,
-                                           MR_T *s, MR_T *c)
+static inline void MR_SFX(mr_sigmoid_into)(const MR_T *z, Py_ssize_t n, const MR_T *bias, MR_T *c)
 {
     const MR_V one = MR_OP(set)(1);
     const MR_V zero = MR_OP(set)(0);
     Py_ssize_t i = 0;
     for (; i + MR_W <= n; i += MR_W) {
         const MR_V e = MR_EXPV(MR_OP(sub)(zero, MR_OP(load)(z + i)));
-        const MR_V v = MR_OP(div)(one, MR_OP(add)(one, e));
-        MR_OP(store)(s + i, v);
+        MR_V v = MR_OP(div)(one, MR_OP(add)(one, e));
         if (bias)
-            MR_OP(store)(c + i, MR_OP(add)(v, MR_OP(load)(bias + i)));
+            v = MR_OP(add)(v, MR_OP(load)(bias + i));
+        MR_OP(store)(c + i, v);
     }
-    for (; i < n; i++) {
-        s[i] = 1 / (1 + MR_EXPS(-z[i]));
-        if (bias)
-            c[i] = s[i] + bias[i];
-    }
+    for (; i < n; i++)
+        c[i] = 1 / (1 + MR_EXPS(-z[i])) + (bias ? bias[i] : 0);
 }
 
 /*

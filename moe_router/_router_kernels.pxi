@@ -25,8 +25,8 @@ cdef extern from "_kernels.h" nogil:
     double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes, int *has_nan)
     void mr_top2_f32(const float *x, Py_ssize_t n, float *top1, float *top2)
     void mr_top2_f64(const double *x, Py_ssize_t n, double *top1, double *top2)
-    void mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *s, float *c)
-    void mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *s, double *c)
+    void mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
+    void mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
     float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
     double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
     unsigned mr_block_gt_f32(const float *z, float t)
@@ -103,11 +103,11 @@ cdef inline void _top2(const floating* x, Py_ssize_t n, floating* top1, floating
 
 
 cdef inline void _sigmoid_into(const floating* z, Py_ssize_t n, const floating* bias,
-                               floating* s, floating* c) noexcept nogil:
+                               floating* c) noexcept nogil:
     if floating is float:
-        mr_sigmoid_into_f32(z, n, bias, s, c)
+        mr_sigmoid_into_f32(z, n, bias, c)
     else:
-        mr_sigmoid_into_f64(z, n, bias, s, c)
+        mr_sigmoid_into_f64(z, n, bias, c)
 
 
 cdef inline void _exp_block(floating* x) noexcept nogil:
@@ -263,27 +263,26 @@ cdef inline Py_ssize_t _limit_groups(const floating* sel, Py_ssize_t n, const Ro
     return n_kept * size
 
 
-cdef inline floating _weight_score(const floating* z, const floating* picked, Py_ssize_t i,
-                                   floating m, bint posinf, bint sigmoid) noexcept nogil:
+cdef inline floating _weight_score(const floating* z, Py_ssize_t i, floating m,
+                                   bint posinf, bint sigmoid) noexcept nogil:
     # The unnormalised weight of expert i: exp(z[i] - m) for softmax (with
-    # +inf logits present: 1 for each +inf, 0 for the rest), s[i] for
-    # sigmoid (picked is s, or z when s was not materialised).
+    # +inf logits present: 1 for each +inf, 0 for the rest), sigmoid(z[i]).
     if sigmoid:
-        return picked[i] if picked != z else 1 / (1 + _exp(-z[i]))
+        return 1 / (1 + _exp(-z[i]))
     if posinf:
         return 1 if z[i] == INFINITY else 0
     return _exp(z[i] - m)
 
 
-cdef inline void _picked_scores(const floating* z, const floating* picked, const id_t* ids,
-                                Py_ssize_t k, floating m, bint posinf, bint sigmoid,
+cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k,
+                                floating m, bint posinf, bint sigmoid,
                                 floating* out) noexcept nogil:
     # out[0..k) = _weight_score of each picked expert (k <= MR_BLOCK), the
     # exps in one vector pass.
     cdef Py_ssize_t j
-    if posinf or (sigmoid and picked != z):
+    if posinf:
         for j in range(k):
-            out[j] = _weight_score(z, picked, ids[j], m, posinf, sigmoid)
+            out[j] = _weight_score(z, ids[j], m, posinf, sigmoid)
         return
     for j in range(MR_BLOCK):
         if j < k:
@@ -302,7 +301,8 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     """Route one row of logits: scores, (group-limited) top-k, weights.
 
     `scratch` holds 2 * n + n_group values and `kept` n_group indices (used
-    by the grouped and the biased routers only).
+    by the grouped and the biased routers only): the selection scores, the
+    kept groups' scores compacted, the group scores.
     """
     cdef floating lanes[MR_BLOCK]
     cdef floating e_sel[MR_BLOCK]
@@ -311,7 +311,6 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef floating s = 0
     cdef const floating* sel = z        # what the top-k is taken of
     cdef Py_ssize_t sel_n = n
-    cdef const floating* picked = z     # what the weights are read from
     cdef double sel_sum = 0, inv
     cdef Py_ssize_t j, size
     cdef bint posinf = False
@@ -329,11 +328,10 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
             else:
                 s = _row_sum_exp(z, n, m)
     elif cfg.bias != NULL or cfg.n_group > 1:
-        # s = sigmoid(z) in scratch[n:2n] (the weights), c = s + bias in
-        # scratch[0:n] (the selection score).
-        _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n, scratch)
-        picked = scratch + n
-        sel = scratch if cfg.bias != NULL else scratch + n
+        # The selection score c = sigmoid(z) (+ bias) in scratch[n:2n]; the
+        # weights, sigmoid of the picked logits, are recomputed from z.
+        _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n)
+        sel = scratch + n
     # else: sigmoid without bias or groups: the order of s is that of z.
 
     if cfg.n_group > 1:
@@ -353,12 +351,12 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
             ids_out[j] = <id_t>(kept[ids_out[j] // size] * size + ids_out[j] % size)
 
     if k <= MR_BLOCK:
-        _picked_scores(z, picked, ids_out, k, m, posinf, cfg.sigmoid, e_sel)
+        _picked_scores(z, ids_out, k, m, posinf, cfg.sigmoid, e_sel)
         for j in range(k):
             sel_sum += e_sel[j]
     else:
         for j in range(k):
-            sel_sum += _weight_score(z, picked, ids_out[j], m, posinf, cfg.sigmoid)
+            sel_sum += _weight_score(z, ids_out[j], m, posinf, cfg.sigmoid)
     if cfg.norm:
         # The top-1 of an ungrouped softmax row has e == 1, so sel_sum >= 1;
         # DeepSeek-style routers divide by (sum + 1e-20) as their picked
@@ -372,7 +370,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
         if k <= MR_BLOCK:
             w_out[j] = <weight_t>(e_sel[j] * inv)
         else:
-            w_out[j] = <weight_t>(_weight_score(z, picked, ids_out[j], m, posinf, cfg.sigmoid) * inv)
+            w_out[j] = <weight_t>(_weight_score(z, ids_out[j], m, posinf, cfg.sigmoid) * inv)
     return ROW_OK
 
 
