@@ -11,6 +11,7 @@ import operator
 import threading
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _dispatch
 
@@ -90,7 +91,7 @@ class RouterOutput:
     __slots__ = ("_ids", "_weights", "_owns", "_logits_shape", "_batch", "_top_k",
                  "expert_ids", "expert_weights")
 
-    def __init__(self, expert_ids, expert_weights):
+    def __init__(self, expert_ids: np.ndarray, expert_weights: np.ndarray) -> None:
         _check_buffer(expert_ids, "expert_ids", ID_DTYPES)
         _check_buffer(expert_weights, "expert_weights", WEIGHT_DTYPES)
         if expert_ids.size != expert_weights.size:
@@ -114,7 +115,8 @@ class RouterOutput:
             self._batch = 0
 
     @classmethod
-    def empty(cls, ids_dtype=np.int32, weights_dtype=np.float32):
+    def empty(cls, ids_dtype: npt.DTypeLike = np.int32,
+              weights_dtype: npt.DTypeLike = np.float32) -> RouterOutput:
         """An owning, zero-capacity output; `route_into` grows it on demand."""
         ids_dtype, weights_dtype = np.dtype(ids_dtype), np.dtype(weights_dtype)
         if ids_dtype not in ID_DTYPES:
@@ -158,7 +160,7 @@ class RouterOutput:
         return (f"RouterOutput(batch={self._batch}, top_k={self._top_k}, "
                 f"expert_ids={self.expert_ids!r}, expert_weights={self.expert_weights!r})")
 
-    def reset(self, batch, top_k):
+    def reset(self, batch: int | tuple[int, ...], top_k: int) -> RouterOutput:
         """Shape the output for `batch` tokens (an int or a tuple of leading dims) x `top_k`.
 
         Reuses the existing buffers when they are large enough; an owning
@@ -332,8 +334,9 @@ def _route_checked(logits, top_k, out, norm_topk_prob, num_threads, num_experts=
     return out
 
 
-def route(logits, top_k, norm_topk_prob=True, *, num_threads=None,
-          ids_dtype=np.int32, weights_dtype=np.float32, **variant_options):
+def route(logits: npt.ArrayLike, top_k: int, norm_topk_prob: bool = True, *,
+          num_threads: int | None = None, ids_dtype: npt.DTypeLike = np.int32,
+          weights_dtype: npt.DTypeLike = np.float32, **variant_options) -> RouterOutput:
     """Route tokens to their top-K experts; allocates a new RouterOutput.
 
     logits: [..., num_experts] floating array (anything numpy converts).
@@ -358,7 +361,8 @@ def _check_options(options):
                         f"{sorted(_DEFAULT_VARIANT_OPTIONS)}")
 
 
-def route_into(logits, top_k, out, norm_topk_prob=True, *, num_threads=None, **variant_options):
+def route_into(logits: npt.ArrayLike, top_k: int, out: RouterOutput, norm_topk_prob: bool = True,
+               *, num_threads: int | None = None, **variant_options) -> RouterOutput:
     """Route into `out` (a RouterOutput), reusing its memory; returns `out`.
 
     Takes the same router options as `route` (validated on every call: for a
@@ -400,10 +404,12 @@ class Router:
     `Router.from_hf_config(config)` sets all of these from a model's config.
     """
 
-    def __init__(self, num_experts, top_k, norm_topk_prob=True, *, scoring_func="softmax",
-                 topk_on_logits=False, n_group=1, topk_group=None, routed_scaling_factor=1.0,
-                 e_score_correction_bias=None, num_threads=None,
-                 ids_dtype=np.int32, weights_dtype=np.float32):
+    def __init__(self, num_experts: int, top_k: int, norm_topk_prob: bool = True, *,
+                 scoring_func: str = "softmax", topk_on_logits: bool = False, n_group: int = 1,
+                 topk_group: int | None = None, routed_scaling_factor: float = 1.0,
+                 e_score_correction_bias: npt.ArrayLike | None = None,
+                 num_threads: int | None = None, ids_dtype: npt.DTypeLike = np.int32,
+                 weights_dtype: npt.DTypeLike = np.float32) -> None:
         self.num_experts = check_int(num_experts, "num_experts", low=1)
         self.top_k = check_int(top_k, "top_k", low=1, high=self.num_experts,
                                high_name="num_experts")
@@ -427,7 +433,8 @@ class Router:
     e_score_correction_bias = property(lambda self: self._variant.bias64)
 
     @classmethod
-    def from_hf_config(cls, config, e_score_correction_bias=None, **overrides):
+    def from_hf_config(cls, config, e_score_correction_bias: npt.ArrayLike | None = None,
+                       **overrides) -> Router:
         """A Router for the MoE layers of a Hugging Face model config.
 
         `config`: a dict (a model's config.json) or an object with those
@@ -449,7 +456,7 @@ class Router:
         return (f"Router(num_experts={self.num_experts}, top_k={self.top_k}, "
                 f"norm_topk_prob={v.norm_topk_prob}{extra})")
 
-    def __call__(self, logits, out=None):
+    def __call__(self, logits: npt.ArrayLike, out: RouterOutput | None = None) -> RouterOutput:
         if out is None:
             try:
                 out = self._local.out
