@@ -166,7 +166,7 @@ class RouterOutput:
         Reuses the existing buffers when they are large enough; an owning
         output grows them otherwise (old contents are not preserved).
         """
-        shape = (batch,) if isinstance(batch, numbers.Integral) else tuple(batch)
+        shape = (batch,) if isinstance(batch, numbers.Integral) else tuple(batch)  # type: ignore[arg-type]
         dims = tuple(check_int(d, "batch", low=0) for d in shape)
         top_k = check_int(top_k, "top_k", low=1)
         self._prepare(dims + (0,), top_k)
@@ -377,7 +377,7 @@ def route_into(logits: npt.ArrayLike, top_k: int, out: RouterOutput, norm_topk_p
         # The plain case in a few C checks; anything else takes the validating path.
         if _dispatch.kernel.route_rows(logits, top_k, norm_topk_prob, out._ids, out._weights,
                                        num_threads or 0) == 0:
-            out._set_view(logits.shape, top_k)
+            out._set_view(logits.shape, top_k)  # type: ignore[union-attr]  # an ndarray here
             return out
     _check_options(variant_options)
     return _route_checked(logits, top_k, out, norm_topk_prob, num_threads,
@@ -475,7 +475,7 @@ class Router:
                 self.num_experts, v.sigmoid, v.n_group, v.topk_group, v.scale,
                 None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)))
         if rc == 0:
-            out._set_view(logits.shape, self.top_k)
+            out._set_view(logits.shape, self.top_k)  # type: ignore[union-attr]  # an ndarray here
             return out
         return _route_checked(logits, self.top_k, out, v.norm_topk_prob, self.num_threads,
                               self.num_experts, variant=v)
