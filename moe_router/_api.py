@@ -321,6 +321,10 @@ def _route_checked(logits, top_k, out, norm_topk_prob, num_threads, num_experts=
     if variant is None:
         variant = _Variant(arr.shape[-1], top_k, norm_topk_prob, **(options or {}))
     threads = _threads_arg(num_threads)
+    id_limit = int(np.iinfo(out._ids.dtype).max) + 1
+    if arr.shape[-1] > id_limit:
+        raise ValueError(f"expert_ids of dtype {out._ids.dtype} hold ids below {id_limit}, "
+                         f"but num_experts={arr.shape[-1]}: use int64 ids")
     out._prepare(arr.shape, top_k)
     if np.may_share_memory(arr, out._ids) or np.may_share_memory(arr, out._weights):
         raise ValueError("out's buffers must not overlap the logits")

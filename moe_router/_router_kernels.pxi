@@ -485,6 +485,8 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>bias) or not sigmoid):
             return -1
         cfg.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
+    if (it == cnp.NPY_INT32 and n > 2147483648) or (it == cnp.NPY_UINT32 and n > 4294967296):
+        return -1  # ids of this many experts do not fit the id dtype
     n_rows = cnp.PyArray_SIZE(arr) // n
     if (cnp.PyArray_SIZE(expert_ids) < n_rows * top_k
             or cnp.PyArray_SIZE(expert_weights) < n_rows * top_k

@@ -190,6 +190,21 @@ CASES = [
 ]
 
 
+def test_more_experts_than_int32_ids_hold(tmp_path, any_path):
+    # 2**31 + 1 experts, simulated cheaply: a sparse file mapped read-only,
+    # C-contiguous, so nothing is copied; the ids' dtype is checked before
+    # any of it is read.
+    n = 2**31 + 1
+    path = tmp_path / "huge.bin"
+    with open(path, "wb") as f:
+        f.truncate(n * 4)
+    logits = np.memmap(path, dtype=np.float32, mode="r", shape=(1, n))
+    with pytest.raises(ValueError, match="int32 hold ids below 2147483648, but num_experts=2147483649"):
+        mr.route(logits, 1)
+    with pytest.raises(ValueError, match="use int64 ids"):
+        mr.Router(n, 1)(logits)
+
+
 def test_catalogue_has_at_least_40_cases():
     assert len(CASES) >= 40
     assert len({name for name, *_ in CASES}) == len(CASES)
