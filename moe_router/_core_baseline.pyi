@@ -1,4 +1,4 @@
-# Stub of a compiled kernel module (every _core_<isa> module has this API).
+# Stub of the compiled kernel module; _core_avx2 and _core_avx512 share it.
 from typing import Any
 
 import numpy as np
