@@ -381,7 +381,9 @@ def route_into(logits: npt.ArrayLike, top_k: int, out: RouterOutput, norm_topk_p
         # The plain case in a few C checks; anything else takes the validating path.
         if _dispatch.kernel.route_rows(logits, top_k, norm_topk_prob, out._ids, out._weights,
                                        num_threads or 0) == 0:
-            out._set_view(logits.shape, top_k)  # type: ignore[union-attr]  # an ndarray here
+            shape = logits.shape  # type: ignore[union-attr]  # an ndarray here
+            if out._logits_shape != shape or out._top_k != top_k:  # skip a call when unchanged
+                out._set_view(shape, top_k)
             return out
     _check_options(variant_options)
     return _route_checked(logits, top_k, out, norm_topk_prob, num_threads,
@@ -479,7 +481,9 @@ class Router:
                 self.num_experts, v.sigmoid, v.n_group, v.topk_group, v.scale,
                 None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)))
         if rc == 0:
-            out._set_view(logits.shape, self.top_k)  # type: ignore[union-attr]  # an ndarray here
+            shape = logits.shape  # type: ignore[union-attr]  # an ndarray here
+            if out._logits_shape != shape or out._top_k != self.top_k:  # skip a call when unchanged
+                out._set_view(shape, self.top_k)
             return out
         return _route_checked(logits, self.top_k, out, v.norm_topk_prob, self.num_threads,
                               self.num_experts, variant=v)
