@@ -22,68 +22,6 @@ static inline uint32_t mr_bits_from_f32(float f) { uint32_t u; memcpy(&u, &f, 4)
 static inline double mr_f64_from_bits(uint64_t u) { double f; memcpy(&f, &u, 8); return f; }
 static inline uint64_t mr_bits_from_f64(double f) { uint64_t u; memcpy(&u, &f, 8); return u; }
 
-/*
- * exp(x) in float32, Cephes expf polynomial (measured: under 1 ulp,
- * tests/test_exp.py).  Branch-free so that it vectorises:
- * the argument is clamped to [-87.3, 88.7]; anything below -87.3 (including
- * -inf) returns exactly 0, anything above 88.7 saturates.  NaN propagates.
- */
-static inline float mr_expf(float x)
-{
-    const float lo = -87.3f, hi = 88.7f;
-    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to int */
-    float xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    float t = xc * 1.44269504088896341f + magic;
-    float n = t - magic;
-    int32_t ni = (int32_t)(mr_bits_from_f32(t) - mr_bits_from_f32(magic));
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    float scale = mr_f32_from_bits((uint32_t)(ni + 127) << 23);
-    float y = p * scale;
-    return x < lo ? 0.0f : y;
-}
-
-/*
- * exp(x) in float64: round-to-nearest range reduction with a two-part ln2
- * and a degree-12 Taylor polynomial on |r| <= ln2/2 (truncation error below
- * 2e-16 relative).  Below -708 (including -inf) returns exactly 0.
- */
-static inline double mr_exp(double x)
-{
-    const double lo = -708.0, hi = 709.0;
-    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
-    double xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    double t = xc * 1.4426950408889634074 + magic;
-    double n = t - magic;
-    int64_t ni = (int64_t)(mr_bits_from_f64(t) - mr_bits_from_f64(magic));
-    double r = xc - n * 6.93147180369123816490e-01;
-    r = r - n * 1.90821492927058770002e-10;
-    double p = 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    double scale = mr_f64_from_bits((uint64_t)(ni + 1023) << 52);
-    double y = p * scale;
-    return x < lo ? 0.0 : y;
-}
 
 /*
  * Vector layer.  gcc does not vectorise the max / exp-sum loops reliably
@@ -129,7 +67,7 @@ static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y)
 static inline int vf_gt_bits(mr_vf a, mr_vf b) { return (int)_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
 static inline int vf_ge_bits(mr_vf a, mr_vf b) { return (int)_mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
 static inline int vf_eq_bits(mr_vf a, mr_vf b) { return (int)_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
-static inline mr_vf vf_pow2i(mr_vf t)  /* 2^(bits(t) + 127) << 23, see mr_expf */
+static inline mr_vf vf_pow2i(mr_vf t)  /* 2^(bits(t) + 127) << 23, see mr_expf_v */
 { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127)), 23)); }
 static inline void vf_store(float *p, mr_vf a) { _mm512_storeu_ps(p, a); }
 /* Pack the elements of src[0..16) that are >= t (and their indices,
@@ -365,7 +303,7 @@ static inline void vd_store(double *p, mr_vd a) { *p = a; }
 #endif
 
 /* Compress fallbacks: a loop over the set bits (branchy, but portable). */
-#define MR_COMPRESS_BITS(T, P, W)                                                       \
+#define MR_COMPRESS_BITS(T, P)                                                          \
 static inline int P##_compress_ge_bits(const T *src, T t, int32_t base, T *cv, int32_t *ci) \
 {                                                                                       \
     unsigned bits = (unsigned)P##_ge_bits(P##_load(src), P##_set(t));                  \
@@ -389,10 +327,10 @@ static inline int mr_popcount(unsigned x) { int c = 0; for (; x; x &= x - 1) c++
 #endif
 
 #if !defined(__AVX512F__)
-MR_COMPRESS_BITS(double, vd, MR_VD_W)
+MR_COMPRESS_BITS(double, vd)
 #define vd_compress_ge vd_compress_ge_bits
 #if !defined(__AVX2__)
-MR_COMPRESS_BITS(float, vf, MR_VF_W)
+MR_COMPRESS_BITS(float, vf)
 #define vf_compress_ge vf_compress_ge_bits
 #endif
 #endif
@@ -412,7 +350,20 @@ static inline void mr_init_tables(void)
 #endif
 }
 
-/* mr_expf / mr_exp on a vector: the same steps as the scalar versions. */
+/*
+ * exp(x) on a vector, float32: Cephes expf polynomial after round-to-nearest
+ * ln2 range reduction (measured 1.26 ulp: tests/test_exp.py).  Branch-free:
+ * the argument is clamped to [-87.3, 88.7]; below -87.3 (-inf included) the
+ * result is exactly 0, above 88.7 it saturates; NaN propagates (vf_max(lo, x)
+ * keeps a NaN x).  Rounding uses the 1.5 * 2^23 magic number and 2^n is built
+ * from the exponent bits (vf_pow2i).
+ *
+ * float64: the same with a two-part ln2 and a degree-12 Taylor polynomial on
+ * |r| <= ln2/2 (truncation below 2e-16 relative); 0 below -708.
+ *
+ * There is no scalar twin: tails and single values go through a padded block
+ * (mr_exp_block), so every result comes from this one code.
+ */
 static inline mr_vf mr_expf_v(mr_vf x)
 {
     const mr_vf lo = vf_set(-87.3f), magic = vf_set(12582912.0f);
@@ -463,7 +414,6 @@ static inline mr_vd mr_exp_v(mr_vd x)
 #define MR_W MR_VF_W
 #define MR_OP(name) vf_##name
 #define MR_EXPV mr_expf_v
-#define MR_EXPS mr_expf
 #include "_kernels_row.h"
 
 #define MR_T double
@@ -473,7 +423,6 @@ static inline mr_vd mr_exp_v(mr_vd x)
 #define MR_W MR_VD_W
 #define MR_OP(name) vd_##name
 #define MR_EXPV mr_exp_v
-#define MR_EXPS mr_exp
 #include "_kernels_row.h"
 
 static inline const char *mr_simd_name(void) { return MR_SIMD; }

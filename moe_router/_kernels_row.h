@@ -1,10 +1,26 @@
 /*
  * Row operations, written once for both precisions: _kernels.h includes this
- * file twice, with MR_T / MR_V / MR_OP / MR_EXPV / MR_EXPS / MR_SFX defined
+ * file twice, with MR_T / MR_V / MR_OP / MR_EXPV / MR_SFX defined
  * for float and then for double.  Every loop works on blocks of MR_BLOCK
  * values, MR_BLOCK / MR_W vectors each.
  */
 #define MR_NV (MR_BLOCK / MR_W)
+
+/* x[0..MR_BLOCK) = exp(x), in place. */
+static inline void MR_SFX(mr_exp_block)(MR_T *x)
+{
+    for (int j = 0; j < MR_NV; j++)
+        MR_OP(store)(x + j * MR_W, MR_EXPV(MR_OP(load)(x + j * MR_W)));
+}
+
+/* out[0..len) = exp(x[0..len)) for len <= MR_BLOCK, through one padded block. */
+static inline void MR_SFX(mr_exp_short)(const MR_T *x, int len, MR_T *out)
+{
+    MR_T buf[MR_BLOCK];
+    for (int l = 0; l < MR_BLOCK; l++) buf[l] = l < len ? x[l] : 0;
+    MR_SFX(mr_exp_block)(buf);
+    for (int l = 0; l < len; l++) out[l] = buf[l];
+}
 
 /*
  * Max of z[0..n), also leaving in lanes[l] the max of the elements whose
@@ -54,8 +70,13 @@ static inline void MR_SFX(mr_sigmoid_into)(const MR_T *z, Py_ssize_t n, const MR
             v = MR_OP(add)(v, MR_OP(load)(bias + i));
         MR_OP(store)(c + i, v);
     }
-    for (; i < n; i++)
-        c[i] = 1 / (1 + MR_EXPS(-z[i])) + (bias ? bias[i] : 0);
+    if (i < n) {  /* the tail (< MR_W values) through one padded block */
+        MR_T e[MR_BLOCK];
+        int len = (int)(n - i);
+        for (int l = 0; l < len; l++) e[l] = -z[i + l];
+        MR_SFX(mr_exp_short)(e, len, e);
+        for (int l = 0; l < len; l++) c[i + l] = 1 / (1 + e[l]) + (bias ? bias[i + l] : 0);
+    }
 }
 
 /*
@@ -75,7 +96,13 @@ static inline MR_T MR_SFX(mr_sum_exp)(const MR_T *z, Py_ssize_t n, MR_T m)
         for (int j = 0; j < MR_NV; j++)
             acc[j] = MR_OP(add)(acc[j], MR_EXPV(MR_OP(sub)(MR_OP(load)(z + i + j * MR_W), vm)));
     for (int j = 0; j < MR_NV; j++) MR_OP(store)(lanes + j * MR_W, acc[j]);
-    for (int l = 0; i < n; i++, l++) lanes[l] += MR_EXPS(z[i] - m);
+    if (i < n) {  /* the tail (< MR_BLOCK values) through one padded block */
+        MR_T e[MR_BLOCK];
+        int len = (int)(n - i);
+        for (int l = 0; l < len; l++) e[l] = z[i + l] - m;
+        MR_SFX(mr_exp_short)(e, len, e);
+        for (int l = 0; l < len; l++) lanes[l] += e[l];
+    }
     for (int l = 0; l < MR_BLOCK; l++) s += lanes[l];
     return s;
 }
@@ -120,13 +147,6 @@ static inline void MR_SFX(mr_top2)(const MR_T *x, Py_ssize_t len, MR_T *top1, MR
     }
     *top1 = a;
     *top2 = b;
-}
-
-/* x[0..MR_BLOCK) = exp(x), in place: the exps of the picked experts. */
-static inline void MR_SFX(mr_exp_block)(MR_T *x)
-{
-    for (int j = 0; j < MR_NV; j++)
-        MR_OP(store)(x + j * MR_W, MR_EXPV(MR_OP(load)(x + j * MR_W)));
 }
 
 /* Bit l set where z[l] > t (gt) or == t (eq), over one block of MR_BLOCK values. */
@@ -270,4 +290,3 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
 #undef MR_W
 #undef MR_OP
 #undef MR_EXPV
-#undef MR_EXPS

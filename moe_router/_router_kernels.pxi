@@ -19,8 +19,6 @@ cnp.import_array()
 mr_init_tables()
 
 cdef extern from "_kernels.h" nogil:
-    float mr_expf(float x)
-    double mr_exp(double x)
     float mr_max_lanes_f32(const float *z, Py_ssize_t n, float *lanes, int *has_nan)
     double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes, int *has_nan)
     void mr_top2_f32(const float *x, Py_ssize_t n, float *top1, float *top2)
@@ -37,6 +35,8 @@ cdef extern from "_kernels.h" nogil:
     const char* mr_simd_name()
     void mr_exp_block_f32(float *x)
     void mr_exp_block_f64(double *x)
+    void mr_exp_short_f32(const float *x, int n, float *out)
+    void mr_exp_short_f64(const double *x, int n, double *out)
     void mr_init_tables()
     int mr_openmp_enabled()
     int mr_openmp_max_threads()
@@ -80,13 +80,6 @@ def build_info():
     }
 
 
-cdef inline floating _exp(floating x) noexcept nogil:
-    if floating is float:
-        return mr_expf(x)
-    else:
-        return mr_exp(x)
-
-
 cdef inline floating _row_max(const floating* z, Py_ssize_t n, floating* lanes,
                               int* has_nan) noexcept nogil:
     if floating is float:
@@ -115,6 +108,13 @@ cdef inline void _exp_block(floating* x) noexcept nogil:
         mr_exp_block_f32(x)
     else:
         mr_exp_block_f64(x)
+
+
+cdef inline void _exp_short(const floating* x, int n, floating* out) noexcept nogil:
+    if floating is float:
+        mr_exp_short_f32(x, n, out)
+    else:
+        mr_exp_short_f64(x, n, out)
 
 
 cdef inline floating _row_sum_exp(const floating* z, Py_ssize_t n, floating m) noexcept nogil:
@@ -263,26 +263,16 @@ cdef inline Py_ssize_t _limit_groups(const floating* sel, Py_ssize_t n, const Ro
     return n_kept * size
 
 
-cdef inline floating _weight_score(const floating* z, Py_ssize_t i, floating m,
-                                   bint posinf, bint sigmoid) noexcept nogil:
-    # The unnormalised weight of expert i: exp(z[i] - m) for softmax (with
-    # +inf logits present: 1 for each +inf, 0 for the rest), sigmoid(z[i]).
-    if sigmoid:
-        return 1 / (1 + _exp(-z[i]))
-    if posinf:
-        return 1 if z[i] == INFINITY else 0
-    return _exp(z[i] - m)
-
-
 cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k,
                                 floating m, bint posinf, bint sigmoid,
                                 floating* out) noexcept nogil:
-    # out[0..k) = _weight_score of each picked expert (k <= MR_BLOCK), the
-    # exps in one vector pass.
+    # out[0..k) (k <= MR_BLOCK) = the unnormalised weights of the picked
+    # experts, the exps in one vector pass: exp(z - m) for softmax (with
+    # +inf logits present: 1 for each +inf, 0 for the rest), sigmoid(z).
     cdef Py_ssize_t j
-    if posinf:
+    if posinf and not sigmoid:
         for j in range(k):
-            out[j] = _weight_score(z, ids[j], m, posinf, sigmoid)
+            out[j] = 1 if z[ids[j]] == INFINITY else 0
         return
     for j in range(MR_BLOCK):
         if j < k:
@@ -312,7 +302,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef const floating* sel = z        # what the top-k is taken of
     cdef Py_ssize_t sel_n = n
     cdef double sel_sum = 0, inv
-    cdef Py_ssize_t j, g, size
+    cdef Py_ssize_t i, j, g, size
     cdef double inv_size
     cdef bint posinf = False
 
@@ -355,13 +345,13 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
             g = <Py_ssize_t>((ids_out[j] + 0.5) * inv_size)
             ids_out[j] = <id_t>(kept[g] * size + (ids_out[j] - g * size))
 
-    if k <= MR_BLOCK:
-        _picked_scores(z, ids_out, k, m, posinf, cfg.sigmoid, e_sel)
-        for j in range(k):
-            sel_sum += e_sel[j]
-    else:
-        for j in range(k):
-            sel_sum += _weight_score(z, ids_out[j], m, posinf, cfg.sigmoid)
+    # Weights, MR_BLOCK picked experts at a time (one block for k <= 16).
+    j = 0
+    while j < k:
+        _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
+        for i in range(min(MR_BLOCK, k - j)):
+            sel_sum += e_sel[i]
+        j += MR_BLOCK
     if cfg.norm:
         # The top-1 of an ungrouped softmax row has e == 1, so sel_sum >= 1;
         # DeepSeek-style routers divide by (sum + 1e-20) as their picked
@@ -371,11 +361,13 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
         inv = cfg.scale
     else:
         inv = cfg.scale / s
-    for j in range(k):
-        if k <= MR_BLOCK:
-            w_out[j] = <weight_t>(e_sel[j] * inv)
-        else:
-            w_out[j] = <weight_t>(_weight_score(z, ids_out[j], m, posinf, cfg.sigmoid) * inv)
+    j = 0
+    while j < k:
+        if k > MR_BLOCK:  # the block in e_sel is the last one: recompute
+            _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
+        for i in range(min(MR_BLOCK, k - j)):
+            w_out[j + i] = <weight_t>(e_sel[i] * inv)
+        j += MR_BLOCK
     return ROW_OK
 
 
@@ -612,10 +604,11 @@ def route_rows_seed(const float[:, ::1] logits, Py_ssize_t top_k,
 
 
 def exp_into(const floating[::1] x, floating[::1] out):
-    """out[i] = the kernels' exp(x[i]) (float32 or float64), for tests and error measurement."""
-    cdef Py_ssize_t i
-    if out.shape[0] != x.shape[0]:
-        raise ValueError(f"out has {out.shape[0]} elements, x has {x.shape[0]}")
+    """out[i] = the kernels' (vector) exp(x[i]), for tests and error measurement."""
+    cdef Py_ssize_t i = 0, n = x.shape[0], block = MR_BLOCK
+    if out.shape[0] != n:
+        raise ValueError(f"out has {out.shape[0]} elements, x has {n}")
     with nogil:
-        for i in range(x.shape[0]):
-            out[i] = _exp(x[i])
+        while i < n:
+            _exp_short(&x[i], <int>min(block, n - i), &out[i])
+            i += block

@@ -22,7 +22,7 @@ def _ulp_error(kernel, dtype, lo, hi):
 
 def test_expf_within_1_5_ulp(kernel):
     # Over the range the router uses (x = z - max <= 0) and the positive side.
-    # Measured: 0.97 ulp (baseline), 0.99 ulp (AVX2, with FMA contraction).
+    # Measured (the vector exp the kernels run): 1.26 ulp on baseline and AVX2.
     assert _ulp_error(kernel, np.float32, -87.0, 0.0) <= 1.5
     assert _ulp_error(kernel, np.float32, 0.0, 88.0) <= 1.5
 
