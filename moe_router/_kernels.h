@@ -54,6 +54,16 @@ static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm512_fmadd_ps(a
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm512_max_ps(a, b); }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm512_min_ps(a, b); }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm512_div_ps(a, b); }
+/* Lane l takes lane l ^ s (s = 8, 4, 2, 1): the steps of a horizontal tree. */
+static inline mr_vf vf_swap(mr_vf v, int s)
+{
+    switch (s) {
+    case 8: return _mm512_shuffle_f32x4(v, v, 0x4E);
+    case 4: return _mm512_shuffle_f32x4(v, v, 0xB1);
+    case 2: return _mm512_permute_ps(v, 0x4E);
+    default: return _mm512_permute_ps(v, 0xB1);
+    }
+}
 static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb)
 { return _mm512_mask_add_ps(cnt, _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ) & _mm512_cmp_ps_mask(qa, qb, _CMP_LT_OQ), cnt, _mm512_set1_ps(1.0f)); }
 static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return _mm512_mask_add_ps(cnt, _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), cnt, _mm512_set1_ps(1.0f)); }
@@ -90,6 +100,14 @@ static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm512_fmadd_pd(a
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm512_max_pd(a, b); }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm512_min_pd(a, b); }
 static inline mr_vd vd_div(mr_vd a, mr_vd b) { return _mm512_div_pd(a, b); }
+static inline mr_vd vd_swap(mr_vd v, int s)
+{
+    switch (s) {
+    case 4: return _mm512_shuffle_f64x2(v, v, 0x4E);
+    case 2: return _mm512_shuffle_f64x2(v, v, 0xB1);
+    default: return _mm512_permute_pd(v, 0x55);
+    }
+}
 static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb)
 { return _mm512_mask_add_pd(cnt, _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ) & _mm512_cmp_pd_mask(qa, qb, _CMP_LT_OQ), cnt, _mm512_set1_pd(1.0)); }
 static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return _mm512_mask_add_pd(cnt, _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ), cnt, _mm512_set1_pd(1.0)); }
@@ -138,6 +156,14 @@ static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm256_add_pd(_mm
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm256_max_ps(a, b); }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm256_min_ps(a, b); }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm256_div_ps(a, b); }
+static inline mr_vf vf_swap(mr_vf v, int s)
+{
+    switch (s) {
+    case 4: return _mm256_permute2f128_ps(v, v, 1);
+    case 2: return _mm256_permute_ps(v, 0x4E);
+    default: return _mm256_permute_ps(v, 0xB1);
+    }
+}
 static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb)
 { return _mm256_add_ps(cnt, _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ), _mm256_cmp_ps(qa, qb, _CMP_LT_OQ)), _mm256_set1_ps(1.0f))); }
 static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return _mm256_add_ps(cnt, _mm256_and_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ), _mm256_set1_ps(1.0f))); }
@@ -175,6 +201,8 @@ static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return _mm256_mul_pd(a, b); }
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm256_max_pd(a, b); }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm256_min_pd(a, b); }
 static inline mr_vd vd_div(mr_vd a, mr_vd b) { return _mm256_div_pd(a, b); }
+static inline mr_vd vd_swap(mr_vd v, int s)
+{ return s == 2 ? _mm256_permute2f128_pd(v, v, 1) : _mm256_permute_pd(v, 0x5); }
 static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb)
 { return _mm256_add_pd(cnt, _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ), _mm256_cmp_pd(qa, qb, _CMP_LT_OQ)), _mm256_set1_pd(1.0))); }
 static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return _mm256_add_pd(cnt, _mm256_and_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ), _mm256_set1_pd(1.0))); }
@@ -208,6 +236,8 @@ static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm_add_ps(_mm_mu
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm_max_ps(a, b); }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm_min_ps(a, b); }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm_div_ps(a, b); }
+static inline mr_vf vf_swap(mr_vf v, int s)
+{ return s == 2 ? _mm_shuffle_ps(v, v, 0x4E) : _mm_shuffle_ps(v, v, 0xB1); }
 static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb)
 { return _mm_add_ps(cnt, _mm_and_ps(_mm_and_ps(_mm_cmpeq_ps(a, b), _mm_cmplt_ps(qa, qb)), _mm_set1_ps(1.0f))); }
 static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return _mm_add_ps(cnt, _mm_and_ps(_mm_cmpgt_ps(a, b), _mm_set1_ps(1.0f))); }
@@ -233,6 +263,7 @@ static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm_add_pd(_mm_mu
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm_max_pd(a, b); }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm_min_pd(a, b); }
 static inline mr_vd vd_div(mr_vd a, mr_vd b) { return _mm_div_pd(a, b); }
+static inline mr_vd vd_swap(mr_vd v, int s) { (void)s; return _mm_shuffle_pd(v, v, 1); }
 static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb)
 { return _mm_add_pd(cnt, _mm_and_pd(_mm_and_pd(_mm_cmpeq_pd(a, b), _mm_cmplt_pd(qa, qb)), _mm_set1_pd(1.0))); }
 static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return _mm_add_pd(cnt, _mm_and_pd(_mm_cmpgt_pd(a, b), _mm_set1_pd(1.0))); }
@@ -265,6 +296,7 @@ static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return a * b + c; }
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return a > b ? a : b; }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return a < b ? a : b; }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return a / b; }
+static inline mr_vf vf_swap(mr_vf v, int s) { (void)s; return v; }  /* one lane: never called */
 static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb) { return cnt + (a == b && qa < qb); }
 static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return cnt + (a > b); }
 static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b) { return a < b ? x : INFINITY; }
@@ -287,6 +319,7 @@ static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return a * b + c; }
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return a > b ? a : b; }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return a < b ? a : b; }
 static inline mr_vd vd_div(mr_vd a, mr_vd b) { return a / b; }
+static inline mr_vd vd_swap(mr_vd v, int s) { (void)s; return v; }
 static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb) { return cnt + (a == b && qa < qb); }
 static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return cnt + (a > b); }
 static inline mr_vd vd_keep_lt(mr_vd x, mr_vd a, mr_vd b) { return a < b ? x : INFINITY; }

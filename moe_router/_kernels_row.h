@@ -109,36 +109,28 @@ static inline MR_T MR_SFX(mr_sum_exp)(const MR_T *z, Py_ssize_t n, MR_T m)
 
 /*
  * The two largest of x[0..len) (NaN-free, len >= 1; top2 is -inf when
- * len == 1): per-lane running top-2 in vectors, then the top-2 of the lanes.
+ * len == 1): per-lane running top-2 in vectors, then the lanes' (top1,
+ * top2) pairs merged as a tree of lane swaps (a scalar merge through memory
+ * was most of the group-limited routers' group scoring: measured).
  */
 static inline void MR_SFX(mr_top2)(const MR_T *x, Py_ssize_t len, MR_T *top1, MR_T *top2)
 {
     MR_V t1 = MR_OP(set)(-INFINITY), t2 = MR_OP(set)(-INFINITY);
     MR_T l1[MR_W], l2[MR_W];
-    MR_T a = -INFINITY, b = -INFINITY;
+    MR_T a, b;
     Py_ssize_t i = 0;
     for (; i + MR_W <= len; i += MR_W) {
         const MR_V v = MR_OP(load)(x + i);
         t2 = MR_OP(max)(t2, MR_OP(min)(v, t1));
         t1 = MR_OP(max)(t1, v);
     }
+    for (int s = MR_W / 2; s >= 1; s /= 2) {
+        const MR_V x1 = MR_OP(swap)(t1, s), x2 = MR_OP(swap)(t2, s);
+        t2 = MR_OP(max)(MR_OP(max)(t2, x2), MR_OP(min)(t1, x1));
+        t1 = MR_OP(max)(t1, x1);
+    }
     MR_OP(store)(l1, t1);
     MR_OP(store)(l2, t2);
-    /* Merge the lanes' (top1, top2) pairs as a tree: a short dependency
-     * chain (a linear scan here was latency-bound). */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC unroll 8
-#endif
-    for (int step = 1; step < MR_W; step *= 2)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC unroll 16
-#endif
-        for (int l = 0; l + step < MR_W; l += 2 * step) {
-            const MR_T lo1 = l1[l] < l1[l + step] ? l1[l] : l1[l + step];
-            const MR_T hi2 = l2[l] > l2[l + step] ? l2[l] : l2[l + step];
-            l1[l] = l1[l] > l1[l + step] ? l1[l] : l1[l + step];
-            l2[l] = lo1 > hi2 ? lo1 : hi2;
-        }
     a = l1[0];
     b = l2[0];
     for (; i < len; i++) {
@@ -147,6 +139,48 @@ static inline void MR_SFX(mr_top2)(const MR_T *x, Py_ssize_t len, MR_T *top1, MR
     }
     *top1 = a;
     *top2 = b;
+}
+
+/*
+ * Keep the best topk_group of the n_group groups of sel[0..n): copy their
+ * values to kept_sel group after group in ascending group order (so
+ * position order is still expert order, and ties still go to the smaller
+ * expert), and their group indices to kept.  Returns how many values were
+ * kept.  The other groups' experts are out of the top-k altogether (as if
+ * -inf, never 0: 0 would beat negative biased scores).  A group's score is
+ * the sum of its two best values (top2_sum: sigmoid routers) or its best
+ * (softmax routers); equal group scores keep the smaller group.
+ *
+ * Branch-free: a group is kept when fewer than topk_group groups rank
+ * above it, and every group is copied, the next one over a dropped group's
+ * copy, so kept_sel must hold n values.  (Picking the best group
+ * topk_group times and copying only the kept ones branched on the data.)
+ */
+static inline Py_ssize_t MR_SFX(mr_limit_groups)(const MR_T *sel, Py_ssize_t n, Py_ssize_t n_group,
+                                                 Py_ssize_t topk_group, int top2_sum,
+                                                 MR_T *kept_sel, MR_T *group_score, Py_ssize_t *kept)
+{
+    const Py_ssize_t size = n / n_group;
+    Py_ssize_t n_kept = 0;
+    for (Py_ssize_t g = 0; g < n_group; g++) {
+        MR_T t1, t2;
+        MR_SFX(mr_top2)(sel + g * size, size, &t1, &t2);
+        group_score[g] = top2_sum ? t1 + t2 : t1;
+    }
+    for (Py_ssize_t g = 0; g < n_group; g++) {
+        const MR_T sg = group_score[g];
+        Py_ssize_t rank = 0;
+        for (Py_ssize_t h = 0; h < g; h++) rank += group_score[h] >= sg;
+        for (Py_ssize_t h = g + 1; h < n_group; h++) rank += group_score[h] > sg;
+        MR_T *dst = kept_sel + n_kept * size;
+        const MR_T *src = sel + g * size;
+        Py_ssize_t i = 0;
+        for (; i + MR_W <= size; i += MR_W) MR_OP(store)(dst + i, MR_OP(load)(src + i));
+        for (; i < size; i++) dst[i] = src[i];
+        kept[n_kept] = g;
+        n_kept += rank < topk_group;
+    }
+    return n_kept * size;
 }
 
 /* Bit l set where z[l] > t (gt) or == t (eq), over one block of MR_BLOCK values. */
@@ -179,6 +213,26 @@ MR_BLOCK_BITS(mr_block_eq, eq_bits)
  * Candidates are gathered with a vector compress (AVX-512, or a lookup
  * table of permutations on AVX2) so that no branch depends on the data.
  */
+/*
+ * rank[j] lane l = how many of v[0..MR_BLOCK) are greater than lane l of
+ * vv[j] (vv holds the same values, loaded).  Four independent counts per
+ * vector, added at the end: one running count made a chain of 16 dependent
+ * adds (the lane ranks were latency-bound).
+ */
+static inline void MR_SFX(mr_rank_gt)(const MR_T *v, const MR_V *vv, MR_V *rank)
+{
+    MR_V acc[4][MR_NV];
+    for (int a = 0; a < 4; a++)
+        for (int j = 0; j < MR_NV; j++) acc[a][j] = MR_OP(set)(0);
+    for (int q = 0; q < MR_BLOCK; q += 4)
+        for (int a = 0; a < 4; a++) {
+            const MR_V vq = MR_OP(set)(v[q + a]);
+            for (int j = 0; j < MR_NV; j++) acc[a][j] = MR_OP(count_gt)(acc[a][j], vq, vv[j]);
+        }
+    for (int j = 0; j < MR_NV; j++)
+        rank[j] = MR_OP(add)(MR_OP(add)(acc[0][j], acc[1][j]), MR_OP(add)(acc[2][j], acc[3][j]));
+}
+
 #ifndef MR_MAX_CAND
 #define MR_MAX_CAND 64
 #endif
@@ -200,14 +254,8 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
         MR_V lv[MR_NV], rank[MR_NV];
         MR_T tl[MR_W];
         const MR_V vk = MR_OP(set)((MR_T)k);
-        for (int j = 0; j < MR_NV; j++) {
-            lv[j] = MR_OP(load)(lanes + j * MR_W);
-            rank[j] = MR_OP(set)(0);
-        }
-        for (int q = 0; q < MR_BLOCK; q++) {
-            const MR_V vq = MR_OP(set)(lanes[q]);
-            for (int j = 0; j < MR_NV; j++) rank[j] = MR_OP(count_gt)(rank[j], vq, lv[j]);
-        }
+        for (int j = 0; j < MR_NV; j++) lv[j] = MR_OP(load)(lanes + j * MR_W);
+        MR_SFX(mr_rank_gt)(lanes, lv, rank);
         MR_V tv = MR_OP(keep_lt)(lv[0], rank[0], vk);
         for (int j = 1; j < MR_NV; j++) tv = MR_OP(min)(tv, MR_OP(keep_lt)(lv[j], rank[j], vk));
         MR_OP(store)(tl, tv);
@@ -217,7 +265,10 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
         return -1;
 
     /* A block adds at most MR_BLOCK candidates (and may write that many
-     * past the count), so the buffers hold MR_MAX_CAND + 2 blocks. */
+     * past the count), so the buffers hold MR_MAX_CAND + 2 blocks.  The
+     * first block of ids is set so that the fixed-size loops below never
+     * read an unwritten entry. */
+    for (int l = 0; l < MR_BLOCK; l++) ci[l] = 0;
     for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
         if (c > MR_MAX_CAND)
             return -1;
@@ -232,18 +283,38 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
         c += z[i] >= t;
     }
     int nb = (c + MR_BLOCK - 1) / MR_BLOCK;  /* candidate blocks */
-    for (int p = c; p < nb * MR_BLOCK; p++)
-        cv[p] = -INFINITY;  /* below every candidate: never counted */
+    for (int l = 0; l < MR_BLOCK; l++)
+        cv[c + l] = -INFINITY;  /* pads the last block: below every candidate */
 
     if (c <= MR_BLOCK) {
         /* One block of candidates: every rank at once, with vector
-         * compares against each candidate q in turn.  Equal values rank by
-         * position, that is by expert index. */
+         * compares against each candidate q in turn.  First by value only,
+         * over the whole block (no loop count that depends on c): the
+         * padding (-inf) ranks c, so it lands past the k wanted.  The ranks
+         * then sum to c(c-1)/2 + (MR_BLOCK-c)c exactly when no two
+         * candidates are equal; equal values share a rank and make the sum
+         * smaller, and those rows are ranked again below. */
         MR_V cvv[MR_NV], pos[MR_NV], rank[MR_NV];
-        MR_T pos_l[MR_BLOCK], rank_l[MR_BLOCK];
+        MR_T pos_l[MR_BLOCK], rank_l[MR_BLOCK], tl[MR_W];
+        Py_ssize_t by_rank[MR_BLOCK + 1];
+        MR_T total = 0;
+        for (int j = 0; j < MR_NV; j++) cvv[j] = MR_OP(load)(cv + j * MR_W);
+        MR_SFX(mr_rank_gt)(cv, cvv, rank);
+        MR_V tv = rank[0];
+        for (int j = 0; j < MR_NV; j++) MR_OP(store)(rank_l + j * MR_W, rank[j]);
+        for (int j = 1; j < MR_NV; j++) tv = MR_OP(add)(tv, rank[j]);
+        MR_OP(store)(tl, tv);
+        for (int l = 0; l < MR_W; l++) total += tl[l];
+        if (total == (MR_T)(c * (c - 1) / 2 + (MR_BLOCK - c) * c)) {
+            /* Every rank is <= c <= MR_BLOCK: no clamp needed here. */
+            for (int j = 0; j < MR_BLOCK; j++) by_rank[(int)rank_l[j]] = ci[j];
+            for (int j = 0; j < k; j++) idx[j] = by_rank[j];
+            return 0;
+        }
+        /* Equal candidates: equal values rank by position, that is by
+         * expert index. */
         for (int l = 0; l < MR_BLOCK; l++) pos_l[l] = (MR_T)l;
         for (int j = 0; j < MR_NV; j++) {
-            cvv[j] = MR_OP(load)(cv + j * MR_W);
             pos[j] = MR_OP(load)(pos_l + j * MR_W);
             rank[j] = MR_OP(set)(0);
         }

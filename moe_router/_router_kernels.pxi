@@ -21,8 +21,12 @@ mr_init_tables()
 cdef extern from "_kernels.h" nogil:
     float mr_max_lanes_f32(const float *z, Py_ssize_t n, float *lanes, int *has_nan)
     double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes, int *has_nan)
-    void mr_top2_f32(const float *x, Py_ssize_t n, float *top1, float *top2)
-    void mr_top2_f64(const double *x, Py_ssize_t n, double *top1, double *top2)
+    Py_ssize_t mr_limit_groups_f32(const float *sel, Py_ssize_t n, Py_ssize_t n_group,
+                                   Py_ssize_t topk_group, int top2_sum, float *kept_sel,
+                                   float *group_score, Py_ssize_t *kept)
+    Py_ssize_t mr_limit_groups_f64(const double *sel, Py_ssize_t n, Py_ssize_t n_group,
+                                   Py_ssize_t topk_group, int top2_sum, double *kept_sel,
+                                   double *group_score, Py_ssize_t *kept)
     void mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
     void mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
     float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
@@ -86,13 +90,6 @@ cdef inline floating _row_max(const floating* z, Py_ssize_t n, floating* lanes,
         return mr_max_lanes_f32(z, n, lanes, has_nan)
     else:
         return mr_max_lanes_f64(z, n, lanes, has_nan)
-
-
-cdef inline void _top2(const floating* x, Py_ssize_t n, floating* top1, floating* top2) noexcept nogil:
-    if floating is float:
-        mr_top2_f32(x, n, top1, top2)
-    else:
-        mr_top2_f64(x, n, top1, top2)
 
 
 cdef inline void _sigmoid_into(const floating* z, Py_ssize_t n, const floating* bias,
@@ -233,34 +230,14 @@ cdef struct RouteCfg:
 cdef inline Py_ssize_t _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg* cfg,
                                      floating* kept_sel, floating* group_score,
                                      Py_ssize_t* kept, bint top2_sum) noexcept nogil:
-    # Keep the best cfg.topk_group of the cfg.n_group groups of sel: their
-    # scores go to kept_sel, group after group in ascending group order (so
-    # position order is still expert order, and ties still go to the smaller
-    # expert), and their group indices to kept.  Returns len(kept_sel).
-    # The other groups' experts are out of the top-k altogether (as if -inf,
-    # never 0: 0 would beat negative biased scores).  A group's score is the
-    # sum of its two best scores (sigmoid routers) or its best score
-    # (softmax routers); equal group scores keep the smaller group.
-    cdef Py_ssize_t g, i, j, best_g, n_kept = 0, size = n // cfg.n_group
-    cdef floating top1, top2
-    for g in range(cfg.n_group):
-        _top2(sel + g * size, size, &top1, &top2)
-        group_score[g] = top1 + top2 if top2_sum else top1
-    for j in range(cfg.topk_group):
-        best_g = -1
-        for g in range(cfg.n_group):
-            if group_score[g] != group_score[g]:
-                continue  # already kept (marked NaN below)
-            if best_g < 0 or group_score[g] > group_score[best_g]:
-                best_g = g
-        group_score[best_g] = <floating>NAN
-    for g in range(cfg.n_group):
-        if group_score[g] != group_score[g]:
-            for i in range(size):
-                kept_sel[n_kept * size + i] = sel[g * size + i]
-            kept[n_kept] = g
-            n_kept += 1
-    return n_kept * size
+    # The kept groups' values compacted into kept_sel (which holds n): see
+    # mr_limit_groups in _kernels_row.h.
+    if floating is float:
+        return mr_limit_groups_f32(sel, n, cfg.n_group, cfg.topk_group, top2_sum,
+                                   kept_sel, group_score, kept)
+    else:
+        return mr_limit_groups_f64(sel, n, cfg.n_group, cfg.topk_group, top2_sum,
+                                   kept_sel, group_score, kept)
 
 
 cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k,
