@@ -396,8 +396,12 @@ static inline void mr_init_tables(void)
  *
  * There is no scalar twin: tails and single values go through a padded block
  * (mr_exp_block), so every result comes from this one code.
+ *
+ * mr_expf_sat_v / mr_exp_sat_v are the same without the flush to 0: the
+ * result saturates at both ends (never 0, never inf).  The sigmoid uses it,
+ * as 1 / (1 + exp(-x)) is the same either way at the low end.
  */
-static inline mr_vf mr_expf_v(mr_vf x)
+static inline mr_vf mr_expf_sat_v(mr_vf x)
 {
     const mr_vf lo = vf_set(-87.3f), magic = vf_set(12582912.0f);
     mr_vf xc = vf_min(vf_set(88.7f), vf_max(lo, x));  /* keeps a NaN x */
@@ -412,10 +416,12 @@ static inline mr_vf mr_expf_v(mr_vf x)
     p = vf_fma(p, r, vf_set(1.6666665459e-1f));
     p = vf_fma(p, r, vf_set(5.0000001201e-1f));
     p = vf_fma(p, vf_mul(r, r), vf_add(r, vf_set(1.0f)));
-    return vf_zero_if_lt(x, lo, vf_mul(p, vf_pow2i(t)));
+    return vf_mul(p, vf_pow2i(t));
 }
 
-static inline mr_vd mr_exp_v(mr_vd x)
+static inline mr_vf mr_expf_v(mr_vf x) { return vf_zero_if_lt(x, vf_set(-87.3f), mr_expf_sat_v(x)); }
+
+static inline mr_vd mr_exp_sat_v(mr_vd x)
 {
     const mr_vd lo = vd_set(-708.0), magic = vd_set(6755399441055744.0);
     mr_vd xc = vd_min(vd_set(709.0), vd_max(lo, x));
@@ -436,8 +442,10 @@ static inline mr_vd mr_exp_v(mr_vd x)
     p = vd_fma(p, r, vd_set(0.5));
     p = vd_fma(p, r, vd_set(1.0));
     p = vd_fma(p, r, vd_set(1.0));
-    return vd_zero_if_lt(x, lo, vd_mul(p, vd_pow2i(t)));
+    return vd_mul(p, vd_pow2i(t));
 }
+
+static inline mr_vd mr_exp_v(mr_vd x) { return vd_zero_if_lt(x, vd_set(-708.0), mr_exp_sat_v(x)); }
 
 /* The row operations, once for float (f32) and once for double (f64). */
 #define MR_T float
@@ -447,6 +455,7 @@ static inline mr_vd mr_exp_v(mr_vd x)
 #define MR_W MR_VF_W
 #define MR_OP(name) vf_##name
 #define MR_EXPV mr_expf_v
+#define MR_EXPSATV mr_expf_sat_v
 #include "_kernels_row.h"
 
 #define MR_T double
@@ -456,6 +465,7 @@ static inline mr_vd mr_exp_v(mr_vd x)
 #define MR_W MR_VD_W
 #define MR_OP(name) vd_##name
 #define MR_EXPV mr_exp_v
+#define MR_EXPSATV mr_exp_sat_v
 #include "_kernels_row.h"
 
 static inline const char *mr_simd_name(void) { return MR_SIMD; }

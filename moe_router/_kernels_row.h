@@ -53,30 +53,51 @@ static inline MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes
     return m;
 }
 
-/*
- * c[i] = sigmoid(z[i]) = 1 / (1 + exp(-z[i])), plus bias[i] when a bias is
- * given: the selection score of sigmoid routers.  (The weights, sigmoid of
- * the K picked logits, are recomputed from z rather than stored here.)
- */
-static inline void MR_SFX(mr_sigmoid_into)(const MR_T *z, Py_ssize_t n, const MR_T *bias, MR_T *c)
+/* sigmoid(x) = 1 / (1 + exp(-x)) on a vector (for x < -88.7 in float32,
+ * 1 / (1 + 3.3e38): the exp saturates; no inf enters the divide). */
+static inline MR_V MR_SFX(mr_sigmoid_v)(MR_V x)
 {
     const MR_V one = MR_OP(set)(1);
-    const MR_V zero = MR_OP(set)(0);
+    return MR_OP(div)(one, MR_OP(add)(one, MR_EXPSATV(MR_OP(sub)(MR_OP(set)(0), x))));
+}
+
+/* x[0..MR_BLOCK) = sigmoid(x), in place. */
+static inline void MR_SFX(mr_sigmoid_block)(MR_T *x)
+{
+    for (int j = 0; j < MR_NV; j++)
+        MR_OP(store)(x + j * MR_W, MR_SFX(mr_sigmoid_v)(MR_OP(load)(x + j * MR_W)));
+}
+
+/*
+ * c[i] = sigmoid(z[i]), plus bias[i] when a bias is given: the selection
+ * score of sigmoid routers.  (The weights, sigmoid of the K picked logits,
+ * are recomputed from z rather than stored here.)  Returns whether z holds
+ * a NaN (its score is NaN; the bias is finite), so that these routers need
+ * no pass over z of their own.  The tail goes through a padded block.
+ */
+static inline int MR_SFX(mr_sigmoid_into)(const MR_T *z, Py_ssize_t n, const MR_T *bias, MR_T *c)
+{
+    MR_N nan_acc = MR_OP(nan_init)();
     Py_ssize_t i = 0;
+    int nan_tail = 0;
     for (; i + MR_W <= n; i += MR_W) {
-        const MR_V e = MR_EXPV(MR_OP(sub)(zero, MR_OP(load)(z + i)));
-        MR_V v = MR_OP(div)(one, MR_OP(add)(one, e));
+        MR_V v = MR_SFX(mr_sigmoid_v)(MR_OP(load)(z + i));
         if (bias)
             v = MR_OP(add)(v, MR_OP(load)(bias + i));
+        nan_acc = MR_OP(nan_acc)(nan_acc, v);
         MR_OP(store)(c + i, v);
     }
-    if (i < n) {  /* the tail (< MR_W values) through one padded block */
-        MR_T e[MR_BLOCK];
+    if (i < n) {
+        MR_T buf[MR_BLOCK];
         int len = (int)(n - i);
-        for (int l = 0; l < len; l++) e[l] = -z[i + l];
-        MR_SFX(mr_exp_short)(e, len, e);
-        for (int l = 0; l < len; l++) c[i + l] = 1 / (1 + e[l]) + (bias ? bias[i + l] : 0);
+        for (int l = 0; l < MR_BLOCK; l++) buf[l] = l < len ? z[i + l] : 0;
+        MR_SFX(mr_sigmoid_block)(buf);
+        for (int l = 0; l < len; l++) {
+            c[i + l] = buf[l] + (bias ? bias[i + l] : 0);
+            nan_tail |= c[i + l] != c[i + l];
+        }
     }
+    return MR_OP(nan_any)(nan_acc) | nan_tail;
 }
 
 /*
@@ -158,15 +179,27 @@ static inline void MR_SFX(mr_top2)(const MR_T *x, Py_ssize_t len, MR_T *top1, MR
  */
 static inline Py_ssize_t MR_SFX(mr_limit_groups)(const MR_T *sel, Py_ssize_t n, Py_ssize_t n_group,
                                                  Py_ssize_t topk_group, int top2_sum,
-                                                 MR_T *kept_sel, MR_T *group_score, Py_ssize_t *kept)
+                                                 MR_T *kept_sel, MR_T *group_score, Py_ssize_t *kept,
+                                                 MR_T *lanes)
 {
     const Py_ssize_t size = n / n_group;
     Py_ssize_t n_kept = 0;
+    /* With lanes: the kept groups' two best values (-inf beyond), for
+     * mr_topk_small's threshold in place of a pass over kept_sel; they are
+     * distinct elements of it.  Only for n_group <= MR_BLOCK and
+     * 2 * topk_group + 2 <= MR_BLOCK (else pass NULL). */
+    MR_T best2[2 * MR_BLOCK];
     for (Py_ssize_t g = 0; g < n_group; g++) {
         MR_T t1, t2;
         MR_SFX(mr_top2)(sel + g * size, size, &t1, &t2);
         group_score[g] = top2_sum ? t1 + t2 : t1;
+        if (g < MR_BLOCK) {
+            best2[2 * g] = t1;
+            best2[2 * g + 1] = t2;
+        }
     }
+    if (lanes)
+        for (int l = 0; l < MR_BLOCK; l++) lanes[l] = -INFINITY;
     for (Py_ssize_t g = 0; g < n_group; g++) {
         const MR_T sg = group_score[g];
         Py_ssize_t rank = 0;
@@ -178,7 +211,15 @@ static inline Py_ssize_t MR_SFX(mr_limit_groups)(const MR_T *sel, Py_ssize_t n, 
         for (; i + MR_W <= size; i += MR_W) MR_OP(store)(dst + i, MR_OP(load)(src + i));
         for (; i < size; i++) dst[i] = src[i];
         kept[n_kept] = g;
+        if (lanes) {
+            lanes[2 * n_kept] = best2[2 * g];
+            lanes[2 * n_kept + 1] = best2[2 * g + 1];
+        }
         n_kept += rank < topk_group;
+    }
+    if (lanes) {  /* the last dropped group's pair, if any, is past the kept */
+        lanes[2 * n_kept] = -INFINITY;
+        lanes[2 * n_kept + 1] = -INFINITY;
     }
     return n_kept * size;
 }
@@ -361,3 +402,4 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
 #undef MR_W
 #undef MR_OP
 #undef MR_EXPV
+#undef MR_EXPSATV

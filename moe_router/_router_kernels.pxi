@@ -23,12 +23,14 @@ cdef extern from "_kernels.h" nogil:
     double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes, int *has_nan)
     Py_ssize_t mr_limit_groups_f32(const float *sel, Py_ssize_t n, Py_ssize_t n_group,
                                    Py_ssize_t topk_group, int top2_sum, float *kept_sel,
-                                   float *group_score, Py_ssize_t *kept)
+                                   float *group_score, Py_ssize_t *kept, float *lanes)
     Py_ssize_t mr_limit_groups_f64(const double *sel, Py_ssize_t n, Py_ssize_t n_group,
                                    Py_ssize_t topk_group, int top2_sum, double *kept_sel,
-                                   double *group_score, Py_ssize_t *kept)
-    void mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
-    void mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
+                                   double *group_score, Py_ssize_t *kept, double *lanes)
+    int mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
+    int mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
+    void mr_sigmoid_block_f32(float *x)
+    void mr_sigmoid_block_f64(double *x)
     float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
     double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
     unsigned mr_block_gt_f32(const float *z, float t)
@@ -92,12 +94,20 @@ cdef inline floating _row_max(const floating* z, Py_ssize_t n, floating* lanes,
         return mr_max_lanes_f64(z, n, lanes, has_nan)
 
 
-cdef inline void _sigmoid_into(const floating* z, Py_ssize_t n, const floating* bias,
+cdef inline bint _sigmoid_into(const floating* z, Py_ssize_t n, const floating* bias,
                                floating* c) noexcept nogil:
+    # Returns whether z holds a NaN.
     if floating is float:
-        mr_sigmoid_into_f32(z, n, bias, c)
+        return mr_sigmoid_into_f32(z, n, bias, c)
     else:
-        mr_sigmoid_into_f64(z, n, bias, c)
+        return mr_sigmoid_into_f64(z, n, bias, c)
+
+
+cdef inline void _sigmoid_block(floating* x) noexcept nogil:
+    if floating is float:
+        mr_sigmoid_block_f32(x)
+    else:
+        mr_sigmoid_block_f64(x)
 
 
 cdef inline void _exp_block(floating* x) noexcept nogil:
@@ -229,15 +239,17 @@ cdef struct RouteCfg:
 
 cdef inline Py_ssize_t _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg* cfg,
                                      floating* kept_sel, floating* group_score,
-                                     Py_ssize_t* kept, bint top2_sum) noexcept nogil:
-    # The kept groups' values compacted into kept_sel (which holds n): see
+                                     Py_ssize_t* kept, bint top2_sum,
+                                     floating* lanes) noexcept nogil:
+    # The kept groups' values compacted into kept_sel (which holds n), and
+    # when lanes is not NULL their groups' two best values: see
     # mr_limit_groups in _kernels_row.h.
     if floating is float:
         return mr_limit_groups_f32(sel, n, cfg.n_group, cfg.topk_group, top2_sum,
-                                   kept_sel, group_score, kept)
+                                   kept_sel, group_score, kept, lanes)
     else:
         return mr_limit_groups_f64(sel, n, cfg.n_group, cfg.topk_group, top2_sum,
-                                   kept_sel, group_score, kept)
+                                   kept_sel, group_score, kept, lanes)
 
 
 cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k,
@@ -251,15 +263,14 @@ cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k
         for j in range(k):
             out[j] = 1 if z[ids[j]] == INFINITY else 0
         return
-    for j in range(MR_BLOCK):
-        if j < k:
-            out[j] = -z[ids[j]] if sigmoid else z[ids[j]] - m
-        else:
-            out[j] = -INFINITY
-    _exp_block(out)
     if sigmoid:
-        for j in range(k):
-            out[j] = 1 / (1 + out[j])
+        for j in range(MR_BLOCK):
+            out[j] = z[ids[j]] if j < k else 0
+        _sigmoid_block(out)
+        return
+    for j in range(MR_BLOCK):
+        out[j] = z[ids[j]] - m if j < k else -INFINITY
+    _exp_block(out)
 
 
 cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
@@ -274,7 +285,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef floating lanes[MR_BLOCK]
     cdef floating e_sel[MR_BLOCK]
     cdef int has_nan
-    cdef floating m = _row_max(z, n, lanes, &has_nan)
+    cdef floating m = 0
     cdef floating s = 0
     cdef const floating* sel = z        # what the top-k is taken of
     cdef Py_ssize_t sel_n = n
@@ -282,9 +293,19 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef Py_ssize_t i, j, g, size
     cdef double inv_size
     cdef bint posinf = False
+    cdef bint group_lanes = False
 
-    if has_nan:
-        return ROW_NAN
+    if cfg.sigmoid and (cfg.bias != NULL or cfg.n_group > 1):
+        # The selection score c = sigmoid(z) (+ bias) in scratch[n:2n]; the
+        # weights, sigmoid of the picked logits, are recomputed from z.
+        # This pass also finds NaN rows: no pass over z is needed for it.
+        if _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n):
+            return ROW_NAN
+        sel = scratch + n
+    else:
+        m = _row_max(z, n, lanes, &has_nan)
+        if has_nan:
+            return ROW_NAN
     if not cfg.sigmoid:
         if m == -INFINITY:
             return ROW_ALL_NEG_INF  # the softmax of nothing but -inf is undefined
@@ -295,19 +316,19 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
                     s += z[j] == INFINITY  # +inf logits share the mass equally
             else:
                 s = _row_sum_exp(z, n, m)
-    elif cfg.bias != NULL or cfg.n_group > 1:
-        # The selection score c = sigmoid(z) (+ bias) in scratch[n:2n]; the
-        # weights, sigmoid of the picked logits, are recomputed from z.
-        _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n)
-        sel = scratch + n
-    # else: sigmoid without bias or groups: the order of s is that of z.
+    # (Sigmoid without bias or groups: the order of the scores is that of z.)
 
     if cfg.n_group > 1:
         # A softmax group's best probability is its best logit's; the kept
-        # groups' selection scores are compacted into scratch[0:n].
-        sel_n = _limit_groups(sel, n, cfg, scratch, scratch + 2 * n, kept, cfg.sigmoid)
+        # groups' selection scores are compacted into scratch[0:n].  When
+        # the kept groups' two best values are at least k, they stand in
+        # for the lane maxima: no pass over the kept scores.
+        group_lanes = (cfg.n_group <= MR_BLOCK and 2 * cfg.topk_group + 2 <= MR_BLOCK
+                       and k <= 2 * cfg.topk_group)
+        sel_n = _limit_groups(sel, n, cfg, scratch, scratch + 2 * n, kept, cfg.sigmoid,
+                              lanes if group_lanes else NULL)
         sel = scratch
-    if sel != z:
+    if sel != z and not group_lanes:
         _row_max(sel, sel_n, lanes, &has_nan)
     # Selecting on the logits when the order is theirs: exp and sigmoid are
     # monotonic, and the logits keep apart values whose float32
