@@ -14,6 +14,15 @@ E = 16
 GOOD = np.random.default_rng(7).standard_normal((4, E)).astype(np.float32)
 
 
+GOOD20 = np.random.default_rng(8).standard_normal((3, 20)).astype(np.float32)
+
+
+def _nan_at(z, row, col):
+    z = z.copy()
+    z[row, col] = np.nan
+    return z
+
+
 def _row(values, row=2):
     z = GOOD.copy()
     z[row] = values
@@ -105,6 +114,18 @@ CASES = [
     ("NaN sigmoid", lambda: mr.route(_row([np.nan] * 16), 2, scoring_func="sigmoid"), ValueError,
      "row 2 contains NaN"),
     ("NaN grouped", lambda: mr.route(_row([1.0] * 15 + [np.nan]), 2, n_group=4, topk_group=2),
+     ValueError, "row 2 contains NaN"),
+    # The biased / grouped sigmoid routers find NaN in their sigmoid pass:
+    # in the vector body, in the tail (20 experts), in float64.
+    ("NaN biased sigmoid", lambda: mr.route(_row([0.0] * 15 + [np.nan]), 2, scoring_func="sigmoid",
+                                            e_score_correction_bias=np.zeros(E, np.float32)),
+     ValueError, "row 2 contains NaN"),
+    ("NaN sigmoid grouped, tail", lambda: mr.route(_nan_at(GOOD20, 1, 19), 2, scoring_func="sigmoid",
+                                                   n_group=4, topk_group=2),
+     ValueError, "row 1 contains NaN"),
+    ("NaN biased sigmoid float64",
+     lambda: mr.route(_row([np.nan] + [0.0] * 15).astype(np.float64), 2, scoring_func="sigmoid",
+                      n_group=4, topk_group=2, e_score_correction_bias=np.zeros(E)),
      ValueError, "row 2 contains NaN"),
     # --- output buffers -------------------------------------------------------
     ("out not RouterOutput", lambda: mr.route_into(GOOD, 2, np.zeros(8)), TypeError,

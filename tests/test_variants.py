@@ -104,6 +104,12 @@ VARIANTS = {
                         routed_scaling_factor=2.5),
     "sigmoid_grouped_nobias": dict(scoring_func="sigmoid", n_group=4, topk_group=2),
     "deepseek_v2_grouped": dict(n_group=4, topk_group=2, routed_scaling_factor=16.0),
+    # Group counts on both sides of the kernel's limits for taking the kept
+    # groups' two best values as the top-k threshold (n_group <= 16,
+    # 2 * topk_group + 2 <= 16, top_k <= 2 * topk_group).
+    "grouped_16_keep_7": dict(scoring_func="sigmoid", bias=True, n_group=16, topk_group=7),
+    "grouped_32_keep_3": dict(scoring_func="sigmoid", bias=True, n_group=32, topk_group=3),
+    "grouped_softmax_16_keep_1": dict(n_group=16, topk_group=1),
 }
 
 
