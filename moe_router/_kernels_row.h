@@ -251,6 +251,8 @@ MR_BLOCK_BITS(mr_block_eq, eq_bits)
  *
  * Returns 0, or -1 when this does not apply (t is -inf, or more than
  * MR_MAX_CAND candidates: many ties); the caller then takes the general path.
+ * With e_out (k entries), returns 1 when it also wrote exp(z[idx[j]] - m)
+ * there (the common case: no ties among the candidates); 0 when it did not.
  * Candidates are gathered with a vector compress (AVX-512, or a lookup
  * table of permutations on AVX2) so that no branch depends on the data.
  */
@@ -278,7 +280,8 @@ static inline void MR_SFX(mr_rank_gt)(const MR_T *v, const MR_V *vv, MR_V *rank)
 #define MR_MAX_CAND 64
 #endif
 static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
-                                        const MR_T *lanes, Py_ssize_t *idx)
+                                        const MR_T *lanes, Py_ssize_t *idx,
+                                        MR_T m, MR_T *e_out)
 {
     MR_T t = INFINITY;
     MR_T cv[MR_MAX_CAND + 2 * MR_BLOCK];
@@ -350,6 +353,18 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
             /* Every rank is <= c <= MR_BLOCK: no clamp needed here. */
             for (int j = 0; j < MR_BLOCK; j++) by_rank[(int)rank_l[j]] = ci[j];
             for (int j = 0; j < k; j++) idx[j] = by_rank[j];
+            if (e_out) {
+                /* exp(value - m) of the picked, from the candidates still in
+                 * registers: gathering them from z into a block through
+                 * memory stalled on store forwarding (measured). */
+                MR_T ev[MR_BLOCK], e_by_rank[MR_BLOCK + 1];
+                const MR_V vm = MR_OP(set)(m);
+                for (int j = 0; j < MR_NV; j++)
+                    MR_OP(store)(ev + j * MR_W, MR_EXPV(MR_OP(sub)(cvv[j], vm)));
+                for (int j = 0; j < MR_BLOCK; j++) e_by_rank[(int)rank_l[j]] = ev[j];
+                for (int j = 0; j < k; j++) e_out[j] = e_by_rank[j];
+                return 1;
+            }
             return 0;
         }
         /* Equal candidates: equal values rank by position, that is by

@@ -35,8 +35,10 @@ cdef extern from "_kernels.h" nogil:
     double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
     unsigned mr_block_gt_f32(const float *z, float t)
     unsigned mr_block_gt_f64(const double *z, double t)
-    int mr_topk_small_f32(const float *z, Py_ssize_t n, int k, const float *lanes, Py_ssize_t *idx)
-    int mr_topk_small_f64(const double *z, Py_ssize_t n, int k, const double *lanes, Py_ssize_t *idx)
+    int mr_topk_small_f32(const float *z, Py_ssize_t n, int k, const float *lanes, Py_ssize_t *idx,
+                          float m, float *e_out)
+    int mr_topk_small_f64(const double *z, Py_ssize_t n, int k, const double *lanes, Py_ssize_t *idx,
+                          double m, double *e_out)
     enum: MR_BLOCK  # values per vector block (16), a compile-time constant
     const char* mr_simd_name()
     void mr_exp_block_f32(float *x)
@@ -139,11 +141,12 @@ cdef inline bint _any_gt(const floating* z, floating t) noexcept nogil:
 
 
 cdef inline int _topk_small(const floating* z, Py_ssize_t n, Py_ssize_t k,
-                            const floating* lanes, Py_ssize_t* idx) noexcept nogil:
+                            const floating* lanes, Py_ssize_t* idx,
+                            floating m, floating* e_out) noexcept nogil:
     if floating is float:
-        return mr_topk_small_f32(z, n, <int>k, lanes, idx)
+        return mr_topk_small_f32(z, n, <int>k, lanes, idx, m, e_out)
     else:
-        return mr_topk_small_f64(z, n, <int>k, lanes, idx)
+        return mr_topk_small_f64(z, n, <int>k, lanes, idx, m, e_out)
 
 
 cdef inline void _insert_sorted(floating* vals, Py_ssize_t* idx, Py_ssize_t pos,
@@ -209,22 +212,29 @@ cdef inline void _topk_scan(const floating* z, Py_ssize_t n, Py_ssize_t k,
         prev_i = best_i
 
 
-cdef inline void _topk(const floating* z, Py_ssize_t n, Py_ssize_t k,
-                       const floating* lanes, id_t* ids_out) noexcept nogil:
+cdef inline bint _topk(const floating* z, Py_ssize_t n, Py_ssize_t k,
+                       const floating* lanes, id_t* ids_out,
+                       floating m, floating* e_out) noexcept nogil:
     # Selecting on the logits, not on the rounded probabilities: exp is
     # monotonic, so the order is the same, except that logits whose float32
     # probabilities round (or underflow) to the same value keep their true
-    # order and -inf stays below every finite logit.
+    # order and -inf stays below every finite logit.  With e_out (or NULL),
+    # returns whether exp(z[ids_out[j]] - m) was also written there.
     cdef Py_ssize_t idx[MR_BLOCK + 1]
     cdef Py_ssize_t j
+    cdef int r
     # Short rows: the sorted list is cheaper than the vector machinery.
-    if n >= 2 * MR_BLOCK and _topk_small(z, n, k, lanes, idx) == 0:
-        for j in range(k):
-            ids_out[j] = <id_t>idx[j]
-    elif k <= MAX_STACK_K:
+    if n >= 2 * MR_BLOCK:
+        r = _topk_small(z, n, k, lanes, idx, m, e_out)
+        if r >= 0:
+            for j in range(k):
+                ids_out[j] = <id_t>idx[j]
+            return r == 1
+    if k <= MAX_STACK_K:
         _topk_list(z, n, k, ids_out)
     else:
         _topk_scan(z, n, k, ids_out)
+    return False
 
 
 # What a router computes besides top-K: set once per call by route_rows.
@@ -294,6 +304,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef double inv_size
     cdef bint posinf = False
     cdef bint group_lanes = False
+    cdef bint e_ok
 
     if cfg.sigmoid and (cfg.bias != NULL or cfg.n_group > 1):
         # The selection score c = sigmoid(z) (+ bias) in scratch[n:2n]; the
@@ -333,7 +344,9 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     # Selecting on the logits when the order is theirs: exp and sigmoid are
     # monotonic, and the logits keep apart values whose float32
     # probabilities round (or underflow) to the same number.
-    _topk(sel, sel_n, k, lanes, ids_out)
+    # Softmax weights come with the selection when it can give them.
+    e_ok = _topk(sel, sel_n, k, lanes, ids_out, m,
+                 e_sel if not cfg.sigmoid and not posinf and k <= MR_BLOCK else NULL)
     if cfg.n_group > 1:  # positions in the kept groups -> expert ids
         size = n // cfg.n_group
         inv_size = 1.0 / size
@@ -344,12 +357,16 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
             ids_out[j] = <id_t>(kept[g] * size + (ids_out[j] - g * size))
 
     # Weights, MR_BLOCK picked experts at a time (one block for k <= 16).
-    j = 0
-    while j < k:
-        _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
-        for i in range(min(MR_BLOCK, k - j)):
+    if e_ok:
+        for i in range(k):
             sel_sum += e_sel[i]
-        j += MR_BLOCK
+    else:
+        j = 0
+        while j < k:
+            _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
+            for i in range(min(MR_BLOCK, k - j)):
+                sel_sum += e_sel[i]
+            j += MR_BLOCK
     if cfg.norm:
         # The top-1 of an ungrouped softmax row has e == 1, so sel_sum >= 1;
         # DeepSeek-style routers divide by (sum + 1e-20) as their picked
