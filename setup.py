@@ -97,6 +97,11 @@ class BuildExt(build_ext):
         # -fno-trapping-math lets gcc if-convert the float compares of the
         # kernels (we never rely on FP exceptions); results are unchanged.
         opt = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-fno-trapping-math"]
+        # Keep the short copies of K ids / K weights inline: gcc turns such
+        # loops into memcpy calls, 11% of the 8-expert router (measured).
+        no_memcpy = ["-fno-tree-loop-distribute-patterns"]
+        if unix_like and _can_compile(self.compiler, ["-Werror"] + no_memcpy):
+            opt += no_memcpy
         if SANITIZE:
             opt += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
                     "-fno-sanitize-recover=undefined"]
