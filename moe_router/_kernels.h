@@ -38,6 +38,9 @@ static inline uint64_t mr_bits_from_f64(double f) { uint64_t u; memcpy(&u, &f, 8
  */
 #define MR_BLOCK 16
 
+/* One lane of vf_gather / vd_gather. */
+#define MR_G(j) ((j) < k ? z[idx[j]] - off : pad)
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define MR_SIMD "avx512"
@@ -54,6 +57,13 @@ static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm512_fmadd_ps(a
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm512_max_ps(a, b); }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm512_min_ps(a, b); }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm512_div_ps(a, b); }
+/* Lane j: z[idx[j]] - off for j < k, else pad; built from scalar loads in
+ * registers (see mr_picked_exp). */
+static inline mr_vf vf_gather(const float *z, const Py_ssize_t *idx, int k, float off, float pad)
+{
+    return _mm512_setr_ps(MR_G(0), MR_G(1), MR_G(2), MR_G(3), MR_G(4), MR_G(5), MR_G(6), MR_G(7),
+                          MR_G(8), MR_G(9), MR_G(10), MR_G(11), MR_G(12), MR_G(13), MR_G(14), MR_G(15));
+}
 /* Lane l takes lane l ^ s (s = 8, 4, 2, 1): the steps of a horizontal tree. */
 static inline mr_vf vf_swap(mr_vf v, int s)
 {
@@ -100,6 +110,8 @@ static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm512_fmadd_pd(a
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm512_max_pd(a, b); }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm512_min_pd(a, b); }
 static inline mr_vd vd_div(mr_vd a, mr_vd b) { return _mm512_div_pd(a, b); }
+static inline mr_vd vd_gather(const double *z, const Py_ssize_t *idx, int k, double off, double pad)
+{ return _mm512_setr_pd(MR_G(0), MR_G(1), MR_G(2), MR_G(3), MR_G(4), MR_G(5), MR_G(6), MR_G(7)); }
 static inline mr_vd vd_swap(mr_vd v, int s)
 {
     switch (s) {
@@ -156,6 +168,8 @@ static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm256_add_pd(_mm
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm256_max_ps(a, b); }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm256_min_ps(a, b); }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm256_div_ps(a, b); }
+static inline mr_vf vf_gather(const float *z, const Py_ssize_t *idx, int k, float off, float pad)
+{ return _mm256_setr_ps(MR_G(0), MR_G(1), MR_G(2), MR_G(3), MR_G(4), MR_G(5), MR_G(6), MR_G(7)); }
 static inline mr_vf vf_swap(mr_vf v, int s)
 {
     switch (s) {
@@ -201,6 +215,8 @@ static inline mr_vd vd_mul(mr_vd a, mr_vd b) { return _mm256_mul_pd(a, b); }
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm256_max_pd(a, b); }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm256_min_pd(a, b); }
 static inline mr_vd vd_div(mr_vd a, mr_vd b) { return _mm256_div_pd(a, b); }
+static inline mr_vd vd_gather(const double *z, const Py_ssize_t *idx, int k, double off, double pad)
+{ return _mm256_setr_pd(MR_G(0), MR_G(1), MR_G(2), MR_G(3)); }
 static inline mr_vd vd_swap(mr_vd v, int s)
 { return s == 2 ? _mm256_permute2f128_pd(v, v, 1) : _mm256_permute_pd(v, 0x5); }
 static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb)
@@ -236,6 +252,8 @@ static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return _mm_add_ps(_mm_mu
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return _mm_max_ps(a, b); }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm_min_ps(a, b); }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm_div_ps(a, b); }
+static inline mr_vf vf_gather(const float *z, const Py_ssize_t *idx, int k, float off, float pad)
+{ return _mm_setr_ps(MR_G(0), MR_G(1), MR_G(2), MR_G(3)); }
 static inline mr_vf vf_swap(mr_vf v, int s)
 { return s == 2 ? _mm_shuffle_ps(v, v, 0x4E) : _mm_shuffle_ps(v, v, 0xB1); }
 static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb)
@@ -263,6 +281,8 @@ static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return _mm_add_pd(_mm_mu
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return _mm_max_pd(a, b); }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return _mm_min_pd(a, b); }
 static inline mr_vd vd_div(mr_vd a, mr_vd b) { return _mm_div_pd(a, b); }
+static inline mr_vd vd_gather(const double *z, const Py_ssize_t *idx, int k, double off, double pad)
+{ return _mm_setr_pd(MR_G(0), MR_G(1)); }
 static inline mr_vd vd_swap(mr_vd v, int s) { (void)s; return _mm_shuffle_pd(v, v, 1); }
 static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb)
 { return _mm_add_pd(cnt, _mm_and_pd(_mm_and_pd(_mm_cmpeq_pd(a, b), _mm_cmplt_pd(qa, qb)), _mm_set1_pd(1.0))); }
@@ -296,6 +316,8 @@ static inline mr_vf vf_fma(mr_vf a, mr_vf b, mr_vf c) { return a * b + c; }
 static inline mr_vf vf_max(mr_vf a, mr_vf b) { return a > b ? a : b; }
 static inline mr_vf vf_min(mr_vf a, mr_vf b) { return a < b ? a : b; }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return a / b; }
+static inline mr_vf vf_gather(const float *z, const Py_ssize_t *idx, int k, float off, float pad)
+{ return MR_G(0); }
 static inline mr_vf vf_swap(mr_vf v, int s) { (void)s; return v; }  /* one lane: never called */
 static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb) { return cnt + (a == b && qa < qb); }
 static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return cnt + (a > b); }
@@ -319,6 +341,8 @@ static inline mr_vd vd_fma(mr_vd a, mr_vd b, mr_vd c) { return a * b + c; }
 static inline mr_vd vd_max(mr_vd a, mr_vd b) { return a > b ? a : b; }
 static inline mr_vd vd_min(mr_vd a, mr_vd b) { return a < b ? a : b; }
 static inline mr_vd vd_div(mr_vd a, mr_vd b) { return a / b; }
+static inline mr_vd vd_gather(const double *z, const Py_ssize_t *idx, int k, double off, double pad)
+{ return MR_G(0); }
 static inline mr_vd vd_swap(mr_vd v, int s) { (void)s; return v; }
 static inline mr_vd vd_count_eq_before(mr_vd cnt, mr_vd a, mr_vd b, mr_vd qa, mr_vd qb) { return cnt + (a == b && qa < qb); }
 static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return cnt + (a > b); }

@@ -69,6 +69,25 @@ static inline void MR_SFX(mr_sigmoid_block)(MR_T *x)
 }
 
 /*
+ * out[0..MR_BLOCK) = exp(z[idx[j]] - m) for j < k (k <= MR_BLOCK), 0 beyond;
+ * mr_picked_sigmoid: sigmoid(z[idx[j]]).  The weights of the K picked
+ * experts.  The vectors are built from scalar loads in registers: a block
+ * written with scalar stores and reloaded as vectors stalls on store
+ * forwarding (measured: about a tenth of the 8-expert router).
+ */
+static inline void MR_SFX(mr_picked_exp)(const MR_T *z, const Py_ssize_t *idx, int k, MR_T m, MR_T *out)
+{
+    for (int j = 0; j < MR_NV; j++)
+        MR_OP(store)(out + j * MR_W, MR_EXPV(MR_OP(gather)(z, idx + j * MR_W, k - j * MR_W, m, -INFINITY)));
+}
+
+static inline void MR_SFX(mr_picked_sigmoid)(const MR_T *z, const Py_ssize_t *idx, int k, MR_T *out)
+{
+    for (int j = 0; j < MR_NV; j++)
+        MR_OP(store)(out + j * MR_W, MR_SFX(mr_sigmoid_v)(MR_OP(gather)(z, idx + j * MR_W, k - j * MR_W, 0, 0)));
+}
+
+/*
  * c[i] = sigmoid(z[i]), plus bias[i] when a bias is given: the selection
  * score of sigmoid routers.  (The weights, sigmoid of the K picked logits,
  * are recomputed from z rather than stored here.)  Returns whether z holds

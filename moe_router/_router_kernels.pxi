@@ -29,8 +29,10 @@ cdef extern from "_kernels.h" nogil:
                                    double *group_score, Py_ssize_t *kept, double *lanes)
     int mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
     int mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
-    void mr_sigmoid_block_f32(float *x)
-    void mr_sigmoid_block_f64(double *x)
+    void mr_picked_exp_f32(const float *z, const Py_ssize_t *idx, int k, float m, float *out)
+    void mr_picked_exp_f64(const double *z, const Py_ssize_t *idx, int k, double m, double *out)
+    void mr_picked_sigmoid_f32(const float *z, const Py_ssize_t *idx, int k, float *out)
+    void mr_picked_sigmoid_f64(const double *z, const Py_ssize_t *idx, int k, double *out)
     float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
     double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
     unsigned mr_block_gt_f32(const float *z, float t)
@@ -103,13 +105,6 @@ cdef inline bint _sigmoid_into(const floating* z, Py_ssize_t n, const floating* 
         return mr_sigmoid_into_f32(z, n, bias, c)
     else:
         return mr_sigmoid_into_f64(z, n, bias, c)
-
-
-cdef inline void _sigmoid_block(floating* x) noexcept nogil:
-    if floating is float:
-        mr_sigmoid_block_f32(x)
-    else:
-        mr_sigmoid_block_f64(x)
 
 
 cdef inline void _exp_block(floating* x) noexcept nogil:
@@ -269,18 +264,23 @@ cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k
     # experts, the exps in one vector pass: exp(z - m) for softmax (with
     # +inf logits present: 1 for each +inf, 0 for the rest), sigmoid(z).
     cdef Py_ssize_t j
+    cdef Py_ssize_t idx[MR_BLOCK]
     if posinf and not sigmoid:
         for j in range(k):
             out[j] = 1 if z[ids[j]] == INFINITY else 0
         return
-    if sigmoid:
-        for j in range(MR_BLOCK):
-            out[j] = z[ids[j]] if j < k else 0
-        _sigmoid_block(out)
-        return
-    for j in range(MR_BLOCK):
-        out[j] = z[ids[j]] - m if j < k else -INFINITY
-    _exp_block(out)
+    for j in range(k):
+        idx[j] = ids[j]
+    if floating is float:
+        if sigmoid:
+            mr_picked_sigmoid_f32(z, idx, <int>k, out)
+        else:
+            mr_picked_exp_f32(z, idx, <int>k, m, out)
+    else:
+        if sigmoid:
+            mr_picked_sigmoid_f64(z, idx, <int>k, out)
+        else:
+            mr_picked_exp_f64(z, idx, <int>k, m, out)
 
 
 cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
