@@ -411,8 +411,8 @@ static inline void mr_init_tables(void)
  * exp(x) on a vector, float32: Cephes expf polynomial after round-to-nearest
  * ln2 range reduction (measured 1.26 ulp: tests/test_exp.py).  Branch-free:
  * the argument is clamped to [-87.3, 88.7]; below -87.3 (-inf included) the
- * result is exactly 0, above 88.7 it saturates; NaN propagates (vf_max(lo, x)
- * keeps a NaN x).  Rounding uses the 1.5 * 2^23 magic number and 2^n is built
+ * result is exactly 0, from about 88.4 it is +inf (2^128: the true exp
+ * overflows float32 at 88.72); NaN propagates (vf_max(lo, x) keeps a NaN x).  Rounding uses the 1.5 * 2^23 magic number and 2^n is built
  * from the exponent bits (vf_pow2i).
  *
  * float64: the same with a two-part ln2 and a degree-12 Taylor polynomial on
@@ -421,9 +421,11 @@ static inline void mr_init_tables(void)
  * There is no scalar twin: tails and single values go through a padded block
  * (mr_exp_block), so every result comes from this one code.
  *
- * mr_expf_sat_v / mr_exp_sat_v are the same without the flush to 0: the
- * result saturates at both ends (never 0, never inf).  The sigmoid uses it,
- * as 1 / (1 + exp(-x)) is the same either way at the low end.
+ * float64: clamped to [-708, 709], so 8.2e307 above.
+ *
+ * mr_expf_sat_v / mr_exp_sat_v are the same without the flush to 0 (about
+ * 2^-126 instead).  The sigmoid uses them: 1 / (1 + exp(-x)) is 1 either
+ * way there, and a compare and a mask per vector are saved.
  */
 static inline mr_vf mr_expf_sat_v(mr_vf x)
 {

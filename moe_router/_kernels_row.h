@@ -53,8 +53,8 @@ static inline MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes
     return m;
 }
 
-/* sigmoid(x) = 1 / (1 + exp(-x)) on a vector (for x < -88.7 in float32,
- * 1 / (1 + 3.3e38): the exp saturates; no inf enters the divide). */
+/* sigmoid(x) = 1 / (1 + exp(-x)) on a vector (exactly 0 below about -88.4
+ * in float32, where the exp is +inf). */
 static inline MR_V MR_SFX(mr_sigmoid_v)(MR_V x)
 {
     const MR_V one = MR_OP(set)(1);
