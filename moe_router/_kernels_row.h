@@ -69,7 +69,8 @@ static inline void MR_SFX(mr_sigmoid_block)(MR_T *x)
 }
 
 /*
- * out[0..MR_BLOCK) = exp(z[idx[j]] - m) for j < k (k <= MR_BLOCK), 0 beyond;
+ * out[0..k) = exp(z[idx[j]] - m) (k <= MR_BLOCK; only the vectors that
+ * hold them are computed);
  * mr_picked_sigmoid: sigmoid(z[idx[j]]).  The weights of the K picked
  * experts.  The vectors are built from scalar loads in registers: a block
  * written with scalar stores and reloaded as vectors stalls on store
@@ -77,13 +78,13 @@ static inline void MR_SFX(mr_sigmoid_block)(MR_T *x)
  */
 static inline void MR_SFX(mr_picked_exp)(const MR_T *z, const Py_ssize_t *idx, int k, MR_T m, MR_T *out)
 {
-    for (int j = 0; j < MR_NV; j++)
+    for (int j = 0; j < MR_NV && j * MR_W < k; j++)
         MR_OP(store)(out + j * MR_W, MR_EXPV(MR_OP(gather)(z, idx + j * MR_W, k - j * MR_W, m, -INFINITY)));
 }
 
 static inline void MR_SFX(mr_picked_sigmoid)(const MR_T *z, const Py_ssize_t *idx, int k, MR_T *out)
 {
-    for (int j = 0; j < MR_NV; j++)
+    for (int j = 0; j < MR_NV && j * MR_W < k; j++)
         MR_OP(store)(out + j * MR_W, MR_SFX(mr_sigmoid_v)(MR_OP(gather)(z, idx + j * MR_W, k - j * MR_W, 0, 0)));
 }
 
