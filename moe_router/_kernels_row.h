@@ -120,6 +120,22 @@ static inline int MR_SFX(mr_sigmoid_into)(const MR_T *z, Py_ssize_t n, const MR_
     return MR_OP(nan_any)(nan_acc) | nan_tail;
 }
 
+/* Sum of x[0..k) in double, in four partial sums: one running sum was a
+ * chain of k dependent adds on every row's critical path. */
+static inline double MR_SFX(mr_sum_k)(const MR_T *x, int k)
+{
+    double p[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= k; i += 4) {
+        p[0] += x[i];
+        p[1] += x[i + 1];
+        p[2] += x[i + 2];
+        p[3] += x[i + 3];
+    }
+    for (; i < k; i++) p[i % 4] += x[i];
+    return (p[0] + p[1]) + (p[2] + p[3]);
+}
+
 /*
  * Sum of exp(z[i] - m).  A NaN anywhere in z makes the sum NaN: that is how
  * the kernels find NaN rows without a pass of their own.  The lanes are

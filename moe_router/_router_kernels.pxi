@@ -43,6 +43,8 @@ cdef extern from "_kernels.h" nogil:
                           double m, double *e_out)
     enum: MR_BLOCK  # values per vector block (16), a compile-time constant
     const char* mr_simd_name()
+    double mr_sum_k_f32(const float *x, int k)
+    double mr_sum_k_f64(const double *x, int k)
     void mr_exp_block_f32(float *x)
     void mr_exp_block_f64(double *x)
     void mr_exp_short_f32(const float *x, int n, float *out)
@@ -105,6 +107,13 @@ cdef inline bint _sigmoid_into(const floating* z, Py_ssize_t n, const floating* 
         return mr_sigmoid_into_f32(z, n, bias, c)
     else:
         return mr_sigmoid_into_f64(z, n, bias, c)
+
+
+cdef inline double _sum_k(const floating* x, int k) noexcept nogil:
+    if floating is float:
+        return mr_sum_k_f32(x, k)
+    else:
+        return mr_sum_k_f64(x, k)
 
 
 cdef inline void _exp_block(floating* x) noexcept nogil:
@@ -358,8 +367,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
 
     # Weights, MR_BLOCK picked experts at a time (one block for k <= 16).
     if e_ok:
-        for i in range(k):
-            sel_sum += e_sel[i]
+        sel_sum = _sum_k(e_sel, <int>k)
     else:
         j = 0
         while j < k:
