@@ -368,48 +368,42 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
 
     if (c <= MR_BLOCK) {
         /* One block of candidates: every rank at once, with vector
-         * compares against each candidate q in turn.  First by value only,
-         * over the whole block (no loop count that depends on c): the
-         * padding (-inf) ranks c, so it lands past the k wanted.  The ranks
-         * then sum to c(c-1)/2 + (MR_BLOCK-c)c exactly when no two
-         * candidates are equal; equal values share a rank and make the sum
-         * smaller, and those rows are ranked again below. */
+         * compares against each candidate q in turn, first by value only
+         * and over the whole block (no loop count that depends on c; the
+         * padding, -inf, ranks c >= k). */
         MR_V cvv[MR_NV], pos[MR_NV], rank[MR_NV];
-        MR_T pos_l[MR_BLOCK], rank_l[MR_BLOCK], tl[MR_W];
-        MR_T total = 0;
+        MR_T pos_l[MR_BLOCK], rank_l[MR_BLOCK], ev[MR_BLOCK];
+        int unique = 1;
         for (int j = 0; j < MR_NV; j++) cvv[j] = MR_OP(load)(cv + j * MR_W);
         MR_SFX(mr_rank_gt)(cv, cvv, rank);
-        MR_V tv = rank[0];
-        for (int j = 0; j < MR_NV; j++) MR_OP(store)(rank_l + j * MR_W, rank[j]);
-        for (int j = 1; j < MR_NV; j++) tv = MR_OP(add)(tv, rank[j]);
-        MR_OP(store)(tl, tv);
-        for (int l = 0; l < MR_W; l++) total += tl[l];
-        if (total == (MR_T)(c * (c - 1) / 2 + (MR_BLOCK - c) * c)) {
-            /* The ranks < k are each held by exactly one candidate: find it
-             * with a vector compare per rank.  (Scattering every candidate
-             * to its rank through memory made the loads of the result wait
-             * on stores to unknown addresses: measured slower.)  With
-             * e_out, exp(value - m) of the picked comes from the candidates
-             * still in registers: gathering them from z into a block
-             * through memory stalled on store forwarding (measured). */
-            MR_T ev[MR_BLOCK];
-            if (e_out) {
-                const MR_V vm = MR_OP(set)(m);
-                for (int j = 0; j < MR_NV; j++)
-                    MR_OP(store)(ev + j * MR_W, MR_EXPV(MR_OP(sub)(cvv[j], vm)));
-            }
-            for (int r = 0; r < k; r++) {
-                const MR_V vr = MR_OP(set)((MR_T)r);
-                unsigned bits = 0;
-                for (int j = 0; j < MR_NV; j++)
-                    bits |= (unsigned)MR_OP(eq_bits)(rank[j], vr) << (j * MR_W);
-                const int at = mr_ctz(bits);
-                idx[r] = ci[at];
-                if (e_out)
-                    e_out[r] = ev[at];
-            }
-            return e_out != NULL;
+        /* rank = how many candidates are greater.  When exactly one
+         * candidate has rank r for each r < k, those are the top k in
+         * order: equal values would share a rank r < k (and leave r + 1
+         * empty).  Ties further down do not matter.  Each winner is found
+         * with a vector compare per rank (scattering every candidate to
+         * its rank through memory made the reads of the result wait on
+         * stores to late-known addresses: measured slower).  With e_out,
+         * exp(value - m) of the picked comes from the candidates still in
+         * registers (gathering them from z into a block through memory
+         * stalled on store forwarding: measured). */
+        if (e_out) {
+            const MR_V vm = MR_OP(set)(m);
+            for (int j = 0; j < MR_NV; j++)
+                MR_OP(store)(ev + j * MR_W, MR_EXPV(MR_OP(sub)(cvv[j], vm)));
         }
+        for (int r = 0; r < k; r++) {
+            const MR_V vr = MR_OP(set)((MR_T)r);
+            unsigned bits = 0;
+            for (int j = 0; j < MR_NV; j++)
+                bits |= (unsigned)MR_OP(eq_bits)(rank[j], vr) << (j * MR_W);
+            unique &= (bits != 0) & ((bits & (bits - 1)) == 0);
+            const int at = bits ? mr_ctz(bits) : 0;
+            idx[r] = ci[at];
+            if (e_out)
+                e_out[r] = ev[at];
+        }
+        if (unique)
+            return e_out != NULL;
         /* Equal candidates: equal values rank by position, that is by
          * expert index. */
         for (int l = 0; l < MR_BLOCK; l++) pos_l[l] = (MR_T)l;
