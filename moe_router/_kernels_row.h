@@ -345,10 +345,7 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
         return -1;
 
     /* A block adds at most MR_BLOCK candidates (and may write that many
-     * past the count), so the buffers hold MR_MAX_CAND + 2 blocks.  The
-     * first block of ids is set so that the fixed-size loops below never
-     * read an unwritten entry. */
-    for (int l = 0; l < MR_BLOCK; l++) ci[l] = 0;
+     * past the count), so the buffers hold MR_MAX_CAND + 2 blocks. */
     for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
         if (c > MR_MAX_CAND)
             return -1;
