@@ -247,15 +247,21 @@ static inline Py_ssize_t MR_SFX(mr_limit_groups)(const MR_T *sel, Py_ssize_t n, 
         for (; i + MR_W <= size; i += MR_W) MR_OP(store)(dst + i, MR_OP(load)(src + i));
         for (; i < size; i++) dst[i] = src[i];
         kept[n_kept] = g;
+        /* The slot is capped at topk_group: with finite scores the ranks
+         * are a permutation and n_kept never passes it, but a NaN group
+         * score (a non-finite bias given to the kernel directly) ranks 0
+         * for every group and would write past lanes[MR_BLOCK). */
+        const Py_ssize_t slot = n_kept < topk_group ? n_kept : topk_group;
         if (lanes) {
-            lanes[2 * n_kept] = best2[2 * g];
-            lanes[2 * n_kept + 1] = best2[2 * g + 1];
+            lanes[2 * slot] = best2[2 * g];
+            lanes[2 * slot + 1] = best2[2 * g + 1];
         }
         n_kept += rank < topk_group;
     }
     if (lanes) {  /* the last dropped group's pair, if any, is past the kept */
-        lanes[2 * n_kept] = -INFINITY;
-        lanes[2 * n_kept + 1] = -INFINITY;
+        const Py_ssize_t slot = n_kept < topk_group ? n_kept : topk_group;
+        lanes[2 * slot] = -INFINITY;
+        lanes[2 * slot + 1] = -INFINITY;
     }
     return n_kept * size;
 }

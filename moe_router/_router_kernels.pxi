@@ -370,10 +370,9 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
         sel_sum = _sum_k(e_sel, <int>k)
     else:
         j = 0
-        while j < k:
+        while j < k:  # (summed as on the path above: the same bits either way)
             _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
-            for i in range(min(MR_BLOCK, k - j)):
-                sel_sum += e_sel[i]
+            sel_sum += _sum_k(e_sel, <int>min(MR_BLOCK, k - j))
             j += MR_BLOCK
     if cfg.norm:
         # The top-1 of an ungrouped softmax row has e == 1, so sel_sum >= 1;
