@@ -22,23 +22,13 @@ import numpy as np  # noqa: E402
 
 import moe_router as mr  # noqa: E402
 from moe_router import _core_baseline, _dispatch  # noqa: E402
-from moe_router._bench import (DEEPSEEK_V3, import_torch, numpy_route,  # noqa: E402
-                               torch_deepseek_v3, torch_route)
+from moe_router._bench import (DEEPSEEK_V3, calibrate, import_torch,  # noqa: E402
+                               numpy_route, torch_deepseek_v3, torch_route)
 
 
 def interleaved(contenders, rounds, slice_s=0.002):
     """{name: (min, median)} seconds per call, each round running every contender once."""
-    loops = {}
-    for name, fn in contenders.items():
-        fn()
-        n, t = 1, 0.0
-        while t < slice_s:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            t = time.perf_counter() - t0
-            n *= 2
-        loops[name] = max(1, n // 2)
+    loops = {name: calibrate(fn, slice_s) for name, fn in contenders.items()}
     times = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
@@ -52,10 +42,10 @@ def interleaved(contenders, rounds, slice_s=0.002):
 
 def _report(title, tokens, result, ours):
     print(f"\n{title}")
+    scale, unit = (1e9 / tokens, "ns/token") if tokens > 1 else (1e6, "us/call ")
     best = result[ours][0]
     for name, (lo, med) in result.items():
-        per = f"{lo / tokens * 1e9:9.1f} ns/token" if tokens > 1 else f"{lo * 1e6:9.2f} us/call "
-        print(f"  {name:28s} {per}  (median {med / max(tokens, 1) * (1e9 if tokens > 1 else 1e6):9.1f})"
+        print(f"  {name:28s} {lo * scale:9.2f} {unit}  (median {med * scale:9.2f})"
               f"  {lo / best:6.2f}x {ours}")
 
 

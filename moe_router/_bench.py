@@ -74,18 +74,23 @@ def import_torch():
     return torch
 
 
-def time_call(fn, min_time=0.2, repeats=5):
-    """Median seconds per call of fn() over `repeats` timed runs of >= min_time/repeats each."""
+def calibrate(fn, seconds):
+    """How many calls of fn() take at least `seconds` (after one warm-up call)."""
     fn()
     n = 1
-    while True:  # calibrate the inner loop count
+    while True:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         dt = time.perf_counter() - t0
-        if dt >= min_time / repeats:
-            break
-        n *= 2 if dt == 0 else max(2, int(min_time / repeats / dt) + 1)
+        if dt >= seconds:
+            return n
+        n *= 2 if dt == 0 else max(2, int(seconds / dt) + 1)
+
+
+def time_call(fn, min_time=0.2, repeats=5):
+    """Median seconds per call of fn() over `repeats` timed runs of >= min_time/repeats each."""
+    n = calibrate(fn, min_time / repeats)
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()

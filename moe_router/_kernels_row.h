@@ -281,24 +281,6 @@ MR_BLOCK_BITS(mr_block_eq, eq_bits)
 #undef MR_BLOCK_BITS
 
 /*
- * Top-k of a NaN-free row for k <= MR_BLOCK, in the order (value
- * descending, index ascending), into idx[0..k).  `lanes` are the lane
- * maxima from mr_max_lanes.  idx must hold k + 1 entries (one spare).
- *
- * 1. t = the k-th largest lane maximum: at least k elements are >= t.
- * 2. Gather the elements >= t (about 10 of 128 for k = 8 on random logits),
- *    in index order, with one vector compare per block.
- * 3. Rank the candidates against each other (vector compares) and place
- *    the k best; equal values rank by index, the smaller first.
- *
- * Returns 0, or -1 when this does not apply (t is -inf, or more than
- * MR_MAX_CAND candidates: many ties); the caller then takes the general path.
- * With e_out (k entries), returns 1 when it also wrote exp(z[idx[j]] - m)
- * there (the common case: no ties among the candidates); 0 when it did not.
- * Candidates are gathered with a vector compress (AVX-512, or a lookup
- * table of permutations on AVX2) so that no branch depends on the data.
- */
-/*
  * rank[j] lane l = how many of v[0..MR_BLOCK) are greater than lane l of
  * vv[j] (vv holds the same values, loaded).  Four independent counts per
  * vector, added at the end: one running count made a chain of 16 dependent
@@ -318,6 +300,24 @@ static inline void MR_SFX(mr_rank_gt)(const MR_T *v, const MR_V *vv, MR_V *rank)
         rank[j] = MR_OP(add)(MR_OP(add)(acc[0][j], acc[1][j]), MR_OP(add)(acc[2][j], acc[3][j]));
 }
 
+/*
+ * Top-k of a NaN-free row for k <= MR_BLOCK, in the order (value
+ * descending, index ascending), into idx[0..k).  `lanes` are the lane
+ * maxima from mr_max_lanes.  idx must hold k + 1 entries (one spare).
+ *
+ * 1. t = the k-th largest lane maximum: at least k elements are >= t.
+ * 2. Gather the elements >= t (about 10 of 128 for k = 8 on random logits),
+ *    in index order, with one vector compare per block.
+ * 3. Rank the candidates against each other (vector compares) and place
+ *    the k best; equal values rank by index, the smaller first.
+ *
+ * Returns 0, or -1 when this does not apply (t is -inf, or more than
+ * MR_MAX_CAND candidates: many ties); the caller then takes the general path.
+ * With e_out (k entries), returns 1 when it also wrote exp(z[idx[j]] - m)
+ * there (the common case: no ties among the candidates); 0 when it did not.
+ * Candidates are gathered with a vector compress (AVX-512, or a lookup
+ * table of permutations on AVX2) so that no branch depends on the data.
+ */
 #ifndef MR_MAX_CAND
 #define MR_MAX_CAND 64
 #endif

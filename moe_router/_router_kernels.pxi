@@ -45,8 +45,6 @@ cdef extern from "_kernels.h" nogil:
     const char* mr_simd_name()
     double mr_sum_k_f32(const float *x, int k)
     double mr_sum_k_f64(const double *x, int k)
-    void mr_exp_block_f32(float *x)
-    void mr_exp_block_f64(double *x)
     void mr_exp_short_f32(const float *x, int n, float *out)
     void mr_exp_short_f64(const double *x, int n, double *out)
     void mr_init_tables()
@@ -114,13 +112,6 @@ cdef inline double _sum_k(const floating* x, int k) noexcept nogil:
         return mr_sum_k_f32(x, k)
     else:
         return mr_sum_k_f64(x, k)
-
-
-cdef inline void _exp_block(floating* x) noexcept nogil:
-    if floating is float:
-        mr_exp_block_f32(x)
-    else:
-        mr_exp_block_f64(x)
 
 
 cdef inline void _exp_short(const floating* x, int n, floating* out) noexcept nogil:

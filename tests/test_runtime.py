@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import moe_router as mr
-from moe_router import _dispatch
+from moe_router import _dispatch, reference
 
 
 @pytest.mark.parametrize("how", ["router", "route_into", "router_deepseek"])
@@ -164,5 +164,8 @@ def test_weights_do_not_depend_on_which_selection_path_ran(kernel_path):
     tied[0, 19] = z[0, 3]           # ties the 4th pick: same ids, other path
     a = mr.route(z, 4, True, weights_dtype=np.float64)
     b = mr.route(tied, 4, True, weights_dtype=np.float64)
+    ref_ids, ref_w = reference.softmax_topk(z, 4, True)
+    np.testing.assert_array_equal(a.expert_ids, ref_ids)
+    np.testing.assert_allclose(a.expert_weights, ref_w, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(a.expert_ids, b.expert_ids)
     np.testing.assert_array_equal(a.expert_weights, b.expert_weights)
