@@ -17,6 +17,16 @@
 #include <math.h>
 
 
+/* Always inlined: the kernels are small steps that must be inlined to keep
+ * vectors in registers, and in a module as large as the Cython one gcc
+ * stops inlining "static inline" functions once its unit growth limit is
+ * reached (measured: the sorting network left out of line, 10% slower). */
+#if defined(__GNUC__) || defined(__clang__)
+#define MR_HOT inline __attribute__((always_inline))
+#else
+#define MR_HOT inline
+#endif
+
 static inline float mr_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t mr_bits_from_f32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline double mr_f64_from_bits(uint64_t u) { double f; memcpy(&f, &u, 8); return f; }
@@ -65,7 +75,7 @@ static inline mr_vf vf_gather(const float *z, const Py_ssize_t *idx, int k, floa
                           MR_G(8), MR_G(9), MR_G(10), MR_G(11), MR_G(12), MR_G(13), MR_G(14), MR_G(15));
 }
 /* Lane l takes lane l ^ s (s = 8, 4, 2, 1): the steps of a horizontal tree. */
-static inline mr_vf vf_swap(mr_vf v, int s)
+static MR_HOT mr_vf vf_swap(mr_vf v, int s)
 {
     switch (s) {
     case 8: return _mm512_shuffle_f32x4(v, v, 0x4E);
@@ -92,7 +102,7 @@ static inline mr_vf vf_pow2i(mr_vf t)  /* 2^(bits(t) + 127) << 23, see mr_expf_v
 static inline void vf_store(float *p, mr_vf a) { _mm512_storeu_ps(p, a); }
 /* Pack the elements of src[0..16) that are >= t (and their indices,
  * base + lane) to the front of cv / ci; returns how many.  May write 16. */
-static inline int vf_compress_ge(const float *src, float t, int32_t base, float *cv, int32_t *ci)
+static MR_HOT int vf_compress_ge(const float *src, float t, int32_t base, float *cv, int32_t *ci)
 {
     const __m512 v = _mm512_loadu_ps(src);
     const __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_set1_ps(t), _CMP_GE_OQ);
@@ -170,7 +180,7 @@ static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm256_min_ps(a, b); }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm256_div_ps(a, b); }
 static inline mr_vf vf_gather(const float *z, const Py_ssize_t *idx, int k, float off, float pad)
 { return _mm256_setr_ps(MR_G(0), MR_G(1), MR_G(2), MR_G(3), MR_G(4), MR_G(5), MR_G(6), MR_G(7)); }
-static inline mr_vf vf_swap(mr_vf v, int s)
+static MR_HOT mr_vf vf_swap(mr_vf v, int s)
 {
     switch (s) {
     case 4: return _mm256_permute2f128_ps(v, v, 1);
@@ -197,7 +207,7 @@ static inline void vf_store(float *p, mr_vf a) { _mm256_storeu_ps(p, a); }
 /* mr_pack_lut[m]: byte j = lane of the j-th set bit of the 8-bit mask m. */
 static uint64_t mr_pack_lut[256];
 #define MR_NEEDS_PACK_LUT 1
-static inline int vf_compress_ge(const float *src, float t, int32_t base, float *cv, int32_t *ci)
+static MR_HOT int vf_compress_ge(const float *src, float t, int32_t base, float *cv, int32_t *ci)
 {
     const __m256 v = _mm256_loadu_ps(src);
     const int m = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(t), _CMP_GE_OQ));
@@ -206,6 +216,105 @@ static inline int vf_compress_ge(const float *src, float t, int32_t base, float 
     _mm256_storeu_ps(cv, _mm256_permutevar8x32_ps(v, perm));
     _mm256_storeu_si256((__m256i *)ci, _mm256_permutevar8x32_epi32(idx, perm));
     return _mm_popcnt_u32((unsigned)m);
+}
+/*
+ * Bitonic sorting networks on the 8 lanes of a vector (AVX2 float only:
+ * MR_VF_NET8).  They rank up to 16 top-k candidates in about 10 dependent
+ * steps, where counting every pair of candidates took 16 broadcasts and 48
+ * compares.  A step pairs lane l with lane l ^ j; while the network builds
+ * sorted runs of kk lanes (kk = 8: the whole vector, descending), lane l
+ * keeps the smaller of its pair iff ((l & j) != 0) == ((l & kk) == 0).
+ */
+#define MR_VF_NET8 1
+#define MR_NET_MIN(l) -((((l) & j) != 0) == (((l) & kk) == 0))
+static MR_HOT __m256 vf_net_keeps_min(int j, int kk)
+{
+    return _mm256_castsi256_ps(_mm256_setr_epi32(MR_NET_MIN(0), MR_NET_MIN(1), MR_NET_MIN(2), MR_NET_MIN(3),
+                                                 MR_NET_MIN(4), MR_NET_MIN(5), MR_NET_MIN(6), MR_NET_MIN(7)));
+}
+#undef MR_NET_MIN
+/* One step on values. */
+static MR_HOT __m256 vf_net_step(__m256 v, int j, int kk)
+{
+    const __m256 p = vf_swap(v, j);
+    return _mm256_blendv_ps(_mm256_max_ps(v, p), _mm256_min_ps(v, p), vf_net_keeps_min(j, kk));
+}
+/* One step on values v with a payload x (the candidates' ids) that follows
+ * them.  Exact when the two values of a pair differ; when they are equal
+ * both lanes end up with the same (value, id): the values stay right and
+ * one id is lost, so callers must reject results with equal values. */
+static MR_HOT void vf_net_step_x(__m256 *v, __m256 *x, int j, int kk)
+{
+    const __m256 p = vf_swap(*v, j);
+    const __m256 take = _mm256_xor_ps(_mm256_cmp_ps(p, *v, _CMP_GT_OQ), vf_net_keeps_min(j, kk));
+    *v = _mm256_blendv_ps(*v, p, take);
+    *x = _mm256_blendv_ps(*x, vf_swap(*x, j), take);
+}
+static MR_HOT __m256 vf_net_sort8(__m256 v)  /* descending */
+{
+    v = vf_net_step(v, 1, 2);
+    v = vf_net_step(v, 2, 4);
+    v = vf_net_step(v, 1, 4);
+    v = vf_net_step(v, 4, 8);
+    v = vf_net_step(v, 2, 8);
+    return vf_net_step(v, 1, 8);
+}
+static MR_HOT void vf_net_sort8_x(__m256 *v, __m256 *x)
+{
+    vf_net_step_x(v, x, 1, 2);
+    vf_net_step_x(v, x, 2, 4);
+    vf_net_step_x(v, x, 1, 4);
+    vf_net_step_x(v, x, 4, 8);
+    vf_net_step_x(v, x, 2, 8);
+    vf_net_step_x(v, x, 1, 8);
+}
+static MR_HOT __m256 vf_net_reverse(__m256 v)
+{ return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0)); }
+static MR_HOT float vf_hmin(__m256 v)
+{
+    v = _mm256_min_ps(v, vf_swap(v, 4));
+    v = _mm256_min_ps(v, vf_swap(v, 2));
+    return _mm256_cvtss_f32(_mm256_min_ps(v, vf_swap(v, 1)));
+}
+static MR_HOT float vf_hmax(__m256 v)
+{
+    v = _mm256_max_ps(v, vf_swap(v, 4));
+    v = _mm256_max_ps(v, vf_swap(v, 2));
+    return _mm256_cvtss_f32(_mm256_max_ps(v, vf_swap(v, 1)));
+}
+/* The k-th largest (1 <= k <= 8) of x[0..16). */
+static MR_HOT float vf_net_kth16(const float *x, int k)
+{
+    const __m256 a = vf_net_sort8(_mm256_loadu_ps(x)), b = vf_net_sort8(_mm256_loadu_ps(x + 8));
+    __m256 top = _mm256_max_ps(a, vf_net_reverse(b));  /* the 8 largest, bitonic */
+    if (k == 8)
+        return vf_hmin(top);
+    top = vf_net_step(vf_net_step(vf_net_step(top, 4, 8), 2, 8), 1, 8);
+    return _mm256_cvtss_f32(_mm256_permutevar8x32_ps(top, _mm256_set1_epi32(k - 1)));
+}
+/* The 8 largest of the 16 values (v0, v1), sorted descending, into *s with
+ * their ids (payloads i0, i1) into *si; the 9th largest value into *next.
+ * Equal values may lose ids (see vf_net_step_x). */
+static MR_HOT void vf_net_top8_x(__m256 v0, __m256 i0, __m256 v1, __m256 i1,
+                                 __m256 *s, __m256 *si, float *next)
+{
+    vf_net_sort8_x(&v0, &i0);
+    vf_net_sort8_x(&v1, &i1);
+    const __m256 r1 = vf_net_reverse(v1), ri1 = vf_net_reverse(i1);
+    const __m256 take = _mm256_cmp_ps(r1, v0, _CMP_GT_OQ);
+    *s = _mm256_blendv_ps(v0, r1, take);
+    *si = _mm256_blendv_ps(i0, ri1, take);
+    *next = vf_hmax(_mm256_min_ps(v0, r1));
+    vf_net_step_x(s, si, 4, 8);
+    vf_net_step_x(s, si, 2, 8);
+    vf_net_step_x(s, si, 1, 8);
+}
+/* Bit l set where s[l] == s[l + 1] (lane 8 is `next`), for l < k. */
+static MR_HOT unsigned vf_net_ties(__m256 s, float next, int k)
+{
+    __m256 after = _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7));
+    after = _mm256_blend_ps(after, _mm256_set1_ps(next), 0x80);
+    return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(s, after, _CMP_EQ_OQ)) & ((1u << k) - 1u);
 }
 static inline mr_vd vd_load(const double *p) { return _mm256_loadu_pd(p); }
 static inline mr_vd vd_set(double x) { return _mm256_set1_pd(x); }
@@ -254,7 +363,7 @@ static inline mr_vf vf_min(mr_vf a, mr_vf b) { return _mm_min_ps(a, b); }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return _mm_div_ps(a, b); }
 static inline mr_vf vf_gather(const float *z, const Py_ssize_t *idx, int k, float off, float pad)
 { return _mm_setr_ps(MR_G(0), MR_G(1), MR_G(2), MR_G(3)); }
-static inline mr_vf vf_swap(mr_vf v, int s)
+static MR_HOT mr_vf vf_swap(mr_vf v, int s)
 { return s == 2 ? _mm_shuffle_ps(v, v, 0x4E) : _mm_shuffle_ps(v, v, 0xB1); }
 static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb)
 { return _mm_add_ps(cnt, _mm_and_ps(_mm_and_ps(_mm_cmpeq_ps(a, b), _mm_cmplt_ps(qa, qb)), _mm_set1_ps(1.0f))); }
@@ -318,7 +427,7 @@ static inline mr_vf vf_min(mr_vf a, mr_vf b) { return a < b ? a : b; }
 static inline mr_vf vf_div(mr_vf a, mr_vf b) { return a / b; }
 static inline mr_vf vf_gather(const float *z, const Py_ssize_t *idx, int k, float off, float pad)
 { return MR_G(0); }
-static inline mr_vf vf_swap(mr_vf v, int s) { (void)s; return v; }  /* one lane: never called */
+static MR_HOT mr_vf vf_swap(mr_vf v, int s) { (void)s; return v; }  /* one lane: never called */
 static inline mr_vf vf_count_eq_before(mr_vf cnt, mr_vf a, mr_vf b, mr_vf qa, mr_vf qb) { return cnt + (a == b && qa < qb); }
 static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return cnt + (a > b); }
 static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b) { return a < b ? x : INFINITY; }
@@ -482,7 +591,11 @@ static inline mr_vd mr_exp_v(mr_vd x) { return vd_zero_if_lt(x, vd_set(-708.0), 
 #define MR_OP(name) vf_##name
 #define MR_EXPV mr_expf_v
 #define MR_EXPSATV mr_expf_sat_v
+#ifdef MR_VF_NET8
+#define MR_NET8 1  /* the sorting networks, for float only */
+#endif
 #include "_kernels_row.h"
+#undef MR_NET8
 
 #define MR_T double
 #define MR_SFX(name) name##_f64

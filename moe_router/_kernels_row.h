@@ -29,7 +29,7 @@ static inline void MR_SFX(mr_exp_short)(const MR_T *x, int len, MR_T *out)
  * distinct elements: their k-th largest is a lower bound of the row's
  * k-th largest.
  */
-static inline MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes, int *has_nan)
+static MR_HOT MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes, int *has_nan)
 {
     MR_V acc[MR_NV];
     MR_N nan_acc = MR_OP(nan_init)();
@@ -302,56 +302,74 @@ static inline void MR_SFX(mr_rank_gt)(const MR_T *v, const MR_V *vv, MR_V *rank)
 
 /*
  * Top-k of a NaN-free row for k <= MR_BLOCK, in the order (value
- * descending, index ascending), into idx[0..k).  `lanes` are the lane
- * maxima from mr_max_lanes.  idx must hold k + 1 entries (one spare).
+ * descending, index ascending), in two parts so that two rows can be
+ * interleaved (mr_topk_pair):
  *
- * 1. t = the k-th largest lane maximum: at least k elements are >= t.
- * 2. Gather the elements >= t (about 10 of 128 for k = 8 on random logits),
- *    in index order, with one vector compare per block.
- * 3. Rank the candidates against each other (vector compares) and place
- *    the k best; equal values rank by index, the smaller first.
- *
- * Returns 0, or -1 when this does not apply (t is -inf, or more than
- * MR_MAX_CAND candidates: many ties); the caller then takes the general path.
- * With e_out (k entries), returns 1 when it also wrote exp(z[idx[j]] - m)
- * there (the common case: no ties among the candidates); 0 when it did not.
- * Candidates are gathered with a vector compress (AVX-512, or a lookup
- * table of permutations on AVX2) so that no branch depends on the data.
+ * 1. mr_cand_gather: t = the k-th largest lane maximum (`lanes`, from
+ *    mr_max_lanes): at least k elements are >= t.  The elements >= t
+ *    (about 10 of 128 for k = 8 on random logits) are the candidates, taken
+ *    in index order with one vector compress per vector, so that no branch
+ *    depends on the data (AVX-512, or a lookup table of permutations on
+ *    AVX2).
+ * 2. mr_cand_select: the k best candidates; equal values rank by index,
+ *    the smaller first.
  */
 #ifndef MR_MAX_CAND
 #define MR_MAX_CAND 64
 #endif
-static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
-                                        const MR_T *lanes, Py_ssize_t *idx,
-                                        MR_T m, MR_T *e_out)
+#undef MR_CAND_MAX_N
+#ifdef MR_NET8
+#define MR_CAND_MAX_N (1 << 24)  /* the sorting networks carry ids as floats */
+#else
+#define MR_CAND_MAX_N INT32_MAX
+#endif
+/* A block adds at most MR_BLOCK candidates (and may write that many past
+ * the count), so the buffers hold MR_MAX_CAND + 2 blocks. */
+typedef struct {
+    MR_T v[MR_MAX_CAND + 2 * MR_BLOCK];
+    int32_t i[MR_MAX_CAND + 2 * MR_BLOCK];
+    int c;
+} MR_SFX(mr_cand);
+
+/* The k-th largest of lanes[0..MR_BLOCK), 1 <= k <= MR_BLOCK. */
+static MR_HOT MR_T MR_SFX(mr_kth_lane)(const MR_T *lanes, int k)
 {
+#ifdef MR_NET8
+    if (k <= 8)
+        return vf_net_kth16(lanes, k);
+#endif
+    /* rank[l] = number of lanes above lane l, for all l at once; the
+     * answer is the smallest lane ranked < k.  All vector operations: a
+     * scalar loop here compiled to data-dependent branches (measured:
+     * 95 ns/row). */
+    MR_V lv[MR_NV], rank[MR_NV];
+    MR_T tl[MR_W];
     MR_T t = INFINITY;
-    MR_T cv[MR_MAX_CAND + 2 * MR_BLOCK];
-    int32_t ci[MR_MAX_CAND + 2 * MR_BLOCK];
+    const MR_V vk = MR_OP(set)((MR_T)k);
+    for (int j = 0; j < MR_NV; j++) lv[j] = MR_OP(load)(lanes + j * MR_W);
+    MR_SFX(mr_rank_gt)(lanes, lv, rank);
+    MR_V tv = MR_OP(keep_lt)(lv[0], rank[0], vk);
+    for (int j = 1; j < MR_NV; j++) tv = MR_OP(min)(tv, MR_OP(keep_lt)(lv[j], rank[j], vk));
+    MR_OP(store)(tl, tv);
+    for (int l = 0; l < MR_W; l++) t = tl[l] < t ? tl[l] : t;
+    return t;
+}
+
+/* Part 1.  Returns 0, or -1 when the method does not apply (t is -inf, or
+ * more than MR_MAX_CAND candidates: many ties); the caller then takes the
+ * general path. */
+static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, int k,
+                                         const MR_T *lanes, MR_SFX(mr_cand) *cd)
+{
+    MR_T *cv = cd->v;
+    int32_t *ci = cd->i;
     int c = 0;
     Py_ssize_t i = 0;
-
-    if (k > MR_BLOCK || n > INT32_MAX)
+    if (k > MR_BLOCK || n > MR_CAND_MAX_N)
         return -1;
-    {
-        /* rank[l] = number of lanes above lane l, for all l at once; t = the
-         * smallest lane ranked < k.  All vector operations: a scalar loop
-         * here compiled to data-dependent branches (measured: 95 ns/row). */
-        MR_V lv[MR_NV], rank[MR_NV];
-        MR_T tl[MR_W];
-        const MR_V vk = MR_OP(set)((MR_T)k);
-        for (int j = 0; j < MR_NV; j++) lv[j] = MR_OP(load)(lanes + j * MR_W);
-        MR_SFX(mr_rank_gt)(lanes, lv, rank);
-        MR_V tv = MR_OP(keep_lt)(lv[0], rank[0], vk);
-        for (int j = 1; j < MR_NV; j++) tv = MR_OP(min)(tv, MR_OP(keep_lt)(lv[j], rank[j], vk));
-        MR_OP(store)(tl, tv);
-        for (int l = 0; l < MR_W; l++) t = tl[l] < t ? tl[l] : t;
-    }
+    const MR_T t = MR_SFX(mr_kth_lane)(lanes, k);
     if (t == -INFINITY)
         return -1;
-
-    /* A block adds at most MR_BLOCK candidates (and may write that many
-     * past the count), so the buffers hold MR_MAX_CAND + 2 blocks. */
     for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
         if (c > MR_MAX_CAND)
             return -1;
@@ -365,11 +383,61 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
         ci[c] = (int32_t)i;
         c += z[i] >= t;
     }
-    int nb = (c + MR_BLOCK - 1) / MR_BLOCK;  /* candidate blocks */
-    for (int l = 0; l < MR_BLOCK; l++)
-        cv[c + l] = -INFINITY;  /* pads the last block: below every candidate */
+    for (int j = 0; j < MR_NV; j++)  /* pads the last block: below every candidate */
+        MR_OP(store)(cv + c + j * MR_W, MR_OP(set)(-INFINITY));
+    memset(ci + c, 0, MR_BLOCK * sizeof(int32_t));
+    cd->c = c;
+    return 0;
+}
+
+#ifdef MR_NET8
+/* mr_cand_select for k <= 8 and at most 16 candidates, by sorting network.
+ * Returns 1 when it wrote idx[0..8) (and e_out[0..8), when given; the
+ * first k are the answer), 0 when equal
+ * values among the k + 1 best leave the order to the general code.  The
+ * candidates are loaded as scalars: a vector load of what the compress
+ * wrote with overlapping vector stores waits for those stores to reach
+ * the cache (store forwarding fails; measured: about 60 cycles a row). */
+static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
+                                       MR_T m, MR_T *e_out)
+{
+    const float *cv = cd->v;
+    const int32_t *ci = cd->i;
+    __m256 s, si;
+    float next;
+    vf_net_top8_x(_mm256_setr_ps(cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7]),
+                  _mm256_cvtepi32_ps(_mm256_setr_epi32(ci[0], ci[1], ci[2], ci[3], ci[4], ci[5], ci[6], ci[7])),
+                  _mm256_setr_ps(cv[8], cv[9], cv[10], cv[11], cv[12], cv[13], cv[14], cv[15]),
+                  _mm256_cvtepi32_ps(_mm256_setr_epi32(ci[8], ci[9], ci[10], ci[11], ci[12], ci[13], ci[14], ci[15])),
+                  &s, &si, &next);
+    if (vf_net_ties(s, next, k))
+        return 0;
+    const __m256i ii = _mm256_cvttps_epi32(si);
+    _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ii)));
+    _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ii, 1)));
+    if (e_out)
+        _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(s, _mm256_set1_ps(m))));
+    return 1;
+}
+#endif
+
+/* Part 2.  idx must hold MR_BLOCK + 1 entries and e_out MR_BLOCK (they may
+ * be written past k).  Returns 1 when it also wrote exp(z[idx[j]] - m) into
+ * e_out (the common case: no ties among the candidates), 0 when it did not
+ * (or e_out is NULL). */
+static MR_HOT int MR_SFX(mr_cand_select)(MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
+                                         MR_T m, MR_T *e_out)
+{
+    MR_T *cv = cd->v;
+    const int32_t *ci = cd->i;
+    const int c = cd->c;
+    const int nb = (c + MR_BLOCK - 1) / MR_BLOCK;  /* candidate blocks */
 
     if (c <= MR_BLOCK) {
+#ifdef MR_NET8
+        if (k <= 8 && MR_SFX(mr_cand_net8)(cd, k, idx, m, e_out))
+            return e_out != NULL;
+#endif
         /* One block of candidates: every rank at once, with vector
          * compares against each candidate q in turn, first by value only
          * and over the whole block (no loop count that depends on c; the
@@ -449,6 +517,44 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
     return 0;
 }
 
+/* Both parts for one row: -1 (not applicable), 0 or 1 as mr_cand_select. */
+static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
+                                        const MR_T *lanes, Py_ssize_t *idx,
+                                        MR_T m, MR_T *e_out)
+{
+    MR_SFX(mr_cand) cd;
+    if (MR_SFX(mr_cand_gather)(z, n, k, lanes, &cd))
+        return -1;
+    return MR_SFX(mr_cand_select)(&cd, k, idx, m, e_out);
+}
+
+/*
+ * The softmax top-k of the two rows z[0..n) and z[n..2n) (k <= MR_BLOCK),
+ * each step done for both rows before the next: a row is a chain of
+ * dependent steps (max, threshold, compress, select, exp) that one row
+ * alone leaves the core mostly waiting on.  Row h's ids go to
+ * idx[h * (MR_BLOCK + 1) ...], exp(z[id] - max) to e_out[h * MR_BLOCK ...],
+ * its max to m_out[h] and what mr_topk_small would return to status[h]
+ * (-1 also for a row with a NaN or an infinite max: the general path's).
+ */
+static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_ssize_t *idx,
+                                        MR_T *e_out, MR_T *m_out, int *status)
+{
+    MR_T lanes[2][MR_BLOCK];
+    MR_SFX(mr_cand) cd[2];
+    int has_nan[2];
+    /* Each step written out for row 0 and row 1 (a loop over the rows,
+     * which gcc kept, measured slower). */
+#define MR_PAIR(h, STMT) { enum { h = 0 }; STMT; } { enum { h = 1 }; STMT; }
+    MR_PAIR(h, m_out[h] = MR_SFX(mr_max_lanes)(z + h * n, n, lanes[h], &has_nan[h]))
+    MR_PAIR(h, status[h] = !has_nan[h] && m_out[h] < INFINITY
+                && MR_SFX(mr_cand_gather)(z + h * n, n, k, lanes[h], &cd[h]) == 0 ? 0 : -1)
+    MR_PAIR(h, if (status[h] == 0)
+                   status[h] = MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
+                                                      e_out + h * MR_BLOCK))
+#undef MR_PAIR
+}
+
 #undef MR_NV
 #undef MR_T
 #undef MR_SFX
@@ -458,3 +564,4 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
 #undef MR_OP
 #undef MR_EXPV
 #undef MR_EXPSATV
+#undef MR_CAND_MAX_N

@@ -41,6 +41,10 @@ cdef extern from "_kernels.h" nogil:
                           float m, float *e_out)
     int mr_topk_small_f64(const double *z, Py_ssize_t n, int k, const double *lanes, Py_ssize_t *idx,
                           double m, double *e_out)
+    void mr_topk_pair_f32(const float *z, Py_ssize_t n, int k, Py_ssize_t *idx, float *e_out,
+                          float *m_out, int *status)
+    void mr_topk_pair_f64(const double *z, Py_ssize_t n, int k, Py_ssize_t *idx, double *e_out,
+                          double *m_out, int *status)
     enum: MR_BLOCK  # values per vector block (16), a compile-time constant
     const char* mr_simd_name()
     double mr_sum_k_f32(const float *x, int k)
@@ -384,21 +388,79 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     return ROW_OK
 
 
+cdef inline bint _pairs_apply(Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg) noexcept nogil:
+    # The plain softmax router on rows that mr_topk_small handles.
+    return (not cfg.sigmoid and cfg.n_group == 1 and cfg.bias == NULL
+            and k <= MR_BLOCK and n >= 2 * MR_BLOCK)
+
+
+cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
+                            id_t* ids_out, weight_t* w_out) noexcept nogil:
+    """Route the rows z[0:n] and z[n:2n] of a router that _pairs_apply to.
+
+    Their top-k is taken together (mr_topk_pair: the two rows' dependent
+    steps overlap); a row it cannot take is routed by _route_row.  The
+    weights are computed as _route_row computes them, to the bit.  Returns
+    the number of rows that could not be routed.
+    """
+    cdef Py_ssize_t idx[2 * (MR_BLOCK + 1)]
+    cdef floating e[2 * MR_BLOCK]
+    cdef floating m[2]
+    cdef int status[2]
+    cdef Py_ssize_t h, j, n_bad = 0
+    cdef double inv
+    cdef floating* e_h
+    cdef id_t* ids_h
+    if floating is float:
+        mr_topk_pair_f32(z, n, <int>k, idx, e, m, status)
+    else:
+        mr_topk_pair_f64(z, n, <int>k, idx, e, m, status)
+    for h in range(2):
+        ids_h = ids_out + h * k
+        e_h = e + h * MR_BLOCK
+        if status[h] < 0:
+            n_bad += _route_row(z + h * n, n, k, cfg, NULL, NULL, ids_h, w_out + h * k) != ROW_OK
+            continue
+        for j in range(k):
+            ids_h[j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
+        if status[h] == 0:  # ids only (ties, or many candidates)
+            _picked_scores(z + h * n, ids_h, k, m[h], False, False, e_h)
+        if cfg.norm:
+            inv = cfg.scale / _sum_k(e_h, <int>k)
+        else:
+            inv = cfg.scale / _row_sum_exp(z + h * n, n, m[h])
+        for j in range(k):
+            w_out[h * k + j] = <weight_t>(e_h[j] * inv)
+    return n_bad
+
+
 cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
                             Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
                             floating* scratch, Py_ssize_t scratch_per_thread,
                             Py_ssize_t* kept, id_t* ids_out, weight_t* w_out,
                             int num_threads) noexcept nogil:
     """Route every row; returns the number of rows that could not be routed."""
-    cdef Py_ssize_t r, n_bad = 0
-    if num_threads > 1:
-        for r in prange(n_rows, num_threads=num_threads, schedule='static'):
+    cdef Py_ssize_t r, p, n_bad = 0, n_pairs = 0
+    if _pairs_apply(n, k, cfg):
+        # Rows (2p, 2p + 1) in pairs whatever the thread count, the odd last
+        # row alone: the same rows take the same path for any num_threads.
+        n_pairs = n_rows // 2
+        if num_threads > 1:
+            for p in prange(n_pairs, num_threads=num_threads, schedule='static'):
+                n_bad += _route_pair(logits + 2 * p * n, n, k, cfg,
+                                     ids_out + 2 * p * k, w_out + 2 * p * k)
+        else:
+            for p in range(n_pairs):
+                n_bad += _route_pair(logits + 2 * p * n, n, k, cfg,
+                                     ids_out + 2 * p * k, w_out + 2 * p * k)
+    if num_threads > 1 and n_rows - 2 * n_pairs > 1:
+        for r in prange(2 * n_pairs, n_rows, num_threads=num_threads, schedule='static'):
             n_bad += _route_row(logits + r * n, n, k, cfg,
                                 scratch + threadid() * scratch_per_thread,
                                 kept + threadid() * cfg.n_group,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
     else:
-        for r in range(n_rows):
+        for r in range(2 * n_pairs, n_rows):
             n_bad += _route_row(logits + r * n, n, k, cfg, scratch, kept,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
     return n_bad
