@@ -169,3 +169,32 @@ def test_weights_do_not_depend_on_which_selection_path_ran(kernel_path):
     np.testing.assert_allclose(a.expert_weights, ref_w, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(a.expert_ids, b.expert_ids)
     np.testing.assert_array_equal(a.expert_weights, b.expert_weights)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("num_experts, top_k", [(32, 1), (32, 8), (40, 5), (128, 8), (128, 13), (96, 16)])
+def test_rows_routed_in_pairs_match_rows_routed_alone(kernel_path, rng, dtype, num_experts, top_k):
+    # The plain softmax router takes rows two at a time; a row its fast path
+    # cannot finish (ties among the best, more candidates than one block,
+    # +inf logits) goes to the general code.  Every row must come out as it
+    # does alone (batch 1 never pairs) and as the reference says.
+    kinds = [
+        rng.standard_normal(num_experts),
+        rng.integers(-3, 4, num_experts).astype(float),   # ties everywhere
+        np.zeros(num_experts),                            # every expert a candidate
+        np.where(np.arange(num_experts) % 7 == 3, np.inf, rng.standard_normal(num_experts)),
+    ]
+    boundary = rng.standard_normal(num_experts)           # k-th and (k+1)-th equal
+    order = np.argsort(-boundary, kind="stable")
+    boundary[order[min(top_k, num_experts - 1)]] = boundary[order[top_k - 1]]
+    kinds.append(boundary)
+    rows = [kinds[i % len(kinds)] for i in range(17)] + [rng.standard_normal(num_experts) for _ in range(6)]
+    z = np.array(rows, dtype=dtype)
+    batch = mr.route(z, top_k, True, weights_dtype=np.float64)
+    ref_ids, ref_w = reference.softmax_topk(z, top_k, True)
+    np.testing.assert_array_equal(batch.expert_ids, ref_ids)
+    np.testing.assert_allclose(batch.expert_weights, ref_w, rtol=0, atol=2e-6)
+    for r in range(len(z)):
+        alone = mr.route(z[r:r + 1], top_k, True, weights_dtype=np.float64)
+        np.testing.assert_array_equal(batch.expert_ids[r], alone.expert_ids[0])
+        np.testing.assert_array_equal(batch.expert_weights[r], alone.expert_weights[0])
