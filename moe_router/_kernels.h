@@ -90,7 +90,7 @@ static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return _mm512_mas
 static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), _mm512_set1_ps(INFINITY), x); }
 typedef __mmask16 mr_nf;  /* NaN accumulator */
 static inline mr_nf vf_nan_init(void) { return 0; }
-static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf v) { return acc | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf a, mr_vf b) { return acc | _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); }
 static inline int vf_nan_any(mr_nf acc) { return acc != 0; }
 static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y)
 { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ), y); }
@@ -136,7 +136,7 @@ static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return _mm512_mas
 static inline mr_vd vd_keep_lt(mr_vd x, mr_vd a, mr_vd b) { return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), _mm512_set1_pd(INFINITY), x); }
 typedef __mmask8 mr_nd;
 static inline mr_nd vd_nan_init(void) { return 0; }
-static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd v) { return acc | _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q); }
+static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd a, mr_vd b) { return acc | _mm512_cmp_pd_mask(a, b, _CMP_UNORD_Q); }
 static inline int vd_nan_any(mr_nd acc) { return acc != 0; }
 static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y)
 { return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, lo, _CMP_NLT_UQ), y); }
@@ -194,7 +194,7 @@ static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return _mm256_add
 static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b) { return _mm256_blendv_ps(_mm256_set1_ps(INFINITY), x, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
 typedef __m256 mr_nf;
 static inline mr_nf vf_nan_init(void) { return _mm256_setzero_ps(); }
-static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf v) { return _mm256_or_ps(acc, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)); }
+static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf a, mr_vf b) { return _mm256_or_ps(acc, _mm256_cmp_ps(a, b, _CMP_UNORD_Q)); }
 static inline int vf_nan_any(mr_nf acc) { return _mm256_movemask_ps(acc) != 0; }
 static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y)
 { return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y); }
@@ -212,9 +212,8 @@ static MR_HOT int vf_compress_ge(const float *src, float t, int32_t base, float 
     const __m256 v = _mm256_loadu_ps(src);
     const int m = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(t), _CMP_GE_OQ));
     const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mr_pack_lut[m]));
-    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     _mm256_storeu_ps(cv, _mm256_permutevar8x32_ps(v, perm));
-    _mm256_storeu_si256((__m256i *)ci, _mm256_permutevar8x32_epi32(idx, perm));
+    _mm256_storeu_si256((__m256i *)ci, _mm256_add_epi32(perm, _mm256_set1_epi32(base)));  /* lane = id - base */
     return _mm_popcnt_u32((unsigned)m);
 }
 /*
@@ -334,7 +333,7 @@ static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return _mm256_add
 static inline mr_vd vd_keep_lt(mr_vd x, mr_vd a, mr_vd b) { return _mm256_blendv_pd(_mm256_set1_pd(INFINITY), x, _mm256_cmp_pd(a, b, _CMP_LT_OQ)); }
 typedef __m256d mr_nd;
 static inline mr_nd vd_nan_init(void) { return _mm256_setzero_pd(); }
-static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd v) { return _mm256_or_pd(acc, _mm256_cmp_pd(v, v, _CMP_UNORD_Q)); }
+static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd a, mr_vd b) { return _mm256_or_pd(acc, _mm256_cmp_pd(a, b, _CMP_UNORD_Q)); }
 static inline int vd_nan_any(mr_nd acc) { return _mm256_movemask_pd(acc) != 0; }
 static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y)
 { return _mm256_andnot_pd(_mm256_cmp_pd(x, lo, _CMP_LT_OQ), y); }
@@ -372,7 +371,7 @@ static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b)
 { __m128 m = _mm_cmplt_ps(a, b); return _mm_or_ps(_mm_and_ps(m, x), _mm_andnot_ps(m, _mm_set1_ps(INFINITY))); }
 typedef __m128 mr_nf;
 static inline mr_nf vf_nan_init(void) { return _mm_setzero_ps(); }
-static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf v) { return _mm_or_ps(acc, _mm_cmpunord_ps(v, v)); }
+static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf a, mr_vf b) { return _mm_or_ps(acc, _mm_cmpunord_ps(a, b)); }
 static inline int vf_nan_any(mr_nf acc) { return _mm_movemask_ps(acc) != 0; }
 static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y) { return _mm_andnot_ps(_mm_cmplt_ps(x, lo), y); }
 static inline int vf_gt_bits(mr_vf a, mr_vf b) { return _mm_movemask_ps(_mm_cmpgt_ps(a, b)); }
@@ -400,7 +399,7 @@ static inline mr_vd vd_keep_lt(mr_vd x, mr_vd a, mr_vd b)
 { __m128d m = _mm_cmplt_pd(a, b); return _mm_or_pd(_mm_and_pd(m, x), _mm_andnot_pd(m, _mm_set1_pd(INFINITY))); }
 typedef __m128d mr_nd;
 static inline mr_nd vd_nan_init(void) { return _mm_setzero_pd(); }
-static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd v) { return _mm_or_pd(acc, _mm_cmpunord_pd(v, v)); }
+static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd a, mr_vd b) { return _mm_or_pd(acc, _mm_cmpunord_pd(a, b)); }
 static inline int vd_nan_any(mr_nd acc) { return _mm_movemask_pd(acc) != 0; }
 static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y) { return _mm_andnot_pd(_mm_cmplt_pd(x, lo), y); }
 static inline int vd_gt_bits(mr_vd a, mr_vd b) { return _mm_movemask_pd(_mm_cmpgt_pd(a, b)); }
@@ -433,7 +432,7 @@ static inline mr_vf vf_count_gt(mr_vf cnt, mr_vf a, mr_vf b) { return cnt + (a >
 static inline mr_vf vf_keep_lt(mr_vf x, mr_vf a, mr_vf b) { return a < b ? x : INFINITY; }
 typedef int mr_nf;
 static inline mr_nf vf_nan_init(void) { return 0; }
-static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf v) { return acc | (v != v); }
+static inline mr_nf vf_nan_acc(mr_nf acc, mr_vf a, mr_vf b) { return acc | (a != a) | (b != b); }
 static inline int vf_nan_any(mr_nf acc) { return acc; }
 static inline mr_vf vf_zero_if_lt(mr_vf x, mr_vf lo, mr_vf y) { return x < lo ? 0.0f : y; }
 static inline int vf_gt_bits(mr_vf a, mr_vf b) { return a > b; }
@@ -458,7 +457,7 @@ static inline mr_vd vd_count_gt(mr_vd cnt, mr_vd a, mr_vd b) { return cnt + (a >
 static inline mr_vd vd_keep_lt(mr_vd x, mr_vd a, mr_vd b) { return a < b ? x : INFINITY; }
 typedef int mr_nd;
 static inline mr_nd vd_nan_init(void) { return 0; }
-static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd v) { return acc | (v != v); }
+static inline mr_nd vd_nan_acc(mr_nd acc, mr_vd a, mr_vd b) { return acc | (a != a) | (b != b); }
 static inline int vd_nan_any(mr_nd acc) { return acc; }
 static inline mr_vd vd_zero_if_lt(mr_vd x, mr_vd lo, mr_vd y) { return x < lo ? 0.0 : y; }
 static inline int vd_gt_bits(mr_vd a, mr_vd b) { return a > b; }

@@ -37,18 +37,31 @@ static MR_HOT MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes
     MR_T m = -INFINITY;
     int nan_tail = 0;
     for (int j = 0; j < MR_NV; j++) acc[j] = MR_OP(set)(-INFINITY);
-    for (; i + MR_BLOCK <= n; i += MR_BLOCK)
+    for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
+        MR_V v[MR_NV];
         for (int j = 0; j < MR_NV; j++) {
-            const MR_V v = MR_OP(load)(z + i + j * MR_W);
-            acc[j] = MR_OP(max)(v, acc[j]);
-            nan_acc = MR_OP(nan_acc)(nan_acc, v);
+            v[j] = MR_OP(load)(z + i + j * MR_W);
+            acc[j] = MR_OP(max)(v[j], acc[j]);
         }
-    for (int j = 0; j < MR_NV; j++) MR_OP(store)(lanes + j * MR_W, acc[j]);
-    for (int l = 0; i < n; i++, l++) {
-        lanes[l] = z[i] > lanes[l] ? z[i] : lanes[l];
-        nan_tail |= z[i] != z[i];
+        /* One unordered compare finds a NaN in either of two vectors. */
+        for (int j = 0; j < MR_NV; j += 2)
+            nan_acc = MR_OP(nan_acc)(nan_acc, v[j], v[j + 1 < MR_NV ? j + 1 : j]);
     }
-    for (int l = 0; l < MR_BLOCK; l++) m = lanes[l] > m ? lanes[l] : m;
+    for (int j = 0; j < MR_NV; j++) MR_OP(store)(lanes + j * MR_W, acc[j]);
+    if (i < n) {
+        for (int l = 0; i < n; i++, l++) {
+            lanes[l] = z[i] > lanes[l] ? z[i] : lanes[l];
+            nan_tail |= z[i] != z[i];
+        }
+        for (int j = 0; j < MR_NV; j++) acc[j] = MR_OP(load)(lanes + j * MR_W);
+    }
+    /* The max of the lanes by a tree of lane swaps (no NaN is left here). */
+    MR_V mv = acc[0];
+    for (int j = 1; j < MR_NV; j++) mv = MR_OP(max)(mv, acc[j]);
+    for (int s = MR_W / 2; s >= 1; s /= 2) mv = MR_OP(max)(mv, MR_OP(swap)(mv, s));
+    MR_T ml[MR_W];
+    MR_OP(store)(ml, mv);
+    m = ml[0];
     *has_nan = MR_OP(nan_any)(nan_acc) | nan_tail;
     return m;
 }
@@ -104,7 +117,7 @@ static inline int MR_SFX(mr_sigmoid_into)(const MR_T *z, Py_ssize_t n, const MR_
         MR_V v = MR_SFX(mr_sigmoid_v)(MR_OP(load)(z + i));
         if (bias)
             v = MR_OP(add)(v, MR_OP(load)(bias + i));
-        nan_acc = MR_OP(nan_acc)(nan_acc, v);
+        nan_acc = MR_OP(nan_acc)(nan_acc, v, v);
         MR_OP(store)(c + i, v);
     }
     if (i < n) {
