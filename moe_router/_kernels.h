@@ -535,7 +535,7 @@ static inline void mr_init_tables(void)
  * 2^-126 instead).  The sigmoid uses them: 1 / (1 + exp(-x)) is 1 either
  * way there, and a compare and a mask per vector are saved.
  */
-static inline mr_vf mr_expf_sat_v(mr_vf x)
+static MR_HOT mr_vf mr_expf_sat_v(mr_vf x)
 {
     const mr_vf lo = vf_set(-87.3f), magic = vf_set(12582912.0f);
     mr_vf xc = vf_min(vf_set(88.7f), vf_max(lo, x));  /* keeps a NaN x */
@@ -553,9 +553,9 @@ static inline mr_vf mr_expf_sat_v(mr_vf x)
     return vf_mul(p, vf_pow2i(t));
 }
 
-static inline mr_vf mr_expf_v(mr_vf x) { return vf_zero_if_lt(x, vf_set(-87.3f), mr_expf_sat_v(x)); }
+static MR_HOT mr_vf mr_expf_v(mr_vf x) { return vf_zero_if_lt(x, vf_set(-87.3f), mr_expf_sat_v(x)); }
 
-static inline mr_vd mr_exp_sat_v(mr_vd x)
+static MR_HOT mr_vd mr_exp_sat_v(mr_vd x)
 {
     const mr_vd lo = vd_set(-708.0), magic = vd_set(6755399441055744.0);
     mr_vd xc = vd_min(vd_set(709.0), vd_max(lo, x));
@@ -579,7 +579,7 @@ static inline mr_vd mr_exp_sat_v(mr_vd x)
     return vd_mul(p, vd_pow2i(t));
 }
 
-static inline mr_vd mr_exp_v(mr_vd x) { return vd_zero_if_lt(x, vd_set(-708.0), mr_exp_sat_v(x)); }
+static MR_HOT mr_vd mr_exp_v(mr_vd x) { return vd_zero_if_lt(x, vd_set(-708.0), mr_exp_sat_v(x)); }
 
 /* The row operations, once for float (f32) and once for double (f64). */
 #define MR_T float

@@ -68,7 +68,7 @@ static MR_HOT MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes
 
 /* sigmoid(x) = 1 / (1 + exp(-x)) on a vector (exactly 0 below about -88.4
  * in float32, where the exp is +inf). */
-static inline MR_V MR_SFX(mr_sigmoid_v)(MR_V x)
+static MR_HOT MR_V MR_SFX(mr_sigmoid_v)(MR_V x)
 {
     const MR_V one = MR_OP(set)(1);
     return MR_OP(div)(one, MR_OP(add)(one, MR_EXPSATV(MR_OP(sub)(MR_OP(set)(0), x))));
@@ -135,7 +135,7 @@ static inline int MR_SFX(mr_sigmoid_into)(const MR_T *z, Py_ssize_t n, const MR_
 
 /* Sum of x[0..k) in double, in four partial sums: one running sum was a
  * chain of k dependent adds on every row's critical path. */
-static inline double MR_SFX(mr_sum_k)(const MR_T *x, int k)
+static MR_HOT double MR_SFX(mr_sum_k)(const MR_T *x, int k)
 {
     double p[4] = {0, 0, 0, 0};
     int i = 0;
