@@ -212,30 +212,29 @@ static inline void MR_SFX(mr_top2)(const MR_T *x, Py_ssize_t len, MR_T *top1, MR
 }
 
 /*
- * Keep the best topk_group of the n_group groups of sel[0..n): copy their
- * values to kept_sel group after group in ascending group order (so
- * position order is still expert order, and ties still go to the smaller
- * expert), and their group indices to kept.  Returns how many values were
- * kept.  The other groups' experts are out of the top-k altogether (as if
- * -inf, never 0: 0 would beat negative biased scores).  A group's score is
- * the sum of its two best values (top2_sum: sigmoid routers) or its best
- * (softmax routers); equal group scores keep the smaller group.
+ * Pick the best topk_group of the n_group groups of sel[0..n): their group
+ * indices go to kept[] in ascending order (so the kept values, group after
+ * group, are still in expert order, and ties still go to the smaller
+ * expert).  Returns how many groups were kept.  The other groups' experts
+ * are out of the top-k altogether (as if -inf, never 0: 0 would beat
+ * negative biased scores).  A group's score is the sum of its two best
+ * values (top2_sum: sigmoid routers) or its best (softmax routers); equal
+ * group scores keep the smaller group.
  *
  * Branch-free: a group is kept when fewer than topk_group groups rank
- * above it, and every group is copied, the next one over a dropped group's
- * copy, so kept_sel must hold n values.  (Picking the best group
- * topk_group times and copying only the kept ones branched on the data.)
+ * above it; every group writes its index at the next free slot, which only
+ * a kept group advances.  (Picking the best group topk_group times
+ * branched on the data.)
  */
 static inline Py_ssize_t MR_SFX(mr_limit_groups)(const MR_T *sel, Py_ssize_t n, Py_ssize_t n_group,
                                                  Py_ssize_t topk_group, int top2_sum,
-                                                 MR_T *kept_sel, MR_T *group_score, Py_ssize_t *kept,
-                                                 MR_T *lanes)
+                                                 MR_T *group_score, Py_ssize_t *kept, MR_T *lanes)
 {
     const Py_ssize_t size = n / n_group;
     Py_ssize_t n_kept = 0;
     /* With lanes: the kept groups' two best values (-inf beyond), for
-     * mr_topk_small's threshold in place of a pass over kept_sel; they are
-     * distinct elements of it.  Only for n_group <= MR_BLOCK and
+     * mr_kth_lane's threshold in place of a pass over the kept values; they
+     * are distinct elements of them.  Only for n_group <= MR_BLOCK and
      * 2 * topk_group + 2 <= MR_BLOCK (else pass NULL). */
     MR_T best2[2 * MR_BLOCK];
     for (Py_ssize_t g = 0; g < n_group; g++) {
@@ -254,17 +253,13 @@ static inline Py_ssize_t MR_SFX(mr_limit_groups)(const MR_T *sel, Py_ssize_t n, 
         Py_ssize_t rank = 0;
         for (Py_ssize_t h = 0; h < g; h++) rank += group_score[h] >= sg;
         for (Py_ssize_t h = g + 1; h < n_group; h++) rank += group_score[h] > sg;
-        MR_T *dst = kept_sel + n_kept * size;
-        const MR_T *src = sel + g * size;
-        Py_ssize_t i = 0;
-        for (; i + MR_W <= size; i += MR_W) MR_OP(store)(dst + i, MR_OP(load)(src + i));
-        for (; i < size; i++) dst[i] = src[i];
-        kept[n_kept] = g;
-        /* The slot is capped at topk_group: with finite scores the ranks
-         * are a permutation and n_kept never passes it, but a NaN group
+        /* The slot is capped: with finite scores the ranks are a
+         * permutation and n_kept never passes topk_group, but a NaN group
          * score (a non-finite bias given to the kernel directly) ranks 0
-         * for every group and would write past lanes[MR_BLOCK). */
+         * for every group and would write past kept[n_group) and
+         * lanes[MR_BLOCK). */
         const Py_ssize_t slot = n_kept < topk_group ? n_kept : topk_group;
+        kept[slot < n_group ? slot : n_group - 1] = g;
         if (lanes) {
             lanes[2 * slot] = best2[2 * g];
             lanes[2 * slot + 1] = best2[2 * g + 1];
@@ -276,7 +271,7 @@ static inline Py_ssize_t MR_SFX(mr_limit_groups)(const MR_T *sel, Py_ssize_t n, 
         lanes[2 * slot] = -INFINITY;
         lanes[2 * slot + 1] = -INFINITY;
     }
-    return n_kept * size;
+    return n_kept < topk_group ? n_kept : topk_group;
 }
 
 /* Bit l set where z[l] > t (gt) or == t (eq), over one block of MR_BLOCK values. */
@@ -368,39 +363,52 @@ static MR_HOT MR_T MR_SFX(mr_kth_lane)(const MR_T *lanes, int k)
     return t;
 }
 
-/* Part 1.  Returns 0, or -1 when the method does not apply (t is -inf, or
- * more than MR_MAX_CAND candidates: many ties); the caller then takes the
- * general path. */
-static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, int k,
-                                         const MR_T *lanes, MR_SFX(mr_cand) *cd)
+/* Part 1, over the n_kept groups of `size` values that start at kept[g] *
+ * size (kept NULL: one group, the row z[0..n)); ids are positions in z.
+ * Returns 0, or -1 when the method does not apply (t is -inf, or more than
+ * MR_MAX_CAND candidates: many ties); the caller then takes the general
+ * path. */
+static MR_HOT int MR_SFX(mr_cand_gather_groups)(const MR_T *z, Py_ssize_t n, Py_ssize_t size,
+                                                const Py_ssize_t *kept, Py_ssize_t n_kept, int k,
+                                                const MR_T *lanes, MR_SFX(mr_cand) *cd)
 {
     MR_T *cv = cd->v;
     int32_t *ci = cd->i;
     int c = 0;
-    Py_ssize_t i = 0;
     if (k > MR_BLOCK || n > MR_CAND_MAX_N)
         return -1;
     const MR_T t = MR_SFX(mr_kth_lane)(lanes, k);
     if (t == -INFINITY)
         return -1;
-    for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
+    for (Py_ssize_t g = 0; g < n_kept; g++) {
+        const Py_ssize_t base = kept ? kept[g] * size : 0;
+        const MR_T *zg = z + base;
+        Py_ssize_t i = 0;
+        for (; i + MR_BLOCK <= size; i += MR_BLOCK) {
+            if (c > MR_MAX_CAND)
+                return -1;
+            for (int j = 0; j < MR_NV; j++)
+                c += MR_OP(compress_ge)(zg + i + j * MR_W, t, (int32_t)(base + i + j * MR_W), cv + c, ci + c);
+        }
         if (c > MR_MAX_CAND)
             return -1;
-        for (int j = 0; j < MR_NV; j++)
-            c += MR_OP(compress_ge)(z + i + j * MR_W, t, (int32_t)(i + j * MR_W), cv + c, ci + c);
-    }
-    if (c > MR_MAX_CAND)
-        return -1;
-    for (; i < n; i++) {
-        cv[c] = z[i];
-        ci[c] = (int32_t)i;
-        c += z[i] >= t;
+        for (; i < size; i++) {  /* fewer than MR_BLOCK */
+            cv[c] = zg[i];
+            ci[c] = (int32_t)(base + i);
+            c += zg[i] >= t;
+        }
     }
     for (int j = 0; j < MR_NV; j++)  /* pads the last block: below every candidate */
         MR_OP(store)(cv + c + j * MR_W, MR_OP(set)(-INFINITY));
     memset(ci + c, 0, MR_BLOCK * sizeof(int32_t));
     cd->c = c;
     return 0;
+}
+
+static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, int k,
+                                         const MR_T *lanes, MR_SFX(mr_cand) *cd)
+{
+    return MR_SFX(mr_cand_gather_groups)(z, n, n, NULL, 1, k, lanes, cd);
 }
 
 #ifdef MR_NET8
@@ -528,6 +536,18 @@ static MR_HOT int MR_SFX(mr_cand_select)(MR_SFX(mr_cand) *cd, int k, Py_ssize_t 
         idx[rank < k ? rank : k] = ci[j];
     }
     return 0;
+}
+
+/* Both parts over the kept groups of a row (see mr_cand_gather_groups):
+ * -1 (not applicable), 0 or 1 as mr_cand_select; ids are expert ids. */
+static inline int MR_SFX(mr_topk_groups)(const MR_T *z, Py_ssize_t n, Py_ssize_t size,
+                                         const Py_ssize_t *kept, Py_ssize_t n_kept, int k,
+                                         const MR_T *lanes, Py_ssize_t *idx, MR_T m, MR_T *e_out)
+{
+    MR_SFX(mr_cand) cd;
+    if (MR_SFX(mr_cand_gather_groups)(z, n, size, kept, n_kept, k, lanes, &cd))
+        return -1;
+    return MR_SFX(mr_cand_select)(&cd, k, idx, m, e_out);
 }
 
 /* Both parts for one row: -1 (not applicable), 0 or 1 as mr_cand_select. */

@@ -13,6 +13,7 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, expf
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 cimport numpy as cnp
 
 cnp.import_array()
@@ -22,11 +23,17 @@ cdef extern from "_kernels.h" nogil:
     float mr_max_lanes_f32(const float *z, Py_ssize_t n, float *lanes, int *has_nan)
     double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes, int *has_nan)
     Py_ssize_t mr_limit_groups_f32(const float *sel, Py_ssize_t n, Py_ssize_t n_group,
-                                   Py_ssize_t topk_group, int top2_sum, float *kept_sel,
+                                   Py_ssize_t topk_group, int top2_sum,
                                    float *group_score, Py_ssize_t *kept, float *lanes)
     Py_ssize_t mr_limit_groups_f64(const double *sel, Py_ssize_t n, Py_ssize_t n_group,
-                                   Py_ssize_t topk_group, int top2_sum, double *kept_sel,
+                                   Py_ssize_t topk_group, int top2_sum,
                                    double *group_score, Py_ssize_t *kept, double *lanes)
+    int mr_topk_groups_f32(const float *z, Py_ssize_t n, Py_ssize_t size, const Py_ssize_t *kept,
+                           Py_ssize_t n_kept, int k, const float *lanes, Py_ssize_t *idx, float m,
+                           float *e_out)
+    int mr_topk_groups_f64(const double *z, Py_ssize_t n, Py_ssize_t size, const Py_ssize_t *kept,
+                           Py_ssize_t n_kept, int k, const double *lanes, Py_ssize_t *idx, double m,
+                           double *e_out)
     int mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
     int mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
     void mr_picked_exp_f32(const float *z, const Py_ssize_t *idx, int k, float m, float *out)
@@ -247,18 +254,36 @@ cdef struct RouteCfg:
 
 
 cdef inline Py_ssize_t _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg* cfg,
-                                     floating* kept_sel, floating* group_score,
-                                     Py_ssize_t* kept, bint top2_sum,
+                                     floating* group_score, Py_ssize_t* kept, bint top2_sum,
                                      floating* lanes) noexcept nogil:
-    # The kept groups' values compacted into kept_sel (which holds n), and
-    # when lanes is not NULL their groups' two best values: see
-    # mr_limit_groups in _kernels_row.h.
+    # The kept groups' indices into kept (ascending), and when lanes is not
+    # NULL their two best values; returns how many: see mr_limit_groups in
+    # _kernels_row.h.
     if floating is float:
         return mr_limit_groups_f32(sel, n, cfg.n_group, cfg.topk_group, top2_sum,
-                                   kept_sel, group_score, kept, lanes)
+                                   group_score, kept, lanes)
     else:
         return mr_limit_groups_f64(sel, n, cfg.n_group, cfg.topk_group, top2_sum,
-                                   kept_sel, group_score, kept, lanes)
+                                   group_score, kept, lanes)
+
+
+cdef inline int _topk_groups(const floating* sel, Py_ssize_t n, Py_ssize_t size,
+                             const Py_ssize_t* kept, Py_ssize_t n_kept, Py_ssize_t k,
+                             const floating* lanes, id_t* ids_out, floating m,
+                             floating* e_out) noexcept nogil:
+    # mr_topk_groups: -1 (general path), or ids_out written and 1 when
+    # exp(sel[id] - m) also went to e_out.
+    cdef Py_ssize_t idx[MR_BLOCK + 1]
+    cdef Py_ssize_t j
+    cdef int r
+    if floating is float:
+        r = mr_topk_groups_f32(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
+    else:
+        r = mr_topk_groups_f64(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
+    if r >= 0:
+        for j in range(k):
+            ids_out[j] = <id_t>idx[j]
+    return r
 
 
 cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k,
@@ -293,8 +318,9 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     """Route one row of logits: scores, (group-limited) top-k, weights.
 
     `scratch` holds 2 * n + n_group values and `kept` n_group indices (used
-    by the grouped and the biased routers only): the selection scores, the
-    kept groups' scores compacted, the group scores.
+    by the grouped and the biased routers only): the kept groups' scores
+    compacted (when the general path needs them), the selection scores, the
+    group scores.
     """
     cdef floating lanes[MR_BLOCK]
     cdef floating e_sel[MR_BLOCK]
@@ -309,6 +335,9 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef bint posinf = False
     cdef bint group_lanes = False
     cdef bint e_ok
+    cdef int r = -1
+    cdef Py_ssize_t n_kept
+    cdef floating* e_want
 
     if cfg.sigmoid and (cfg.bias != NULL or cfg.n_group > 1):
         # The selection score c = sigmoid(z) (+ bias) in scratch[n:2n]; the
@@ -333,32 +362,41 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
                 s = _row_sum_exp(z, n, m)
     # (Sigmoid without bias or groups: the order of the scores is that of z.)
 
+    e_want = e_sel if not cfg.sigmoid and not posinf and k <= MR_BLOCK else NULL
     if cfg.n_group > 1:
-        # A softmax group's best probability is its best logit's; the kept
-        # groups' selection scores are compacted into scratch[0:n].  When
-        # the kept groups' two best values are at least k, they stand in
-        # for the lane maxima: no pass over the kept scores.
+        # A softmax group's best probability is its best logit's.  When the
+        # kept groups' two best values are at least k, they stand in for the
+        # lane maxima, and the top-k is taken straight from the kept groups:
+        # no pass over the kept scores, no copy of them.
         group_lanes = (cfg.n_group <= MR_BLOCK and 2 * cfg.topk_group + 2 <= MR_BLOCK
                        and k <= 2 * cfg.topk_group)
-        sel_n = _limit_groups(sel, n, cfg, scratch, scratch + 2 * n, kept, cfg.sigmoid,
-                              lanes if group_lanes else NULL)
-        sel = scratch
-    if sel != z and not group_lanes:
-        _row_max(sel, sel_n, lanes, &has_nan)
-    # Selecting on the logits when the order is theirs: exp and sigmoid are
-    # monotonic, and the logits keep apart values whose float32
-    # probabilities round (or underflow) to the same number.
-    # Softmax weights come with the selection when it can give them.
-    e_ok = _topk(sel, sel_n, k, lanes, ids_out, m,
-                 e_sel if not cfg.sigmoid and not posinf and k <= MR_BLOCK else NULL)
-    if cfg.n_group > 1:  # positions in the kept groups -> expert ids
         size = n // cfg.n_group
-        inv_size = 1.0 / size
-        for j in range(k):
-            # (p + 0.5) / size, truncated, is p // size without a 64-bit
-            # integer division (measured: 8 of them cost ~100 ns a row).
-            g = <Py_ssize_t>((ids_out[j] + 0.5) * inv_size)
-            ids_out[j] = <id_t>(kept[g] * size + (ids_out[j] - g * size))
+        n_kept = _limit_groups(sel, n, cfg, scratch + 2 * n, kept, cfg.sigmoid,
+                               lanes if group_lanes else NULL)
+        if group_lanes:
+            r = _topk_groups(sel, n, size, kept, n_kept, k, lanes, ids_out, m, e_want)
+        if r < 0:  # the general path, on the kept groups' scores compacted
+            for g in range(n_kept):
+                memcpy(scratch + g * size, sel + kept[g] * size, size * sizeof(floating))
+            sel = scratch
+            sel_n = n_kept * size
+    if r < 0:
+        if sel != z and not group_lanes:
+            _row_max(sel, sel_n, lanes, &has_nan)
+        # Selecting on the logits when the order is theirs: exp and sigmoid
+        # are monotonic, and the logits keep apart values whose float32
+        # probabilities round (or underflow) to the same number.  Softmax
+        # weights come with the selection when it can give them.
+        e_ok = _topk(sel, sel_n, k, lanes, ids_out, m, e_want)
+        if cfg.n_group > 1:  # positions in the kept groups -> expert ids
+            inv_size = 1.0 / size
+            for j in range(k):
+                # (p + 0.5) / size, truncated, is p // size without a 64-bit
+                # integer division (measured: 8 of them cost ~100 ns a row).
+                g = <Py_ssize_t>((ids_out[j] + 0.5) * inv_size)
+                ids_out[j] = <id_t>(kept[g] * size + (ids_out[j] - g * size))
+    else:
+        e_ok = r == 1
 
     # Weights, MR_BLOCK picked experts at a time (one block for k <= 16).
     if e_ok:
