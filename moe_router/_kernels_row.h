@@ -412,32 +412,35 @@ static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, int k,
 }
 
 #ifdef MR_NET8
-/* mr_cand_select for k <= 8 and at most 16 candidates, by sorting network.
- * Returns 1 when it wrote idx[0..8) (and e_out[0..8), when given; the
- * first k are the answer), 0 when equal
- * values among the k + 1 best leave the order to the general code.  The
- * candidates are loaded as scalars: a vector load of what the compress
- * wrote with overlapping vector stores waits for those stores to reach
- * the cache (store forwarding fails; measured: about 60 cycles a row). */
+/* mr_cand_select for k <= 8 and at most 16 candidates, by sorting network
+ * on keys (vi_net_top8).  Returns 1 when it wrote idx[0..8) (and e_out[0..8),
+ * when given; the first k are the answer), 0 when values among the k + 1
+ * best are equal or too close for the keys, which leaves the order to the
+ * exact code.  The candidates are loaded as scalars: a vector load of what
+ * the compress wrote with overlapping vector stores waits for those stores
+ * to reach the cache (store forwarding fails; measured: about 60 cycles a
+ * row). */
 static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
                                        MR_T m, MR_T *e_out)
 {
     const float *cv = cd->v;
-    const int32_t *ci = cd->i;
-    __m256 s, si;
-    float next;
-    vf_net_top8_x(_mm256_setr_ps(cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7]),
-                  _mm256_cvtepi32_ps(_mm256_setr_epi32(ci[0], ci[1], ci[2], ci[3], ci[4], ci[5], ci[6], ci[7])),
-                  _mm256_setr_ps(cv[8], cv[9], cv[10], cv[11], cv[12], cv[13], cv[14], cv[15]),
-                  _mm256_cvtepi32_ps(_mm256_setr_epi32(ci[8], ci[9], ci[10], ci[11], ci[12], ci[13], ci[14], ci[15])),
-                  &s, &si, &next);
-    if (vf_net_ties(s, next, k))
+    const __m256 v0 = _mm256_setr_ps(cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7]);
+    const __m256 v1 = _mm256_setr_ps(cv[8], cv[9], cv[10], cv[11], cv[12], cv[13], cv[14], cv[15]);
+    __m256i top, next;
+    vi_net_top8(v0, v1, &top, &next);
+    if (vi_net_close(top, next, k))
         return 0;
-    const __m256i ii = _mm256_cvttps_epi32(si);
-    _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ii)));
-    _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ii, 1)));
-    if (e_out)
-        _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(s, _mm256_set1_ps(m))));
+    const __m256i slot = _mm256_sub_epi32(_mm256_set1_epi32(15), _mm256_and_si256(top, _mm256_set1_epi32(15)));
+    const __m256i ids = _mm256_i32gather_epi32((const int *)cd->i, slot, 4);
+    _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
+    _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
+    if (e_out) {
+        /* the values by slot: from v0, or from v1 where slot bit 3 is set */
+        const __m256 in_v1 = _mm256_castsi256_ps(_mm256_slli_epi32(slot, 28));
+        const __m256 val = _mm256_blendv_ps(_mm256_permutevar8x32_ps(v0, slot),
+                                            _mm256_permutevar8x32_ps(v1, slot), in_v1);
+        _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(val, _mm256_set1_ps(m))));
+    }
     return 1;
 }
 #endif

@@ -198,3 +198,28 @@ def test_rows_routed_in_pairs_match_rows_routed_alone(kernel_path, rng, dtype, n
         alone = mr.route(z[r:r + 1], top_k, True, weights_dtype=np.float64)
         np.testing.assert_array_equal(batch.expert_ids[r], alone.expert_ids[0])
         np.testing.assert_array_equal(batch.expert_weights[r], alone.expert_weights[0])
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 5, 8])
+def test_values_a_few_ulps_apart_and_signed_zeros_keep_their_order(kernel_path, rng, top_k):
+    # The AVX2 network ranks candidates by integer keys that drop the low 4
+    # bits of the float (they carry the candidate's slot): values closer
+    # than that must go to the exact code, and -0.0 must tie with +0.0
+    # (the smaller index first), as in the reference.
+    rows = []
+    for gap in (1, 2, 7, 15, 16, 17):               # units in the last place
+        z = rng.standard_normal(64).astype(np.float32) - 5
+        z[40] = 3.0
+        z[9] = np.float32(3.0)
+        for _ in range(gap):                         # the larger value at the larger index
+            z[40] = np.nextafter(z[40], np.float32(np.inf))
+        rows.append(z)
+    z = rng.standard_normal(64).astype(np.float32) - 5
+    z[[3, 7, 30]] = [-0.0, 0.0, -0.0]                # equal: 3, 7, 30 in that order
+    rows.append(z)
+    logits = np.array(rows, np.float32)
+    got = mr.route(logits, top_k, True)
+    ref_ids, ref_w = reference.softmax_topk(logits, top_k, True)
+    np.testing.assert_array_equal(got.expert_ids, ref_ids)
+    np.testing.assert_allclose(got.expert_weights, ref_w, rtol=0, atol=2e-6)
+    assert list(got.expert_ids[-1, :min(top_k, 3)]) == [3, 7, 30][:top_k]
