@@ -419,13 +419,16 @@ static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, int k,
  * exact code.  The candidates are loaded as scalars: a vector load of what
  * the compress wrote with overlapping vector stores waits for those stores
  * to reach the cache (store forwarding fails; measured: about 60 cycles a
- * row). */
+ * row).  `late`: enough work ran since the compress for its stores to have
+ * reached the cache (mr_topk_pair), so two vector loads do. */
 static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
-                                       MR_T m, MR_T *e_out)
+                                       MR_T m, MR_T *e_out, int late)
 {
     const float *cv = cd->v;
-    const __m256 v0 = _mm256_setr_ps(cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7]);
-    const __m256 v1 = _mm256_setr_ps(cv[8], cv[9], cv[10], cv[11], cv[12], cv[13], cv[14], cv[15]);
+    const __m256 v0 = late ? _mm256_loadu_ps(cv)
+                           : _mm256_setr_ps(cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7]);
+    const __m256 v1 = late ? _mm256_loadu_ps(cv + 8)
+                           : _mm256_setr_ps(cv[8], cv[9], cv[10], cv[11], cv[12], cv[13], cv[14], cv[15]);
     __m256i top, next;
     vi_net_top8(v0, v1, &top, &next);
     if (vi_net_close(top, next, k))
@@ -445,12 +448,12 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
 }
 #endif
 
-/* Part 2.  idx must hold MR_BLOCK + 1 entries and e_out MR_BLOCK (they may
- * be written past k).  Returns 1 when it also wrote exp(z[idx[j]] - m) into
+/* Part 2 (late: see mr_cand_net8).  idx must hold MR_BLOCK + 1 entries and
+ * e_out MR_BLOCK (they may be written past k).  Returns 1 when it also wrote exp(z[idx[j]] - m) into
  * e_out (the common case: no ties among the candidates), 0 when it did not
  * (or e_out is NULL). */
 static MR_HOT int MR_SFX(mr_cand_select)(MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
-                                         MR_T m, MR_T *e_out)
+                                         MR_T m, MR_T *e_out, int late)
 {
     MR_T *cv = cd->v;
     const int32_t *ci = cd->i;
@@ -459,7 +462,7 @@ static MR_HOT int MR_SFX(mr_cand_select)(MR_SFX(mr_cand) *cd, int k, Py_ssize_t 
 
     if (c <= MR_BLOCK) {
 #ifdef MR_NET8
-        if (k <= 8 && MR_SFX(mr_cand_net8)(cd, k, idx, m, e_out))
+        if (k <= 8 && MR_SFX(mr_cand_net8)(cd, k, idx, m, e_out, late))
             return e_out != NULL;
 #endif
         /* One block of candidates: every rank at once, with vector
@@ -550,7 +553,7 @@ static inline int MR_SFX(mr_topk_groups)(const MR_T *z, Py_ssize_t n, Py_ssize_t
     MR_SFX(mr_cand) cd;
     if (MR_SFX(mr_cand_gather_groups)(z, n, size, kept, n_kept, k, lanes, &cd))
         return -1;
-    return MR_SFX(mr_cand_select)(&cd, k, idx, m, e_out);
+    return MR_SFX(mr_cand_select)(&cd, k, idx, m, e_out, 0);
 }
 
 /* Both parts for one row: -1 (not applicable), 0 or 1 as mr_cand_select. */
@@ -561,7 +564,7 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
     MR_SFX(mr_cand) cd;
     if (MR_SFX(mr_cand_gather)(z, n, k, lanes, &cd))
         return -1;
-    return MR_SFX(mr_cand_select)(&cd, k, idx, m, e_out);
+    return MR_SFX(mr_cand_select)(&cd, k, idx, m, e_out, 0);
 }
 
 /*
@@ -587,7 +590,7 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
                 && MR_SFX(mr_cand_gather)(z + h * n, n, k, lanes[h], &cd[h]) == 0 ? 0 : -1)
     MR_PAIR(h, if (status[h] == 0)
                    status[h] = MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
-                                                      e_out + h * MR_BLOCK))
+                                                      e_out + h * MR_BLOCK, 1))
 #undef MR_PAIR
 }
 
