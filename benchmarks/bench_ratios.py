@@ -58,21 +58,31 @@ def main():
     print(f"moe_router {mr.__version__}, kernel path {_dispatch.path}; "
           f"{args.rounds} interleaved rounds; ratios of minima")
 
-    for e, k, batch in ((128, 8, 256), (128, 8, 1), (8, 2, 256), (256, 8, 256)):
-        z = rng.standard_normal((batch, e)).astype(np.float32)
-        router = mr.Router(e, k, True, num_threads=1)
+    # (experts, top-K, renormalised, logits dtype, batch): the table.
+    shapes = [(128, 8, True, np.float32, 256), (128, 8, True, np.float32, 1),
+              (128, 8, True, np.float32, 32), (128, 8, True, np.float32, 4096),
+              (128, 8, False, np.float32, 256), (128, 8, True, np.float64, 256),
+              (256, 8, True, np.float32, 256), (64, 4, True, np.float32, 256),
+              (8, 2, True, np.float32, 256)]
+    for e, k, norm, dtype, batch in shapes:
+        z = rng.standard_normal((batch, e)).astype(dtype)
+        router = mr.Router(e, k, norm, num_threads=1)
         out = mr.RouterOutput.empty()
         ids = np.empty(batch * k, np.int32)
         w = np.empty(batch * k, np.float32)
         c = {"Router": lambda: router(z),
-             "route_into": lambda: mr.route_into(z, k, out, True, num_threads=1),
-             "seed (scalar, same sources)": lambda: _core_baseline.route_rows_seed(z, k, True, ids, w),
-             "numpy": lambda: numpy_route(z, k, True)}
+             "route_into": lambda: mr.route_into(z, k, out, norm, num_threads=1),
+             # the portable module's kernel, called directly (no Python layer)
+             "SSE2 path (kernel call)": lambda: _core_baseline.route_rows(z, k, norm, ids, w, 1)}
+        if dtype == np.float32:
+            c["seed (scalar, same sources)"] = lambda: _core_baseline.route_rows_seed(z, k, norm, ids, w)
+        c["numpy"] = lambda: numpy_route(z, k, norm)
         if torch is not None:
             t = torch.from_numpy(z)
-            c["torch"] = lambda: torch_route(torch, t, k, True)
-        _report(f"softmax {e}/{k}, renormalised, batch {batch}", batch,
-                interleaved(c, args.rounds), "Router")
+            c["torch"] = lambda: torch_route(torch, t, k, norm)
+        title = (f"softmax {e}/{k}, {'renormalised' if norm else 'not renormalised'}, "
+                 f"{np.dtype(dtype).name}, batch {batch}")
+        _report(title, batch, interleaved(c, args.rounds), "Router")
 
     e, k = DEEPSEEK_V3["num_experts"], DEEPSEEK_V3["top_k"]
     opts = {key: v for key, v in DEEPSEEK_V3.items()

@@ -508,7 +508,8 @@ cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
 # this, waking a second thread costs about what it saves.  Measured with
 # benchmarks/bench_threads.py (2-core EPYC, 128 experts, top-8, five runs):
 # 2 threads gave 0.64-0.96x at 16 rows, 0.76-1.23x at 32, 1.02-1.57x at 64,
-# 1.36-1.96x at 4096.
+# 1.36-1.96x at 4096.  With the faster kernel of rows in pairs (eight runs):
+# 0.75-1.66x at 64 rows (a gain in six), 1.28-2.03x at 4096.
 PARALLEL_MIN_ROWS = 64
 
 cdef Py_ssize_t _parallel_min_rows = PARALLEL_MIN_ROWS
