@@ -40,11 +40,12 @@ def test_no_allocation_growth_over_10000_calls(kernel_path, how, rng):
 
 
 def test_gil_released_during_the_kernel(kernel_path):
-    # A large batch on one thread takes ~0.1 s in the kernel; a Python
-    # thread must keep running meanwhile.
+    # A large batch on one thread takes 35-70 ms in the kernel (unnormalised:
+    # the full exp-sum; renormalised it was once under the 20 ms the check
+    # below asks for); a Python thread must keep running meanwhile.
     z = np.random.default_rng(0).standard_normal((200_000, 128)).astype(np.float32)
     out = mr.RouterOutput.empty()
-    mr.route_into(z[:10], 8, out)
+    mr.route_into(z[:10], 8, out, False)
     progress = [0]
     stop = threading.Event()
 
@@ -58,7 +59,7 @@ def test_gil_released_during_the_kernel(kernel_path):
         time.sleep(0.01)
         start_count = progress[0]
         t0 = time.perf_counter()
-        mr.route_into(z, 8, out, num_threads=1)
+        mr.route_into(z, 8, out, False, num_threads=1)
         elapsed = time.perf_counter() - t0
         during = progress[0] - start_count
     finally:
