@@ -253,13 +253,13 @@ static inline Py_ssize_t MR_SFX(mr_limit_groups)(const MR_T *sel, Py_ssize_t n, 
         Py_ssize_t rank = 0;
         for (Py_ssize_t h = 0; h < g; h++) rank += group_score[h] >= sg;
         for (Py_ssize_t h = g + 1; h < n_group; h++) rank += group_score[h] > sg;
-        /* The slot is capped: with finite scores the ranks are a
-         * permutation and n_kept never passes topk_group, but a NaN group
+        /* The slot is capped at topk_group: with finite scores the ranks
+         * are a permutation and n_kept never passes it, but a NaN group
          * score (a non-finite bias given to the kernel directly) ranks 0
-         * for every group and would write past kept[n_group) and
-         * lanes[MR_BLOCK). */
+         * for every group and would write past lanes[MR_BLOCK).  (kept
+         * needs no cap: slot <= n_kept <= g < n_group.) */
         const Py_ssize_t slot = n_kept < topk_group ? n_kept : topk_group;
-        kept[slot < n_group ? slot : n_group - 1] = g;
+        kept[slot] = g;
         if (lanes) {
             lanes[2 * slot] = best2[2 * g];
             lanes[2 * slot + 1] = best2[2 * g + 1];
@@ -325,12 +325,6 @@ static inline void MR_SFX(mr_rank_gt)(const MR_T *v, const MR_V *vv, MR_V *rank)
 #ifndef MR_MAX_CAND
 #define MR_MAX_CAND 64
 #endif
-#undef MR_CAND_MAX_N
-#ifdef MR_NET8
-#define MR_CAND_MAX_N (1 << 24)  /* the sorting networks carry ids as floats */
-#else
-#define MR_CAND_MAX_N INT32_MAX
-#endif
 /* A block adds at most MR_BLOCK candidates (and may write that many past
  * the count), so the buffers hold MR_MAX_CAND + 2 blocks. */
 typedef struct {
@@ -375,7 +369,7 @@ static MR_HOT int MR_SFX(mr_cand_gather_groups)(const MR_T *z, Py_ssize_t n, Py_
     MR_T *cv = cd->v;
     int32_t *ci = cd->i;
     int c = 0;
-    if (k > MR_BLOCK || n > MR_CAND_MAX_N)
+    if (k > MR_BLOCK || n > INT32_MAX)  /* ids are int32 */
         return -1;
     const MR_T t = MR_SFX(mr_kth_lane)(lanes, k);
     if (t == -INFINITY)
@@ -452,10 +446,10 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
  * e_out MR_BLOCK (they may be written past k).  Returns 1 when it also wrote exp(z[idx[j]] - m) into
  * e_out (the common case: no ties among the candidates), 0 when it did not
  * (or e_out is NULL). */
-static MR_HOT int MR_SFX(mr_cand_select)(MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
+static MR_HOT int MR_SFX(mr_cand_select)(const MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
                                          MR_T m, MR_T *e_out, int late)
 {
-    MR_T *cv = cd->v;
+    const MR_T *cv = cd->v;
     const int32_t *ci = cd->i;
     const int c = cd->c;
     const int nb = (c + MR_BLOCK - 1) / MR_BLOCK;  /* candidate blocks */
@@ -603,4 +597,3 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
 #undef MR_OP
 #undef MR_EXPV
 #undef MR_EXPSATV
-#undef MR_CAND_MAX_N

@@ -330,7 +330,8 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef const floating* sel = z        # what the top-k is taken of
     cdef Py_ssize_t sel_n = n
     cdef double sel_sum = 0, inv
-    cdef Py_ssize_t i, j, g, size
+    cdef Py_ssize_t i, j, g
+    cdef Py_ssize_t size = 0  # (used only with groups)
     cdef double inv_size
     cdef bint posinf = False
     cdef bint group_lanes = False
