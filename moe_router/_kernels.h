@@ -217,12 +217,23 @@ static MR_HOT int vf_compress_ge(const float *src, float t, int32_t base, float 
     return _mm_popcnt_u32((unsigned)m);
 }
 /*
- * Bitonic sorting networks on the 8 lanes of a vector (AVX2 float only:
- * MR_VF_NET8).  They rank up to 16 top-k candidates in about 10 dependent
- * steps, where counting every pair of candidates took 16 broadcasts and 48
- * compares.  A step pairs lane l with lane l ^ j; while the network builds
- * sorted runs of kk lanes (kk = 8: the whole vector, descending), lane l
- * keeps the smaller of its pair iff ((l & j) != 0) == ((l & kk) == 0).
+ * A bitonic sorting network on the 8 lanes of a vector (AVX2 float only:
+ * MR_VF_NET8), for the threshold (the k-th of the 16 lane maxima) and the
+ * order of up to 16 top-k candidates: about 10 dependent steps, where
+ * counting every pair of candidates took 16 broadcasts and 48 compares.  A
+ * step pairs lane l with lane l ^ j; while the network builds sorted runs of
+ * kk lanes (kk = 8: the whole vector, descending), lane l keeps the smaller
+ * of its pair iff ((l & j) != 0) == ((l & kk) == 0).
+ *
+ * It sorts int32: a float's order as a signed integer (negative floats with
+ * their magnitude bits flipped; -0.0 made +0.0 first, the two compare
+ * equal), an exact map that vf_from_order undoes.  The candidates' keys
+ * replace its low 4 bits with 15 - the candidate's slot: a key sorts
+ * without a payload (integer min and max: 4 operations a step, not 6 with
+ * the ids carried alongside; measured 5% of the row), and the slot comes
+ * back from its low bits.  Keys order as the values do except between
+ * values less than 16 units in the last place apart, which callers must
+ * leave to exact code (vi_net_close).
  */
 #define MR_VF_NET8 1
 #define MR_NET_MIN(l) -((((l) & j) != 0) == (((l) & kk) == 0))
@@ -232,49 +243,6 @@ static MR_HOT __m256 vf_net_keeps_min(int j, int kk)
                                                  MR_NET_MIN(4), MR_NET_MIN(5), MR_NET_MIN(6), MR_NET_MIN(7)));
 }
 #undef MR_NET_MIN
-/* One step on values. */
-static MR_HOT __m256 vf_net_step(__m256 v, int j, int kk)
-{
-    const __m256 p = vf_swap(v, j);
-    return _mm256_blendv_ps(_mm256_max_ps(v, p), _mm256_min_ps(v, p), vf_net_keeps_min(j, kk));
-}
-static MR_HOT __m256 vf_net_sort8(__m256 v)  /* descending */
-{
-    v = vf_net_step(v, 1, 2);
-    v = vf_net_step(v, 2, 4);
-    v = vf_net_step(v, 1, 4);
-    v = vf_net_step(v, 4, 8);
-    v = vf_net_step(v, 2, 8);
-    return vf_net_step(v, 1, 8);
-}
-static MR_HOT __m256 vf_net_reverse(__m256 v)
-{ return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0)); }
-static MR_HOT float vf_hmin(__m256 v)
-{
-    v = _mm256_min_ps(v, vf_swap(v, 4));
-    v = _mm256_min_ps(v, vf_swap(v, 2));
-    return _mm256_cvtss_f32(_mm256_min_ps(v, vf_swap(v, 1)));
-}
-/* The k-th largest (1 <= k <= 8) of x[0..16). */
-static MR_HOT float vf_net_kth16(const float *x, int k)
-{
-    const __m256 a = vf_net_sort8(_mm256_loadu_ps(x)), b = vf_net_sort8(_mm256_loadu_ps(x + 8));
-    __m256 top = _mm256_max_ps(a, vf_net_reverse(b));  /* the 8 largest, bitonic */
-    if (k == 8)
-        return vf_hmin(top);
-    top = vf_net_step(vf_net_step(vf_net_step(top, 4, 8), 2, 8), 1, 8);
-    return _mm256_cvtss_f32(_mm256_permutevar8x32_ps(top, _mm256_set1_epi32(k - 1)));
-}
-/*
- * The candidates are ranked as int32 keys: the float's order as a signed
- * integer (negative floats with their magnitude bits flipped), with the low 4
- * bits replaced by 15 - the candidate's slot.  A key sorts without a payload
- * (integer min and max: 4 operations a step, not 6 with the ids carried
- * alongside; measured 5% of the row), and the slot comes back from its low
- * bits.  Keys order as the values do except between values less than 16
- * units in the last place apart, which callers must leave to exact code
- * (vi_net_close).  -0.0 is made +0.0 first: the two compare equal.
- */
 static MR_HOT __m256i vi_swap(__m256i v, int j) { return _mm256_castps_si256(vf_swap(_mm256_castsi256_ps(v), j)); }
 static MR_HOT __m256i vi_net_step(__m256i v, int j, int kk)
 {
@@ -292,26 +260,55 @@ static MR_HOT __m256i vi_net_sort8(__m256i v)  /* descending */
     v = vi_net_step(v, 2, 8);
     return vi_net_step(v, 1, 8);
 }
-/* Keys of the 8 values v in slots (15 - low), low = 15 - slot per lane. */
-static MR_HOT __m256i vi_net_key(__m256 v, __m256i low)
+static MR_HOT __m256i vi_net_reverse(__m256i v)
+{ return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0)); }
+/* a and b sorted descending: the 8 largest of both, sorted, into *top; with
+ * next, the 9th largest into *next (all lanes). */
+static MR_HOT void vi_net_merge8(__m256i a, __m256i b, __m256i *top, __m256i *next)
+{
+    const __m256i rb = vi_net_reverse(b);
+    if (next) {
+        __m256i lo = _mm256_min_epi32(a, rb);  /* the 8 smallest: their max is the 9th */
+        lo = _mm256_max_epi32(lo, vi_swap(lo, 4));
+        lo = _mm256_max_epi32(lo, vi_swap(lo, 2));
+        *next = _mm256_max_epi32(lo, vi_swap(lo, 1));
+    }
+    const __m256i t = _mm256_max_epi32(a, rb);  /* the 8 largest, bitonic */
+    *top = vi_net_step(vi_net_step(vi_net_step(t, 4, 8), 2, 8), 1, 8);
+}
+static MR_HOT __m256i vi_order(__m256 v)
 {
     const __m256i b = _mm256_castps_si256(_mm256_add_ps(v, _mm256_setzero_ps()));
-    const __m256i ord = _mm256_xor_si256(b, _mm256_and_si256(_mm256_srai_epi32(b, 31), _mm256_set1_epi32(0x7fffffff)));
-    return _mm256_or_si256(_mm256_andnot_si256(_mm256_set1_epi32(15), ord), low);
+    return _mm256_xor_si256(b, _mm256_and_si256(_mm256_srai_epi32(b, 31), _mm256_set1_epi32(0x7fffffff)));
 }
+static MR_HOT __m256 vf_from_order(__m256i o)
+{ return _mm256_castsi256_ps(_mm256_xor_si256(o, _mm256_and_si256(_mm256_srai_epi32(o, 31), _mm256_set1_epi32(0x7fffffff)))); }
+/* The k-th largest (1 <= k <= 8) of x[0..16). */
+static MR_HOT float vf_net_kth16(const float *x, int k)
+{
+    const __m256i a = vi_net_sort8(vi_order(_mm256_loadu_ps(x)));
+    const __m256i b = vi_net_sort8(vi_order(_mm256_loadu_ps(x + 8)));
+    __m256i top;
+    if (k == 8) {  /* the smallest of the 8 largest: no need to sort them */
+        top = _mm256_max_epi32(a, vi_net_reverse(b));
+        top = _mm256_min_epi32(top, vi_swap(top, 4));
+        top = _mm256_min_epi32(top, vi_swap(top, 2));
+        top = _mm256_min_epi32(top, vi_swap(top, 1));
+    } else {
+        vi_net_merge8(a, b, &top, NULL);
+        top = _mm256_permutevar8x32_epi32(top, _mm256_set1_epi32(k - 1));
+    }
+    return _mm256_cvtss_f32(vf_from_order(top));
+}
+/* Keys of the 8 values v, low = 15 - slot per lane. */
+static MR_HOT __m256i vi_net_key(__m256 v, __m256i low)
+{ return _mm256_or_si256(_mm256_andnot_si256(_mm256_set1_epi32(15), vi_order(v)), low); }
 /* The 8 largest keys of the 16 values (v0: slots 0-7, v1: slots 8-15),
  * sorted descending, into *top; the 9th largest key into *next (all lanes). */
 static MR_HOT void vi_net_top8(__m256 v0, __m256 v1, __m256i *top, __m256i *next)
 {
-    const __m256i a = vi_net_sort8(vi_net_key(v0, _mm256_setr_epi32(15, 14, 13, 12, 11, 10, 9, 8)));
-    const __m256i b = vi_net_sort8(vi_net_key(v1, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0)));
-    const __m256i rb = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0));
-    __m256i lo = _mm256_min_epi32(a, rb);  /* the 8 smallest: their max is the 9th */
-    lo = _mm256_max_epi32(lo, vi_swap(lo, 4));
-    lo = _mm256_max_epi32(lo, vi_swap(lo, 2));
-    *next = _mm256_max_epi32(lo, vi_swap(lo, 1));
-    const __m256i t = _mm256_max_epi32(a, rb);  /* the 8 largest, bitonic */
-    *top = vi_net_step(vi_net_step(vi_net_step(t, 4, 8), 2, 8), 1, 8);
+    vi_net_merge8(vi_net_sort8(vi_net_key(v0, _mm256_setr_epi32(15, 14, 13, 12, 11, 10, 9, 8))),
+                  vi_net_sort8(vi_net_key(v1, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0))), top, next);
 }
 /* Bit l set, for l < k, where key l and key l + 1 (lane 8 is `next`) may
  * stand for values in the other order or equal: same bits above the low 4. */

@@ -34,7 +34,6 @@ static MR_HOT MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes
     MR_V acc[MR_NV];
     MR_N nan_acc = MR_OP(nan_init)();
     Py_ssize_t i = 0;
-    MR_T m = -INFINITY;
     int nan_tail = 0;
     for (int j = 0; j < MR_NV; j++) acc[j] = MR_OP(set)(-INFINITY);
     for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
@@ -61,9 +60,8 @@ static MR_HOT MR_T MR_SFX(mr_max_lanes)(const MR_T *z, Py_ssize_t n, MR_T *lanes
     for (int s = MR_W / 2; s >= 1; s /= 2) mv = MR_OP(max)(mv, MR_OP(swap)(mv, s));
     MR_T ml[MR_W];
     MR_OP(store)(ml, mv);
-    m = ml[0];
     *has_nan = MR_OP(nan_any)(nan_acc) | nan_tail;
-    return m;
+    return ml[0];
 }
 
 /* sigmoid(x) = 1 / (1 + exp(-x)) on a vector (exactly 0 below about -88.4
@@ -362,7 +360,7 @@ static MR_HOT MR_T MR_SFX(mr_kth_lane)(const MR_T *lanes, int k)
  * Returns 0, or -1 when the method does not apply (t is -inf, or more than
  * MR_MAX_CAND candidates: many ties); the caller then takes the general
  * path. */
-static MR_HOT int MR_SFX(mr_cand_gather_groups)(const MR_T *z, Py_ssize_t n, Py_ssize_t size,
+static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, Py_ssize_t size,
                                                 const Py_ssize_t *kept, Py_ssize_t n_kept, int k,
                                                 const MR_T *lanes, MR_SFX(mr_cand) *cd)
 {
@@ -397,12 +395,6 @@ static MR_HOT int MR_SFX(mr_cand_gather_groups)(const MR_T *z, Py_ssize_t n, Py_
     memset(ci + c, 0, MR_BLOCK * sizeof(int32_t));
     cd->c = c;
     return 0;
-}
-
-static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, int k,
-                                         const MR_T *lanes, MR_SFX(mr_cand) *cd)
-{
-    return MR_SFX(mr_cand_gather_groups)(z, n, n, NULL, 1, k, lanes, cd);
 }
 
 #ifdef MR_NET8
@@ -538,25 +530,15 @@ static MR_HOT int MR_SFX(mr_cand_select)(const MR_SFX(mr_cand) *cd, int k, Py_ss
     return 0;
 }
 
-/* Both parts over the kept groups of a row (see mr_cand_gather_groups):
- * -1 (not applicable), 0 or 1 as mr_cand_select; ids are expert ids. */
+/* Both parts, over the kept groups of a row or (kept NULL, one group of
+ * size n) the whole row: -1 (not applicable), 0 or 1 as mr_cand_select;
+ * ids are positions in z. */
 static inline int MR_SFX(mr_topk_groups)(const MR_T *z, Py_ssize_t n, Py_ssize_t size,
                                          const Py_ssize_t *kept, Py_ssize_t n_kept, int k,
                                          const MR_T *lanes, Py_ssize_t *idx, MR_T m, MR_T *e_out)
 {
     MR_SFX(mr_cand) cd;
-    if (MR_SFX(mr_cand_gather_groups)(z, n, size, kept, n_kept, k, lanes, &cd))
-        return -1;
-    return MR_SFX(mr_cand_select)(&cd, k, idx, m, e_out, 0);
-}
-
-/* Both parts for one row: -1 (not applicable), 0 or 1 as mr_cand_select. */
-static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
-                                        const MR_T *lanes, Py_ssize_t *idx,
-                                        MR_T m, MR_T *e_out)
-{
-    MR_SFX(mr_cand) cd;
-    if (MR_SFX(mr_cand_gather)(z, n, k, lanes, &cd))
+    if (MR_SFX(mr_cand_gather)(z, n, size, kept, n_kept, k, lanes, &cd))
         return -1;
     return MR_SFX(mr_cand_select)(&cd, k, idx, m, e_out, 0);
 }
@@ -567,7 +549,7 @@ static inline int MR_SFX(mr_topk_small)(const MR_T *z, Py_ssize_t n, int k,
  * dependent steps (max, threshold, compress, select, exp) that one row
  * alone leaves the core mostly waiting on.  Row h's ids go to
  * idx[h * (MR_BLOCK + 1) ...], exp(z[id] - max) to e_out[h * MR_BLOCK ...],
- * its max to m_out[h] and what mr_topk_small would return to status[h]
+ * its max to m_out[h] and what mr_topk_groups would return to status[h]
  * (-1 also for a row with a NaN or an infinite max: the general path's).
  */
 static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_ssize_t *idx,
@@ -581,7 +563,7 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
 #define MR_PAIR(h, STMT) { enum { h = 0 }; STMT; } { enum { h = 1 }; STMT; }
     MR_PAIR(h, m_out[h] = MR_SFX(mr_max_lanes)(z + h * n, n, lanes[h], &has_nan[h]))
     MR_PAIR(h, status[h] = !has_nan[h] && m_out[h] < INFINITY
-                && MR_SFX(mr_cand_gather)(z + h * n, n, k, lanes[h], &cd[h]) == 0 ? 0 : -1)
+                && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], &cd[h]) == 0 ? 0 : -1)
     MR_PAIR(h, if (status[h] == 0)
                    status[h] = MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
                                                       e_out + h * MR_BLOCK, 1))

@@ -44,10 +44,6 @@ cdef extern from "_kernels.h" nogil:
     double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
     unsigned mr_block_gt_f32(const float *z, float t)
     unsigned mr_block_gt_f64(const double *z, double t)
-    int mr_topk_small_f32(const float *z, Py_ssize_t n, int k, const float *lanes, Py_ssize_t *idx,
-                          float m, float *e_out)
-    int mr_topk_small_f64(const double *z, Py_ssize_t n, int k, const double *lanes, Py_ssize_t *idx,
-                          double m, double *e_out)
     void mr_topk_pair_f32(const float *z, Py_ssize_t n, int k, Py_ssize_t *idx, float *e_out,
                           float *m_out, int *status)
     void mr_topk_pair_f64(const double *z, Py_ssize_t n, int k, Py_ssize_t *idx, double *e_out,
@@ -146,13 +142,24 @@ cdef inline bint _any_gt(const floating* z, floating t) noexcept nogil:
         return mr_block_gt_f64(z, t) != 0
 
 
-cdef inline int _topk_small(const floating* z, Py_ssize_t n, Py_ssize_t k,
-                            const floating* lanes, Py_ssize_t* idx,
-                            floating m, floating* e_out) noexcept nogil:
+cdef inline int _topk_groups(const floating* sel, Py_ssize_t n, Py_ssize_t size,
+                             const Py_ssize_t* kept, Py_ssize_t n_kept, Py_ssize_t k,
+                             const floating* lanes, id_t* ids_out, floating m,
+                             floating* e_out) noexcept nogil:
+    # mr_topk_groups over the kept groups of sel (kept NULL, size n: all of
+    # it): -1 (general path), or ids_out written and 1 when exp(sel[id] - m)
+    # also went to e_out.
+    cdef Py_ssize_t idx[MR_BLOCK + 1]
+    cdef Py_ssize_t j
+    cdef int r
     if floating is float:
-        return mr_topk_small_f32(z, n, <int>k, lanes, idx, m, e_out)
+        r = mr_topk_groups_f32(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
     else:
-        return mr_topk_small_f64(z, n, <int>k, lanes, idx, m, e_out)
+        r = mr_topk_groups_f64(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
+    if r >= 0:
+        for j in range(k):
+            ids_out[j] = <id_t>idx[j]
+    return r
 
 
 cdef inline void _insert_sorted(floating* vals, Py_ssize_t* idx, Py_ssize_t pos,
@@ -226,15 +233,11 @@ cdef inline bint _topk(const floating* z, Py_ssize_t n, Py_ssize_t k,
     # probabilities round (or underflow) to the same value keep their true
     # order and -inf stays below every finite logit.  With e_out (or NULL),
     # returns whether exp(z[ids_out[j]] - m) was also written there.
-    cdef Py_ssize_t idx[MR_BLOCK + 1]
-    cdef Py_ssize_t j
     cdef int r
     # Short rows: the sorted list is cheaper than the vector machinery.
     if n >= 2 * MR_BLOCK:
-        r = _topk_small(z, n, k, lanes, idx, m, e_out)
+        r = _topk_groups(z, n, n, NULL, 1, k, lanes, ids_out, m, e_out)  # the whole row
         if r >= 0:
-            for j in range(k):
-                ids_out[j] = <id_t>idx[j]
             return r == 1
     if k <= MAX_STACK_K:
         _topk_list(z, n, k, ids_out)
@@ -267,25 +270,6 @@ cdef inline Py_ssize_t _limit_groups(const floating* sel, Py_ssize_t n, const Ro
                                    group_score, kept, lanes)
 
 
-cdef inline int _topk_groups(const floating* sel, Py_ssize_t n, Py_ssize_t size,
-                             const Py_ssize_t* kept, Py_ssize_t n_kept, Py_ssize_t k,
-                             const floating* lanes, id_t* ids_out, floating m,
-                             floating* e_out) noexcept nogil:
-    # mr_topk_groups: -1 (general path), or ids_out written and 1 when
-    # exp(sel[id] - m) also went to e_out.
-    cdef Py_ssize_t idx[MR_BLOCK + 1]
-    cdef Py_ssize_t j
-    cdef int r
-    if floating is float:
-        r = mr_topk_groups_f32(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
-    else:
-        r = mr_topk_groups_f64(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
-    if r >= 0:
-        for j in range(k):
-            ids_out[j] = <id_t>idx[j]
-    return r
-
-
 cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k,
                                 floating m, bint posinf, bint sigmoid,
                                 floating* out) noexcept nogil:
@@ -312,6 +296,21 @@ cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k
             mr_picked_exp_f64(z, idx, <int>k, m, out)
 
 
+cdef inline double _weight_scale(const RouteCfg* cfg, double sel_sum, double s) noexcept nogil:
+    # What the picked experts' scores are multiplied by: sel_sum is their
+    # sum, s the full softmax sum (unnormalised softmax only).  One rule for
+    # every path of a row (_route_row, _route_pair), so each gives the same
+    # bits.  The top-1 of an ungrouped softmax row has e == 1, so sel_sum >=
+    # 1; DeepSeek-style routers divide by (sum + 1e-20) as their picked
+    # scores may all be 0.
+    if cfg.norm:
+        return cfg.scale / (sel_sum + (1e-20 if cfg.sigmoid or cfg.n_group > 1 else 0.0))
+    elif cfg.sigmoid:
+        return cfg.scale
+    else:
+        return cfg.scale / s
+
+
 cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
                     floating* scratch, Py_ssize_t* kept, id_t* ids_out,
                     weight_t* w_out) noexcept nogil:
@@ -329,9 +328,9 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef floating s = 0
     cdef const floating* sel = z        # what the top-k is taken of
     cdef Py_ssize_t sel_n = n
-    cdef double sel_sum = 0, inv
     cdef Py_ssize_t i, j, g
     cdef Py_ssize_t size = 0  # (used only with groups)
+    cdef double sel_sum = 0, inv
     cdef double inv_size
     cdef bint posinf = False
     cdef bint group_lanes = False
@@ -399,24 +398,16 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     else:
         e_ok = r == 1
 
-    # Weights, MR_BLOCK picked experts at a time (one block for k <= 16).
+    # MR_BLOCK picked experts at a time (one block for k <= 16).
     if e_ok:
         sel_sum = _sum_k(e_sel, <int>k)
     else:
         j = 0
-        while j < k:  # (summed as on the path above: the same bits either way)
+        while j < k:
             _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
             sel_sum += _sum_k(e_sel, <int>min(MR_BLOCK, k - j))
             j += MR_BLOCK
-    if cfg.norm:
-        # The top-1 of an ungrouped softmax row has e == 1, so sel_sum >= 1;
-        # DeepSeek-style routers divide by (sum + 1e-20) as their picked
-        # scores may all be 0.
-        inv = cfg.scale / (sel_sum + (1e-20 if cfg.sigmoid or cfg.n_group > 1 else 0.0))
-    elif cfg.sigmoid:
-        inv = cfg.scale
-    else:
-        inv = cfg.scale / s
+    inv = _weight_scale(cfg, sel_sum, s)
     j = 0
     while j < k:
         if k > MR_BLOCK:  # the block in e_sel is the last one: recompute
@@ -428,7 +419,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
 
 
 cdef inline bint _pairs_apply(Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg) noexcept nogil:
-    # The plain softmax router on rows that mr_topk_small handles.
+    # The plain softmax router on rows that _topk takes the vector path for.
     return (not cfg.sigmoid and cfg.n_group == 1 and cfg.bias == NULL
             and k <= MR_BLOCK and n >= 2 * MR_BLOCK)
 
@@ -439,35 +430,33 @@ cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const
 
     Their top-k is taken together (mr_topk_pair: the two rows' dependent
     steps overlap); a row it cannot take is routed by _route_row.  The
-    weights are computed as _route_row computes them, to the bit.  Returns
-    the number of rows that could not be routed.
+    weights are summed and scaled as _route_row's (_sum_k, _weight_scale),
+    to the bit.  Returns the number of rows that could not be routed.
     """
     cdef Py_ssize_t idx[2 * (MR_BLOCK + 1)]
     cdef floating e[2 * MR_BLOCK]
     cdef floating m[2]
     cdef int status[2]
     cdef Py_ssize_t h, j, n_bad = 0
-    cdef double inv
-    cdef floating* e_h
     cdef id_t* ids_h
+    cdef floating* e_h
+    cdef double inv
     if floating is float:
         mr_topk_pair_f32(z, n, <int>k, idx, e, m, status)
     else:
         mr_topk_pair_f64(z, n, <int>k, idx, e, m, status)
     for h in range(2):
         ids_h = ids_out + h * k
-        e_h = e + h * MR_BLOCK
         if status[h] < 0:
             n_bad += _route_row(z + h * n, n, k, cfg, NULL, NULL, ids_h, w_out + h * k) != ROW_OK
             continue
         for j in range(k):
             ids_h[j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
+        e_h = e + h * MR_BLOCK
         if status[h] == 0:  # ids only (ties, or many candidates)
             _picked_scores(z + h * n, ids_h, k, m[h], False, False, e_h)
-        if cfg.norm:
-            inv = cfg.scale / _sum_k(e_h, <int>k)
-        else:
-            inv = cfg.scale / _row_sum_exp(z + h * n, n, m[h])
+        inv = _weight_scale(cfg, _sum_k(e_h, <int>k),
+                            0 if cfg.norm else _row_sum_exp(z + h * n, n, m[h]))
         for j in range(k):
             w_out[h * k + j] = <weight_t>(e_h[j] * inv)
     return n_bad
