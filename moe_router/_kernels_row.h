@@ -357,19 +357,20 @@ static MR_HOT MR_T MR_SFX(mr_kth_lane)(const MR_T *lanes, int k)
 
 /* Part 1, over the n_kept groups of `size` values that start at kept[g] *
  * size (kept NULL: one group, the row z[0..n)); ids are positions in z.
- * Returns 0, or -1 when the method does not apply (t is -inf, or more than
- * MR_MAX_CAND candidates: many ties); the caller then takes the general
- * path. */
+ * The threshold is lowered by `slack` (0 but for approximate scores:
+ * mr_sigmoid_topk).  Returns 0, or -1 when the method does not apply (t is
+ * -inf, or more than MR_MAX_CAND candidates: many ties); the caller then
+ * takes the general path. */
 static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, Py_ssize_t size,
                                                 const Py_ssize_t *kept, Py_ssize_t n_kept, int k,
-                                                const MR_T *lanes, MR_SFX(mr_cand) *cd)
+                                                const MR_T *lanes, MR_T slack, MR_SFX(mr_cand) *cd)
 {
     MR_T *cv = cd->v;
     int32_t *ci = cd->i;
     int c = 0;
     if (k > MR_BLOCK || n > INT32_MAX)  /* ids are int32 */
         return -1;
-    const MR_T t = MR_SFX(mr_kth_lane)(lanes, k);
+    const MR_T t = MR_SFX(mr_kth_lane)(lanes, k) - slack;
     if (t == -INFINITY)
         return -1;
     for (Py_ssize_t g = 0; g < n_kept; g++) {
@@ -538,9 +539,213 @@ static inline int MR_SFX(mr_topk_groups)(const MR_T *z, Py_ssize_t n, Py_ssize_t
                                          const MR_T *lanes, Py_ssize_t *idx, MR_T m, MR_T *e_out)
 {
     MR_SFX(mr_cand) cd;
-    if (MR_SFX(mr_cand_gather)(z, n, size, kept, n_kept, k, lanes, &cd))
+    if (MR_SFX(mr_cand_gather)(z, n, size, kept, n_kept, k, lanes, 0, &cd))
         return -1;
     return MR_SFX(mr_cand_select)(&cd, k, idx, m, e_out, 0);
+}
+
+/*
+ * The top-k of c = sigmoid(z) + bias (bias may be NULL) over the best
+ * topk_group of n_group groups (group score: the sum of its two best c),
+ * for k <= MR_BLOCK: the selection of the biased, grouped sigmoid routers
+ * (DeepSeek-V3).  Writes the expert ids, in order, to idx[0..k) (idx holds
+ * MR_BLOCK + 1) and returns 1; returns 0 when the row is left to the exact
+ * path (_route_row): a NaN, a group choice or a candidate set it cannot
+ * be sure of, or a build without the AVX2 networks.
+ *
+ * Select on cheap scores, decide on exact ones.  c~ (in c[0..n)) is within
+ * `slack` of the exact c that _route_row computes (mr_sigmoid_into): a
+ * degree-3 polynomial for 2^f in the exp and the reciprocal estimate in
+ * place of the divide (about 3x fewer cycles: the exact pass was about a
+ * third of the DeepSeek-V3 router).  Then, exactly as the exact path would
+ * decide:
+ * - the groups: kept from c~; certain when every kept group's score is more
+ *   than 5 * slack above every dropped one's (a group score, a sum of two
+ *   values, is within 2 * slack plus its rounding); else the exact path.
+ * - the experts: every expert whose exact c is among the k best, or ties
+ *   with the k-th, has c~ >= (k-th best c~) - 2 * slack, so those
+ *   candidates hold the answer.  Their exact c, recomputed from z and the
+ *   bias with the exact path's own operations (the same bits), is what
+ *   mr_cand_select ranks, so the ids and their order are the exact path's.
+ */
+#ifdef MR_NET8
+/* 1 / (1 + exp(-x)) within 5.2e-4 absolute (before any bias): 2^f on
+ * |f| <= 1/2 to 7.5e-5 relative (a near-minimax cubic), the reciprocal
+ * estimate to 1.5 * 2^-12 (architectural bound; 2^-11 is allowed for).
+ * NaN stays NaN. */
+static MR_HOT __m256 vf_sigmoid_approx(__m256 x)
+{
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    /* 1.5 * 2^23 + 127: t's low bits are n + 127, 2^n's exponent field */
+    const __m256 magic = _mm256_set1_ps(12583039.0f);
+    const __m256 xc = _mm256_min_ps(_mm256_set1_ps(87.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
+    const __m256 t = _mm256_fnmadd_ps(xc, log2e, magic);  /* magic + round(-x log2 e) */
+    const __m256 nn = _mm256_sub_ps(t, magic);
+    const __m256 f = _mm256_fnmsub_ps(xc, log2e, nn);      /* -x log2 e - n, |f| <= 1/2 */
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.05517167f), f, _mm256_set1_ps(0.24261114f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69326097f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.99992806f));
+    const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23));
+    return _mm256_rcp_ps(_mm256_fmadd_ps(p, pow2n, _mm256_set1_ps(1.0f)));
+}
+#endif
+
+#ifdef MR_NET8
+/* 8x8 transpose: r[i] lane g becomes r[g] lane i. */
+static MR_HOT void vf_transpose8(__m256 *r)
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+/*
+ * mr_limit_groups (top2_sum) for exactly 8 groups of a multiple of 8
+ * values, with every group at once in the lanes of a vector: each group's
+ * per-lane two best, transposed, merged lane-wise; the ranks by rotation.
+ * Also returns the lowest kept and the highest dropped group score.
+ * (mr_limit_groups' per-group horizontal merges and scalar ranking were
+ * about a quarter of the DeepSeek-V3 router: measured.)
+ */
+static MR_HOT Py_ssize_t vf_groups8_top2(const float *c, Py_ssize_t size, Py_ssize_t topk_group,
+                                         Py_ssize_t *kept, float *lanes, float *lo, float *hi)
+{
+    __m256 a[8], b[8];
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    for (int g = 0; g < 8; g++) {
+        __m256 t1 = ninf, t2 = ninf;
+        for (Py_ssize_t i = 0; i < size; i += 8) {
+            const __m256 v = _mm256_loadu_ps(c + g * size + i);
+            t2 = _mm256_max_ps(t2, _mm256_min_ps(v, t1));
+            t1 = _mm256_max_ps(t1, v);
+        }
+        a[g] = t1;
+        b[g] = t2;
+    }
+    vf_transpose8(a);
+    vf_transpose8(b);
+    /* a[i], b[i] lane g: the two best of group g's lane i; merge over i */
+    for (int s = 1; s < 8; s *= 2)
+        for (int i = 0; i + s < 8; i += 2 * s) {
+            const __m256 hi2 = _mm256_max_ps(_mm256_min_ps(a[i], a[i + s]), _mm256_max_ps(b[i], b[i + s]));
+            a[i] = _mm256_max_ps(a[i], a[i + s]);
+            b[i] = hi2;
+        }
+    const __m256 score = _mm256_add_ps(a[0], b[0]);
+    /* rank of group g: groups h < g scoring >= it, h > g scoring > it */
+    const __m256i rot1 = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i perm = rot1, rank = _mm256_setzero_si256();
+    for (int r = 1; r < 8; r++) {
+        const __m256 other = _mm256_permutevar8x32_ps(score, perm);
+        /* lanes g < 8 - r compare with h = g + r > g */
+        const __m256 after = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8 - r), lane));
+        const __m256 beats = _mm256_blendv_ps(_mm256_cmp_ps(other, score, _CMP_GE_OQ),
+                                              _mm256_cmp_ps(other, score, _CMP_GT_OQ), after);
+        rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+        perm = _mm256_permutevar8x32_epi32(perm, rot1);
+    }
+    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)topk_group), rank));
+    unsigned bits = (unsigned)_mm256_movemask_ps(keep);
+    Py_ssize_t n_kept = 0;
+    for (unsigned m = bits; m; m &= m - 1)
+        kept[n_kept++] = mr_ctz(m);
+    _mm256_storeu_ps(lanes, _mm256_blendv_ps(ninf, a[0], keep));
+    _mm256_storeu_ps(lanes + 8, _mm256_blendv_ps(ninf, b[0], keep));
+    float kl[8], dl[8];
+    _mm256_storeu_ps(kl, _mm256_blendv_ps(_mm256_set1_ps(INFINITY), score, keep));
+    _mm256_storeu_ps(dl, _mm256_blendv_ps(score, ninf, keep));
+    *lo = INFINITY;
+    *hi = -INFINITY;
+    for (int g = 0; g < 8; g++) {
+        *lo = kl[g] < *lo ? kl[g] : *lo;
+        *hi = dl[g] > *hi ? dl[g] : *hi;
+    }
+    return n_kept;
+}
+#endif
+
+static inline int MR_SFX(mr_sigmoid_topk)(const MR_T *z, Py_ssize_t n, const MR_T *bias,
+                                   Py_ssize_t n_group, Py_ssize_t topk_group, int k, MR_T slack,
+                                   MR_T *c, MR_T *group_score, Py_ssize_t *kept, Py_ssize_t *idx)
+{
+#ifdef MR_NET8
+    MR_T lanes[MR_BLOCK];
+    MR_SFX(mr_cand) cd;
+    Py_ssize_t size = n, n_kept = 1;
+    const Py_ssize_t *kp = NULL;
+    __m256 nan_acc = _mm256_setzero_ps();
+    if (n % 16 || k > MR_BLOCK || !(slack < 0.01f))  /* (an infinite bias: slack is inf) */
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i += 16) {
+        __m256 v0 = vf_sigmoid_approx(_mm256_loadu_ps(z + i));
+        __m256 v1 = vf_sigmoid_approx(_mm256_loadu_ps(z + i + 8));
+        if (bias) {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(bias + i));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(bias + i + 8));
+        }
+        nan_acc = _mm256_or_ps(nan_acc, _mm256_cmp_ps(v0, v1, _CMP_UNORD_Q));
+        _mm256_storeu_ps(c + i, v0);
+        _mm256_storeu_ps(c + i + 8, v1);
+    }
+    if (_mm256_movemask_ps(nan_acc))
+        return 0;
+    if (n_group > 1) {
+        MR_T lo = INFINITY, hi = -INFINITY;
+        Py_ssize_t q = 0;
+        if (!(n_group <= MR_BLOCK && 2 * topk_group + 2 <= MR_BLOCK && k <= 2 * topk_group))
+            return 0;
+        size = n / n_group;
+        if (n_group == 8 && size % 8 == 0) {
+            n_kept = vf_groups8_top2(c, size, topk_group, kept, lanes, &lo, &hi);
+        } else {
+            n_kept = MR_SFX(mr_limit_groups)(c, n, n_group, topk_group, 1, group_score, kept, lanes);
+            for (Py_ssize_t g = 0; g < n_group; g++) {
+                const int is_kept = q < n_kept && kept[q] == g;
+                q += is_kept;
+                lo = is_kept && group_score[g] < lo ? group_score[g] : lo;
+                hi = !is_kept && group_score[g] > hi ? group_score[g] : hi;
+            }
+        }
+        if (!(lo - hi > 5 * slack))
+            return 0;
+        kp = kept;
+    } else {
+        int has_nan;
+        MR_SFX(mr_max_lanes)(c, n, lanes, &has_nan);
+    }
+    if (MR_SFX(mr_cand_gather)(c, n, size, kp, n_kept, k, lanes, 2 * slack, &cd))
+        return 0;
+    /* The candidates' exact scores; the padding of the last block stays
+     * below every one of them. */
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int j = 0; j < cd.c; j += MR_W) {
+        const __m256i id = _mm256_loadu_si256((const __m256i *)(cd.i + j));
+        __m256 v = MR_SFX(mr_sigmoid_v)(_mm256_i32gather_ps(z, id, 4));
+        if (bias)
+            v = _mm256_add_ps(v, _mm256_i32gather_ps(bias, id, 4));
+        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(cd.c - j), iota));
+        _mm256_storeu_ps(cd.v + j, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, live));
+    }
+    MR_SFX(mr_cand_select)(&cd, k, idx, 0, NULL, 1);
+    return 1;
+#else
+    (void)z; (void)n; (void)bias; (void)n_group; (void)topk_group; (void)k; (void)slack;
+    (void)c; (void)group_score; (void)kept; (void)idx;
+    return 0;
+#endif
 }
 
 /*
@@ -563,7 +768,7 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
 #define MR_PAIR(h, STMT) { enum { h = 0 }; STMT; } { enum { h = 1 }; STMT; }
     MR_PAIR(h, m_out[h] = MR_SFX(mr_max_lanes)(z + h * n, n, lanes[h], &has_nan[h]))
     MR_PAIR(h, status[h] = !has_nan[h] && m_out[h] < INFINITY
-                && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], &cd[h]) == 0 ? 0 : -1)
+                && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], 0, &cd[h]) == 0 ? 0 : -1)
     MR_PAIR(h, if (status[h] == 0)
                    status[h] = MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
                                                       e_out + h * MR_BLOCK, 1))

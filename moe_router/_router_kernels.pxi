@@ -10,11 +10,12 @@
 # bad rows (NaN, all -inf) and the Python layer turns that into an exception.
 
 from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, NAN, expf
+from libc.math cimport INFINITY, NAN, expf, fabs
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 cimport numpy as cnp
+import numpy as np
 
 cnp.import_array()
 mr_init_tables()
@@ -35,6 +36,9 @@ cdef extern from "_kernels.h" nogil:
                            Py_ssize_t n_kept, int k, const double *lanes, Py_ssize_t *idx, double m,
                            double *e_out)
     int mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
+    int mr_sigmoid_topk_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
+                            Py_ssize_t topk_group, int k, float slack, float *c,
+                            float *group_score, Py_ssize_t *kept, Py_ssize_t *idx)
     int mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
     void mr_picked_exp_f32(const float *z, const Py_ssize_t *idx, int k, float m, float *out)
     void mr_picked_exp_f64(const double *z, const Py_ssize_t *idx, int k, double m, double *out)
@@ -254,6 +258,8 @@ cdef struct RouteCfg:
     Py_ssize_t topk_group  # groups kept
     double scale           # routed_scaling_factor
     const void* bias       # e_score_correction_bias, logits' dtype, or NULL
+    float slack            # float32 sigmoid routers: how far mr_sigmoid_topk's
+                           # approximate scores may be from the exact ones
 
 
 cdef inline Py_ssize_t _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg* cfg,
@@ -338,14 +344,25 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef int r = -1
     cdef Py_ssize_t n_kept
     cdef floating* e_want
+    cdef Py_ssize_t idx[MR_BLOCK + 1]
 
     if cfg.sigmoid and (cfg.bias != NULL or cfg.n_group > 1):
         # The selection score c = sigmoid(z) (+ bias) in scratch[n:2n]; the
         # weights, sigmoid of the picked logits, are recomputed from z.
-        # This pass also finds NaN rows: no pass over z is needed for it.
-        if _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n):
-            return ROW_NAN
-        sel = scratch + n
+        # First the selection on approximate scores checked exactly (AVX2,
+        # float32; r = 0 when it is done); the exact pass also finds NaN
+        # rows: no pass over z is needed for it.
+        if floating is float:
+            if k <= MR_BLOCK and mr_sigmoid_topk_f32(
+                    z, n, <const float*>cfg.bias, cfg.n_group, cfg.topk_group, <int>k,
+                    cfg.slack, scratch + n, scratch + 2 * n, kept, idx):
+                for j in range(k):
+                    ids_out[j] = <id_t>idx[j]
+                r = 0
+        if r < 0:
+            if _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n):
+                return ROW_NAN
+            sel = scratch + n
     else:
         m = _row_max(z, n, lanes, &has_nan)
         if has_nan:
@@ -363,7 +380,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     # (Sigmoid without bias or groups: the order of the scores is that of z.)
 
     e_want = e_sel if not cfg.sigmoid and not posinf and k <= MR_BLOCK else NULL
-    if cfg.n_group > 1:
+    if cfg.n_group > 1 and r < 0:
         # A softmax group's best probability is its best logit's.  When the
         # kept groups' two best values are at least k, they stand in for the
         # lane maxima, and the top-k is taken straight from the kept groups:
@@ -519,6 +536,50 @@ cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
     return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
 
 
+cdef float _sigmoid_slack(const float* bias, Py_ssize_t n) noexcept nogil:
+    # How far mr_sigmoid_topk's approximate scores may be from the exact
+    # ones: 5.2e-4 from the sigmoid; adding the bias rounds both at its
+    # magnitude, which 16 ulps of 1 + max|b| cover with room.  (An infinite
+    # bias gives an infinite slack, which mr_sigmoid_topk declines.)
+    cdef double bias_max = 0
+    cdef Py_ssize_t i
+    if bias != NULL:
+        for i in range(n):
+            bias_max = max(bias_max, fabs(bias[i]))
+    return <float>(5.2e-4 + 16 * 2.0 ** -23 * (1 + bias_max))
+
+
+def sigmoid_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, Py_ssize_t n_group,
+                      Py_ssize_t topk_group, const float[::1] bias=None):
+    """mr_sigmoid_topk on each row, for tests: (ids [rows, top_k], taken [rows]).
+
+    A row not taken (the kernel left it to the exact path, or this build has
+    no AVX2 networks) has its ids row set to -1.
+    """
+    cdef Py_ssize_t rows = z.shape[0], n = z.shape[1], r, j
+    cdef const float* bp = NULL
+    cdef Py_ssize_t idx[MR_BLOCK + 1]
+    if not 1 <= top_k <= min(n, MR_BLOCK) or n_group < 1 or n % n_group or not 1 <= topk_group <= n_group:
+        raise ValueError(f"top_k={top_k}, n_group={n_group}, topk_group={topk_group} "
+                         f"do not fit {n} experts")
+    if bias is not None:
+        if bias.shape[0] != n:
+            raise ValueError(f"bias has {bias.shape[0]} values, expected {n}")
+        bp = &bias[0]
+    ids = np.full((rows, top_k), -1, np.int64)
+    taken = np.zeros(rows, bool)
+    cdef float[::1] scratch = np.empty(2 * n + n_group, np.float32)
+    cdef Py_ssize_t[::1] kept = np.empty(n_group, np.intp)
+    cdef float slack = _sigmoid_slack(bp, n)
+    for r in range(rows):
+        if mr_sigmoid_topk_f32(&z[r, 0], n, bp, n_group, topk_group, <int>top_k, slack,
+                               &scratch[0], &scratch[n], &kept[0], idx):
+            taken[r] = True
+            for j in range(top_k):
+                ids[r, j] = idx[j]
+    return ids, taken
+
+
 def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                cnp.ndarray expert_ids, cnp.ndarray expert_weights,
                int num_threads=1, Py_ssize_t num_experts=0, bint sigmoid=False,
@@ -582,6 +643,7 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>bias) or not sigmoid):
             return -1
         cfg.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
+    cfg.slack = _sigmoid_slack(<const float*>cfg.bias, n) if sigmoid and lt == cnp.NPY_FLOAT32 else 0
     if (it == cnp.NPY_INT32 and n > 2147483648) or (it == cnp.NPY_UINT32 and n > 4294967296):
         return -1  # ids of this many experts do not fit the id dtype
     n_rows = cnp.PyArray_SIZE(arr) // n

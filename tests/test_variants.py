@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import moe_router as mr
+from moe_router import _dispatch
 from moe_router import reference as ref
 
 TIE_TOL = 1e-5
@@ -392,3 +393,71 @@ def test_from_hf_config_fields():
 def test_from_hf_config_errors(config, bias, msg):
     with pytest.raises(ValueError, match=msg):
         mr.Router.from_hf_config(config, e_score_correction_bias=bias)
+
+
+# --- the approximate selection of the float32 sigmoid routers (AVX2) ---------
+#
+# mr_sigmoid_topk selects on cheap scores within `slack` (about 5e-4) of the
+# exact ones and decides only where that cannot change the answer; rows it
+# cannot be sure of take the exact path.  These tests call it directly, so a
+# fast path that gives up on every row (or answers wrongly) cannot hide
+# behind the exact fallback.
+
+APPROX_SHAPES = [  # (experts, top_k, n_group, topk_group, bias)
+    (256, 8, 8, 4, True),    # DeepSeek-V3 (8 groups: the vector group step)
+    (160, 6, 8, 3, True),    # 8 groups of 20
+    (64, 4, 4, 2, False),    # grouped, no bias (the general group step)
+    (128, 8, 1, 1, True),    # biased sigmoid without groups
+]
+
+
+def _avx2_core():
+    if "avx2" not in _dispatch.available_paths():
+        pytest.skip("the AVX2 kernels do not run on this CPU")
+    return _dispatch.load("avx2")
+
+
+@pytest.mark.parametrize("shape", APPROX_SHAPES)
+def test_approximate_selection_takes_most_rows_exactly(shape, rng):
+    n, k, n_group, topk_group, with_bias = shape
+    core = _avx2_core()
+    z = rng.standard_normal((400, n)).astype(np.float32)
+    bias = rng.normal(-0.5, 1.0, n).astype(np.float32) if with_bias else None
+    ids, taken = core.sigmoid_topk_rows(z, k, n_group, topk_group, bias)
+    # Random rows are rarely within 5e-4 of a tie: nearly all are taken.
+    assert taken.mean() > 0.85, taken.mean()
+    opts = dict(scoring_func="sigmoid", n_group=n_group, topk_group=topk_group,
+                e_score_correction_bias=bias)
+    oracle, _ = ref.route_reference(z, k, True, **opts)
+    keys, groups = _keys_and_groups(z, opts)
+    for r in np.flatnonzero(taken):
+        if not np.array_equal(ids[r], oracle[r]):
+            assert _near_tie(keys[r], None if groups is None else groups[r], k, topk_group), \
+                f"row {r}: {ids[r]} != {oracle[r]}"
+
+
+def _biased_to(z, targets):
+    """A float32 bias that puts sigmoid(z) + bias at `targets` (to ~1e-7)."""
+    return (np.asarray(targets, np.float64) - ref.sigmoid(z.astype(np.float64))).astype(np.float32)
+
+
+def test_approximate_selection_orders_close_scores_exactly(kernel_path, rng):
+    # Selection scores 3e-5 apart: far above the float32 rounding (so the
+    # reference's order is the only right one), far below the approximate
+    # scores' error.  Several groups' scores are as close as that too.
+    n, k = 256, 8
+    for trial in range(20):
+        z = rng.standard_normal(n).astype(np.float32)
+        targets = rng.uniform(-1.5, -0.5, n)
+        close = rng.choice(n, 24, replace=False)
+        targets[close] = 0.4 - 3e-5 * rng.permutation(24)
+        if trial % 2:  # groups 0-5 with top-2 sums 5e-5 apart, around the kept boundary
+            for g in range(6):
+                targets[32 * g:32 * g + 2] = [0.3 + 5e-5 * g, 0.3]
+        bias = _biased_to(z, targets)
+        opts = dict(scoring_func="sigmoid", n_group=8, topk_group=4,
+                    e_score_correction_bias=bias, routed_scaling_factor=2.5)
+        out = mr.route(z[None], k, True, **opts)
+        oracle_ids, oracle_w = ref.route_reference(z[None], k, True, **opts)
+        np.testing.assert_array_equal(out.expert_ids, oracle_ids)
+        np.testing.assert_allclose(out.expert_weights, oracle_w, rtol=0, atol=5e-6)
