@@ -586,6 +586,14 @@ static MR_HOT mr_vd mr_exp_sat_v(mr_vd x)
 
 static MR_HOT mr_vd mr_exp_v(mr_vd x) { return vd_zero_if_lt(x, vd_set(-708.0), mr_exp_sat_v(x)); }
 
+/* Whether float32 sigmoid routers select on approximate scores, two rows at
+ * a time (mr_sigmoid_topk_pair: the AVX2 networks only). */
+#ifdef MR_VF_NET8
+#define MR_SIGMOID_PAIRS 1
+#else
+#define MR_SIGMOID_PAIRS 0
+#endif
+
 /* The row operations, once for float (f32) and once for double (f64). */
 #define MR_T float
 #define MR_SFX(name) name##_f32

@@ -677,18 +677,20 @@ static MR_HOT Py_ssize_t vf_groups8_top2(const float *c, Py_ssize_t size, Py_ssi
 }
 #endif
 
-static inline int MR_SFX(mr_sigmoid_topk)(const MR_T *z, Py_ssize_t n, const MR_T *bias,
-                                   Py_ssize_t n_group, Py_ssize_t topk_group, int k, MR_T slack,
-                                   MR_T *c, MR_T *group_score, Py_ssize_t *kept, Py_ssize_t *idx)
-{
 #ifdef MR_NET8
-    MR_T lanes[MR_BLOCK];
-    MR_SFX(mr_cand) cd;
-    Py_ssize_t size = n, n_kept = 1;
-    const Py_ssize_t *kp = NULL;
+/* Whether mr_sigmoid_topk can take rows of this shape at all. */
+static inline int mr_sig_applies(Py_ssize_t n, Py_ssize_t n_group, Py_ssize_t topk_group, int k,
+                                 float slack)
+{
+    return n % 16 == 0 && k <= MR_BLOCK && slack < 0.01f  /* (an infinite bias: slack is inf) */
+        && (n_group == 1 || (n_group <= MR_BLOCK && 2 * topk_group + 2 <= MR_BLOCK
+                             && k <= 2 * topk_group));
+}
+
+/* Step 1: c[0..n) = the approximate scores; 0 when there is a NaN. */
+static MR_HOT int mr_sig_scores(const float *z, Py_ssize_t n, const float *bias, float *c)
+{
     __m256 nan_acc = _mm256_setzero_ps();
-    if (n % 16 || k > MR_BLOCK || !(slack < 0.01f))  /* (an infinite bias: slack is inf) */
-        return 0;
     for (Py_ssize_t i = 0; i < n; i += 16) {
         __m256 v0 = vf_sigmoid_approx(_mm256_loadu_ps(z + i));
         __m256 v1 = vf_sigmoid_approx(_mm256_loadu_ps(z + i + 8));
@@ -700,51 +702,109 @@ static inline int MR_SFX(mr_sigmoid_topk)(const MR_T *z, Py_ssize_t n, const MR_
         _mm256_storeu_ps(c + i, v0);
         _mm256_storeu_ps(c + i + 8, v1);
     }
-    if (_mm256_movemask_ps(nan_acc))
-        return 0;
-    if (n_group > 1) {
-        MR_T lo = INFINITY, hi = -INFINITY;
-        Py_ssize_t q = 0;
-        if (!(n_group <= MR_BLOCK && 2 * topk_group + 2 <= MR_BLOCK && k <= 2 * topk_group))
-            return 0;
-        size = n / n_group;
-        if (n_group == 8 && size % 8 == 0) {
-            n_kept = vf_groups8_top2(c, size, topk_group, kept, lanes, &lo, &hi);
-        } else {
-            n_kept = MR_SFX(mr_limit_groups)(c, n, n_group, topk_group, 1, group_score, kept, lanes);
-            for (Py_ssize_t g = 0; g < n_group; g++) {
-                const int is_kept = q < n_kept && kept[q] == g;
-                q += is_kept;
-                lo = is_kept && group_score[g] < lo ? group_score[g] : lo;
-                hi = !is_kept && group_score[g] > hi ? group_score[g] : hi;
-            }
-        }
-        if (!(lo - hi > 5 * slack))
-            return 0;
-        kp = kept;
-    } else {
+    return !_mm256_movemask_ps(nan_acc);
+}
+
+/* Step 2: the kept groups (kept[], *n_kept; one group without groups) and
+ * the threshold lanes; 0 when the kept groups are not certain. */
+static MR_HOT int mr_sig_groups(const float *c, Py_ssize_t n, Py_ssize_t n_group, Py_ssize_t topk_group,
+                                float slack, Py_ssize_t *kept, float *lanes, Py_ssize_t *n_kept)
+{
+    const Py_ssize_t size = n / n_group;
+    float lo = INFINITY, hi = -INFINITY, group_score[MR_BLOCK];
+    if (n_group == 1) {
         int has_nan;
-        MR_SFX(mr_max_lanes)(c, n, lanes, &has_nan);
+        mr_max_lanes_f32(c, n, lanes, &has_nan);
+        kept[0] = 0;
+        *n_kept = 1;
+        return 1;
     }
-    if (MR_SFX(mr_cand_gather)(c, n, size, kp, n_kept, k, lanes, 2 * slack, &cd))
-        return 0;
-    /* The candidates' exact scores; the padding of the last block stays
-     * below every one of them. */
+    if (n_group == 8 && size % 8 == 0) {
+        *n_kept = vf_groups8_top2(c, size, topk_group, kept, lanes, &lo, &hi);
+    } else {
+        Py_ssize_t q = 0;
+        *n_kept = mr_limit_groups_f32(c, n, n_group, topk_group, 1, group_score, kept, lanes);
+        for (Py_ssize_t g = 0; g < n_group; g++) {
+            const int is_kept = q < *n_kept && kept[q] == g;
+            q += is_kept;
+            lo = is_kept && group_score[g] < lo ? group_score[g] : lo;
+            hi = !is_kept && group_score[g] > hi ? group_score[g] : hi;
+        }
+    }
+    return lo - hi > 5 * slack;
+}
+
+/* Step 4: the candidates' exact scores, with the exact path's operations;
+ * the padding of the last block stays below every one of them. */
+static MR_HOT void mr_sig_exact(const float *z, const float *bias, mr_cand_f32 *cd)
+{
     const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int j = 0; j < cd.c; j += MR_W) {
-        const __m256i id = _mm256_loadu_si256((const __m256i *)(cd.i + j));
-        __m256 v = MR_SFX(mr_sigmoid_v)(_mm256_i32gather_ps(z, id, 4));
+    for (int j = 0; j < cd->c; j += 8) {
+        const __m256i id = _mm256_loadu_si256((const __m256i *)(cd->i + j));
+        __m256 v = mr_sigmoid_v_f32(_mm256_i32gather_ps(z, id, 4));
         if (bias)
             v = _mm256_add_ps(v, _mm256_i32gather_ps(bias, id, 4));
-        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(cd.c - j), iota));
-        _mm256_storeu_ps(cd.v + j, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, live));
+        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(cd->c - j), iota));
+        _mm256_storeu_ps(cd->v + j, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, live));
     }
+}
+#endif
+
+/* Each step written out for row 0 and row 1 of a pair (a loop over the
+ * rows, which gcc kept, measured slower). */
+#define MR_PAIR(h, STMT) { enum { h = 0 }; STMT; } { enum { h = 1 }; STMT; }
+
+/* mr_sigmoid_topk for one row: 1 when idx[0..k) holds the ids. */
+static inline int MR_SFX(mr_sigmoid_topk)(const MR_T *z, Py_ssize_t n, const MR_T *bias,
+                                          Py_ssize_t n_group, Py_ssize_t topk_group, int k, MR_T slack,
+                                          MR_T *c, Py_ssize_t *kept, Py_ssize_t *idx)
+{
+#ifdef MR_NET8
+    MR_T lanes[MR_BLOCK];
+    MR_SFX(mr_cand) cd;
+    Py_ssize_t n_kept;
+    if (!(mr_sig_applies(n, n_group, topk_group, k, slack) && mr_sig_scores(z, n, bias, c)
+          && mr_sig_groups(c, n, n_group, topk_group, slack, kept, lanes, &n_kept)
+          && MR_SFX(mr_cand_gather)(c, n, n / n_group, kept, n_kept, k, lanes, 2 * slack, &cd) == 0))
+        return 0;
+    mr_sig_exact(z, bias, &cd);
     MR_SFX(mr_cand_select)(&cd, k, idx, 0, NULL, 1);
     return 1;
 #else
     (void)z; (void)n; (void)bias; (void)n_group; (void)topk_group; (void)k; (void)slack;
-    (void)c; (void)group_score; (void)kept; (void)idx;
+    (void)c; (void)kept; (void)idx;
     return 0;
+#endif
+}
+
+/* The same for the rows z[0..n) and z[n..2n), each step done for both rows
+ * before the next (see mr_topk_pair): c holds 2n scores, kept 2 * n_group
+ * groups, idx 2 * (MR_BLOCK + 1) ids; status[h] is 0 when row h's ids are
+ * at idx[h * (MR_BLOCK + 1)...], -1 when it is left to the exact path (as
+ * mr_topk_pair's status, ids only). */
+static inline void MR_SFX(mr_sigmoid_topk_pair)(const MR_T *z, Py_ssize_t n, const MR_T *bias,
+                                                Py_ssize_t n_group, Py_ssize_t topk_group, int k,
+                                                MR_T slack, MR_T *c, Py_ssize_t *kept,
+                                                Py_ssize_t *idx, int *status)
+{
+#ifdef MR_NET8
+    MR_T lanes[2][MR_BLOCK];
+    MR_SFX(mr_cand) cd[2];
+    Py_ssize_t n_kept[2];
+    int ok[2];
+    const int applies = mr_sig_applies(n, n_group, topk_group, k, slack);
+    MR_PAIR(h, ok[h] = applies && mr_sig_scores(z + h * n, n, bias, c + h * n))
+    MR_PAIR(h, ok[h] = ok[h] && mr_sig_groups(c + h * n, n, n_group, topk_group, slack,
+                                              kept + h * n_group, lanes[h], &n_kept[h]))
+    MR_PAIR(h, ok[h] = ok[h] && MR_SFX(mr_cand_gather)(c + h * n, n, n / n_group, kept + h * n_group,
+                                                       n_kept[h], k, lanes[h], 2 * slack, &cd[h]) == 0)
+    MR_PAIR(h, if (ok[h]) mr_sig_exact(z + h * n, bias, &cd[h]))
+    MR_PAIR(h, if (ok[h]) MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), 0, NULL, 1))
+    MR_PAIR(h, status[h] = ok[h] ? 0 : -1)
+#else
+    (void)z; (void)n; (void)bias; (void)n_group; (void)topk_group; (void)k; (void)slack;
+    (void)c; (void)kept; (void)idx;
+    status[0] = status[1] = -1;
 #endif
 }
 
@@ -763,18 +823,15 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
     MR_T lanes[2][MR_BLOCK];
     MR_SFX(mr_cand) cd[2];
     int has_nan[2];
-    /* Each step written out for row 0 and row 1 (a loop over the rows,
-     * which gcc kept, measured slower). */
-#define MR_PAIR(h, STMT) { enum { h = 0 }; STMT; } { enum { h = 1 }; STMT; }
     MR_PAIR(h, m_out[h] = MR_SFX(mr_max_lanes)(z + h * n, n, lanes[h], &has_nan[h]))
     MR_PAIR(h, status[h] = !has_nan[h] && m_out[h] < INFINITY
                 && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], 0, &cd[h]) == 0 ? 0 : -1)
     MR_PAIR(h, if (status[h] == 0)
                    status[h] = MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
                                                       e_out + h * MR_BLOCK, 1))
-#undef MR_PAIR
 }
 
+#undef MR_PAIR
 #undef MR_NV
 #undef MR_T
 #undef MR_SFX

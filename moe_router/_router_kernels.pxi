@@ -38,7 +38,10 @@ cdef extern from "_kernels.h" nogil:
     int mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
     int mr_sigmoid_topk_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
                             Py_ssize_t topk_group, int k, float slack, float *c,
-                            float *group_score, Py_ssize_t *kept, Py_ssize_t *idx)
+                            Py_ssize_t *kept, Py_ssize_t *idx)
+    void mr_sigmoid_topk_pair_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
+                                  Py_ssize_t topk_group, int k, float slack, float *c,
+                                  Py_ssize_t *kept, Py_ssize_t *idx, int *status)
     int mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
     void mr_picked_exp_f32(const float *z, const Py_ssize_t *idx, int k, float m, float *out)
     void mr_picked_exp_f64(const double *z, const Py_ssize_t *idx, int k, double m, double *out)
@@ -53,6 +56,7 @@ cdef extern from "_kernels.h" nogil:
     void mr_topk_pair_f64(const double *z, Py_ssize_t n, int k, Py_ssize_t *idx, double *e_out,
                           double *m_out, int *status)
     enum: MR_BLOCK  # values per vector block (16), a compile-time constant
+    enum: MR_SIGMOID_PAIRS  # this build has mr_sigmoid_topk_pair (AVX2)
     const char* mr_simd_name()
     double mr_sum_k_f32(const float *x, int k)
     double mr_sum_k_f64(const double *x, int k)
@@ -355,7 +359,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
         if floating is float:
             if k <= MR_BLOCK and mr_sigmoid_topk_f32(
                     z, n, <const float*>cfg.bias, cfg.n_group, cfg.topk_group, <int>k,
-                    cfg.slack, scratch + n, scratch + 2 * n, kept, idx):
+                    cfg.slack, scratch + n, kept, idx):
                 for j in range(k):
                     ids_out[j] = <id_t>idx[j]
                 r = 0
@@ -435,20 +439,28 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     return ROW_OK
 
 
-cdef inline bint _pairs_apply(Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg) noexcept nogil:
-    # The plain softmax router on rows that _topk takes the vector path for.
-    return (not cfg.sigmoid and cfg.n_group == 1 and cfg.bias == NULL
-            and k <= MR_BLOCK and n >= 2 * MR_BLOCK)
+cdef inline bint _pairs_apply(Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
+                              bint is_float) noexcept nogil:
+    # The plain softmax router on rows that _topk takes the vector path for;
+    # the float32 sigmoid routers with a bias or groups where this build
+    # selects them on approximate scores (mr_sigmoid_topk_pair).
+    if cfg.sigmoid:
+        return (MR_SIGMOID_PAIRS and is_float and (cfg.bias != NULL or cfg.n_group > 1)
+                and k <= MR_BLOCK)
+    return cfg.n_group == 1 and cfg.bias == NULL and k <= MR_BLOCK and n >= 2 * MR_BLOCK
 
 
 cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
+                            floating* scratch, Py_ssize_t* kept,
                             id_t* ids_out, weight_t* w_out) noexcept nogil:
     """Route the rows z[0:n] and z[n:2n] of a router that _pairs_apply to.
 
-    Their top-k is taken together (mr_topk_pair: the two rows' dependent
-    steps overlap); a row it cannot take is routed by _route_row.  The
-    weights are summed and scaled as _route_row's (_sum_k, _weight_scale),
-    to the bit.  Returns the number of rows that could not be routed.
+    Their top-k is taken together (mr_topk_pair, mr_sigmoid_topk_pair: the
+    two rows' dependent steps overlap); a row it cannot take is routed by
+    _route_row (scratch and kept: as _route_row's, 2 * n_group for kept).
+    The weights are summed and scaled as _route_row's (_sum_k,
+    _weight_scale), to the bit.  Returns the number of rows that could not
+    be routed.
     """
     cdef Py_ssize_t idx[2 * (MR_BLOCK + 1)]
     cdef floating e[2 * MR_BLOCK]
@@ -458,22 +470,27 @@ cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const
     cdef id_t* ids_h
     cdef floating* e_h
     cdef double inv
-    if floating is float:
+    if cfg.sigmoid:
+        if floating is float:  # (_pairs_apply: float only)
+            mr_sigmoid_topk_pair_f32(z, n, <const float*>cfg.bias, cfg.n_group, cfg.topk_group,
+                                     <int>k, cfg.slack, scratch, kept, idx, status)
+        m[0] = m[1] = 0
+    elif floating is float:
         mr_topk_pair_f32(z, n, <int>k, idx, e, m, status)
     else:
         mr_topk_pair_f64(z, n, <int>k, idx, e, m, status)
     for h in range(2):
         ids_h = ids_out + h * k
         if status[h] < 0:
-            n_bad += _route_row(z + h * n, n, k, cfg, NULL, NULL, ids_h, w_out + h * k) != ROW_OK
+            n_bad += _route_row(z + h * n, n, k, cfg, scratch, kept, ids_h, w_out + h * k) != ROW_OK
             continue
         for j in range(k):
             ids_h[j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
         e_h = e + h * MR_BLOCK
-        if status[h] == 0:  # ids only (ties, or many candidates)
-            _picked_scores(z + h * n, ids_h, k, m[h], False, False, e_h)
+        if status[h] == 0:  # ids only (ties, many candidates, sigmoid)
+            _picked_scores(z + h * n, ids_h, k, m[h], False, cfg.sigmoid, e_h)
         inv = _weight_scale(cfg, _sum_k(e_h, <int>k),
-                            0 if cfg.norm else _row_sum_exp(z + h * n, n, m[h]))
+                            0 if cfg.norm or cfg.sigmoid else _row_sum_exp(z + h * n, n, m[h]))
         for j in range(k):
             w_out[h * k + j] = <weight_t>(e_h[j] * inv)
     return n_bad
@@ -484,25 +501,31 @@ cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
                             floating* scratch, Py_ssize_t scratch_per_thread,
                             Py_ssize_t* kept, id_t* ids_out, weight_t* w_out,
                             int num_threads) noexcept nogil:
-    """Route every row; returns the number of rows that could not be routed."""
+    """Route every row; returns the number of rows that could not be routed.
+
+    scratch: scratch_per_thread values and kept 2 * n_group indices per
+    thread (NULL for routers without a bias or groups).
+    """
     cdef Py_ssize_t r, p, n_bad = 0, n_pairs = 0
-    if _pairs_apply(n, k, cfg):
+    if _pairs_apply(n, k, cfg, floating is float):
         # Rows (2p, 2p + 1) in pairs whatever the thread count, the odd last
         # row alone: the same rows take the same path for any num_threads.
         n_pairs = n_rows // 2
         if num_threads > 1:
             for p in prange(n_pairs, num_threads=num_threads, schedule='static'):
                 n_bad += _route_pair(logits + 2 * p * n, n, k, cfg,
+                                     scratch + threadid() * scratch_per_thread,
+                                     kept + threadid() * 2 * cfg.n_group,
                                      ids_out + 2 * p * k, w_out + 2 * p * k)
         else:
             for p in range(n_pairs):
-                n_bad += _route_pair(logits + 2 * p * n, n, k, cfg,
+                n_bad += _route_pair(logits + 2 * p * n, n, k, cfg, scratch, kept,
                                      ids_out + 2 * p * k, w_out + 2 * p * k)
     if num_threads > 1 and n_rows - 2 * n_pairs > 1:
         for r in prange(2 * n_pairs, n_rows, num_threads=num_threads, schedule='static'):
             n_bad += _route_row(logits + r * n, n, k, cfg,
                                 scratch + threadid() * scratch_per_thread,
-                                kept + threadid() * cfg.n_group,
+                                kept + threadid() * 2 * cfg.n_group,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
     else:
         for r in range(2 * n_pairs, n_rows):
@@ -568,12 +591,12 @@ def sigmoid_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, Py_ssize_t n_grou
         bp = &bias[0]
     ids = np.full((rows, top_k), -1, np.int64)
     taken = np.zeros(rows, bool)
-    cdef float[::1] scratch = np.empty(2 * n + n_group, np.float32)
+    cdef float[::1] scratch = np.empty(n, np.float32)
     cdef Py_ssize_t[::1] kept = np.empty(n_group, np.intp)
     cdef float slack = _sigmoid_slack(bp, n)
     for r in range(rows):
         if mr_sigmoid_topk_f32(&z[r, 0], n, bp, n_group, topk_group, <int>top_k, slack,
-                               &scratch[0], &scratch[n], &kept[0], idx):
+                               &scratch[0], &kept[0], idx):
             taken[r] = True
             for j in range(top_k):
                 ids[r, j] = idx[j]
@@ -666,7 +689,7 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     if n_group > 1 or cfg.bias != NULL:
         per_thread = 2 * n + n_group
         scratch = malloc(num_threads * per_thread * cnp.PyArray_ITEMSIZE(arr))
-        kept = <Py_ssize_t*>malloc(num_threads * n_group * sizeof(Py_ssize_t))
+        kept = <Py_ssize_t*>malloc(num_threads * 2 * n_group * sizeof(Py_ssize_t))
         if scratch == NULL or kept == NULL:
             free(scratch)
             free(kept)

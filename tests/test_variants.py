@@ -461,3 +461,34 @@ def test_approximate_selection_orders_close_scores_exactly(kernel_path, rng):
         oracle_ids, oracle_w = ref.route_reference(z[None], k, True, **opts)
         np.testing.assert_array_equal(out.expert_ids, oracle_ids)
         np.testing.assert_allclose(out.expert_weights, oracle_w, rtol=0, atol=5e-6)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("shape", APPROX_SHAPES)
+def test_sigmoid_rows_in_pairs_match_rows_routed_alone(kernel_path, rng, shape, num_threads):
+    # The float32 sigmoid routers with a bias or groups take rows two at a
+    # time (AVX2); a row the approximate selection is not sure of (ties,
+    # close group scores, +-inf logits) takes the exact path.  Every row
+    # must come out as it does alone, bit for bit, and as the reference says.
+    n, k, n_group, topk_group, with_bias = shape
+    bias = rng.normal(-0.5, 1.0, n).astype(np.float32) if with_bias else None
+    size = n // n_group
+    kinds = [
+        rng.standard_normal(n),
+        rng.integers(-3, 4, n).astype(float),                      # ties everywhere
+        np.zeros(n),                                               # one score per expert: the bias
+        np.where(np.arange(n) % 7 == 3, np.inf, rng.standard_normal(n)),
+        np.where(np.arange(n) % 5 == 1, -np.inf, rng.standard_normal(n)),
+        np.tile(rng.standard_normal(size), n_group),               # equal group scores
+    ]
+    rows = [kinds[i % len(kinds)] for i in range(23)] + [rng.standard_normal(n) for _ in range(48)]
+    z = np.array(rows, np.float32)
+    opts = dict(scoring_func="sigmoid", n_group=n_group, topk_group=topk_group,
+                e_score_correction_bias=bias, routed_scaling_factor=2.5)
+    batch = mr.route(z, k, True, num_threads=num_threads, **opts)
+    oracle = ref.route_reference(z, k, True, **opts)
+    assert_routes_like(z, batch.expert_ids, batch.expert_weights, *oracle, k, True, opts)
+    for r in range(len(z)):
+        alone = mr.route(z[r:r + 1], k, True, **opts)
+        np.testing.assert_array_equal(batch.expert_ids[r], alone.expert_ids[0])
+        np.testing.assert_array_equal(batch.expert_weights[r], alone.expert_weights[0])
