@@ -664,15 +664,14 @@ static MR_HOT Py_ssize_t vf_groups8_top2(const float *c, Py_ssize_t size, Py_ssi
         kept[n_kept++] = mr_ctz(m);
     _mm256_storeu_ps(lanes, _mm256_blendv_ps(ninf, a[0], keep));
     _mm256_storeu_ps(lanes + 8, _mm256_blendv_ps(ninf, b[0], keep));
-    float kl[8], dl[8];
-    _mm256_storeu_ps(kl, _mm256_blendv_ps(_mm256_set1_ps(INFINITY), score, keep));
-    _mm256_storeu_ps(dl, _mm256_blendv_ps(score, ninf, keep));
-    *lo = INFINITY;
-    *hi = -INFINITY;
-    for (int g = 0; g < 8; g++) {
-        *lo = kl[g] < *lo ? kl[g] : *lo;
-        *hi = dl[g] > *hi ? dl[g] : *hi;
-    }
+    /* lo in the lower half, -hi in the upper: one min tree for both */
+    __m256 lh = _mm256_blendv_ps(_mm256_set1_ps(INFINITY), score, keep);
+    __m256 dh = _mm256_blendv_ps(_mm256_sub_ps(_mm256_setzero_ps(), score), _mm256_set1_ps(INFINITY), keep);
+    lh = _mm256_min_ps(_mm256_permute2f128_ps(lh, dh, 0x20), _mm256_permute2f128_ps(lh, dh, 0x31));
+    lh = _mm256_min_ps(lh, _mm256_permute_ps(lh, 0x4E));
+    lh = _mm256_min_ps(lh, _mm256_permute_ps(lh, 0xB1));
+    *lo = _mm256_cvtss_f32(lh);
+    *hi = -_mm256_cvtss_f32(_mm256_permute2f128_ps(lh, lh, 0x11));
     return n_kept;
 }
 #endif
@@ -779,13 +778,15 @@ static inline int MR_SFX(mr_sigmoid_topk)(const MR_T *z, Py_ssize_t n, const MR_
 
 /* The same for the rows z[0..n) and z[n..2n), each step done for both rows
  * before the next (see mr_topk_pair): c holds 2n scores, kept 2 * n_group
- * groups, idx 2 * (MR_BLOCK + 1) ids; status[h] is 0 when row h's ids are
- * at idx[h * (MR_BLOCK + 1)...], -1 when it is left to the exact path (as
- * mr_topk_pair's status, ids only). */
+ * groups, idx 2 * (MR_BLOCK + 1) ids, e_out 2 * MR_BLOCK weights.
+ * status[h] is 1 when row h's ids are at idx[h * (MR_BLOCK + 1)...] and
+ * their sigmoid (mr_picked_sigmoid: the weights before scaling) at
+ * e_out[h * MR_BLOCK...], -1 when the row is left to the exact path (as
+ * mr_topk_pair's status). */
 static inline void MR_SFX(mr_sigmoid_topk_pair)(const MR_T *z, Py_ssize_t n, const MR_T *bias,
                                                 Py_ssize_t n_group, Py_ssize_t topk_group, int k,
                                                 MR_T slack, MR_T *c, Py_ssize_t *kept,
-                                                Py_ssize_t *idx, int *status)
+                                                Py_ssize_t *idx, MR_T *e_out, int *status)
 {
 #ifdef MR_NET8
     MR_T lanes[2][MR_BLOCK];
@@ -800,10 +801,12 @@ static inline void MR_SFX(mr_sigmoid_topk_pair)(const MR_T *z, Py_ssize_t n, con
                                                        n_kept[h], k, lanes[h], 2 * slack, &cd[h]) == 0)
     MR_PAIR(h, if (ok[h]) mr_sig_exact(z + h * n, bias, &cd[h]))
     MR_PAIR(h, if (ok[h]) MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), 0, NULL, 1))
-    MR_PAIR(h, status[h] = ok[h] ? 0 : -1)
+    MR_PAIR(h, if (ok[h]) MR_SFX(mr_picked_sigmoid)(z + h * n, idx + h * (MR_BLOCK + 1), k,
+                                                    e_out + h * MR_BLOCK))
+    MR_PAIR(h, status[h] = ok[h] ? 1 : -1)
 #else
     (void)z; (void)n; (void)bias; (void)n_group; (void)topk_group; (void)k; (void)slack;
-    (void)c; (void)kept; (void)idx;
+    (void)c; (void)kept; (void)idx; (void)e_out;
     status[0] = status[1] = -1;
 #endif
 }

@@ -41,7 +41,7 @@ cdef extern from "_kernels.h" nogil:
                             Py_ssize_t *kept, Py_ssize_t *idx)
     void mr_sigmoid_topk_pair_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
                                   Py_ssize_t topk_group, int k, float slack, float *c,
-                                  Py_ssize_t *kept, Py_ssize_t *idx, int *status)
+                                  Py_ssize_t *kept, Py_ssize_t *idx, float *e_out, int *status)
     int mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
     void mr_picked_exp_f32(const float *z, const Py_ssize_t *idx, int k, float m, float *out)
     void mr_picked_exp_f64(const double *z, const Py_ssize_t *idx, int k, double m, double *out)
@@ -473,7 +473,7 @@ cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const
     if cfg.sigmoid:
         if floating is float:  # (_pairs_apply: float only)
             mr_sigmoid_topk_pair_f32(z, n, <const float*>cfg.bias, cfg.n_group, cfg.topk_group,
-                                     <int>k, cfg.slack, scratch, kept, idx, status)
+                                     <int>k, cfg.slack, scratch, kept, idx, e, status)
         m[0] = m[1] = 0
     elif floating is float:
         mr_topk_pair_f32(z, n, <int>k, idx, e, m, status)
@@ -487,7 +487,7 @@ cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const
         for j in range(k):
             ids_h[j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
         e_h = e + h * MR_BLOCK
-        if status[h] == 0:  # ids only (ties, many candidates, sigmoid)
+        if status[h] == 0:  # ids only (ties, or many candidates)
             _picked_scores(z + h * n, ids_h, k, m[h], False, cfg.sigmoid, e_h)
         inv = _weight_scale(cfg, _sum_k(e_h, <int>k),
                             0 if cfg.norm or cfg.sigmoid else _row_sum_exp(z + h * n, n, m[h]))
