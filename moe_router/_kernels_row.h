@@ -612,28 +612,18 @@ static MR_HOT void vf_transpose8(__m256 *r)
 }
 
 /*
- * mr_limit_groups (top2_sum) for exactly 8 groups of a multiple of 8
- * values, with every group at once in the lanes of a vector: each group's
- * per-lane two best, transposed, merged lane-wise; the ranks by rotation.
+ * mr_limit_groups (top2_sum) for exactly 8 groups, with every group at once
+ * in the lanes of a vector: each group's per-lane two best (a[g], b[g]),
+ * transposed, merged lane-wise; the ranks by rotation.
  * Also returns the lowest kept and the highest dropped group score.
  * (mr_limit_groups' per-group horizontal merges and scalar ranking were
  * about a quarter of the DeepSeek-V3 router: measured.)
  */
-static MR_HOT Py_ssize_t vf_groups8_top2(const float *c, Py_ssize_t size, Py_ssize_t topk_group,
+static MR_HOT Py_ssize_t vf_groups8_top2(__m256 *a, __m256 *b, Py_ssize_t topk_group,
                                          Py_ssize_t *kept, float *lanes, float *lo, float *hi)
 {
-    __m256 a[8], b[8];
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    for (int g = 0; g < 8; g++) {
-        __m256 t1 = ninf, t2 = ninf;
-        for (Py_ssize_t i = 0; i < size; i += 8) {
-            const __m256 v = _mm256_loadu_ps(c + g * size + i);
-            t2 = _mm256_max_ps(t2, _mm256_min_ps(v, t1));
-            t1 = _mm256_max_ps(t1, v);
-        }
-        a[g] = t1;
-        b[g] = t2;
-    }
+    /* a[g], b[g]: the two best of each lane of group g (mr_sig_scores) */
     vf_transpose8(a);
     vf_transpose8(b);
     /* a[i], b[i] lane g: the two best of group g's lane i; merge over i */
@@ -686,20 +676,40 @@ static inline int mr_sig_applies(Py_ssize_t n, Py_ssize_t n_group, Py_ssize_t to
                              && k <= 2 * topk_group));
 }
 
-/* Step 1: c[0..n) = the approximate scores; 0 when there is a NaN. */
-static MR_HOT int mr_sig_scores(const float *z, Py_ssize_t n, const float *bias, float *c)
+/* Whether vf_groups8_top2 takes these groups: 8 of a multiple of 16. */
+static inline int mr_sig_groups8(Py_ssize_t n, Py_ssize_t n_group) { return n_group == 8 && n % 128 == 0; }
+
+/* Step 1: c[0..n) = the approximate scores; 0 when there is a NaN.  With
+ * ga, gb (mr_sig_groups8): each group's per-lane two best as well, taken
+ * while the scores are in registers. */
+static MR_HOT int mr_sig_scores(const float *z, Py_ssize_t n, const float *bias, float *c,
+                                __m256 *ga, __m256 *gb)
 {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const int parts = ga ? 8 : 1;
+    const Py_ssize_t span = n / parts;
     __m256 nan_acc = _mm256_setzero_ps();
-    for (Py_ssize_t i = 0; i < n; i += 16) {
-        __m256 v0 = vf_sigmoid_approx(_mm256_loadu_ps(z + i));
-        __m256 v1 = vf_sigmoid_approx(_mm256_loadu_ps(z + i + 8));
-        if (bias) {
-            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(bias + i));
-            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(bias + i + 8));
+    for (int g = 0; g < parts; g++) {
+        __m256 t1 = ninf, t2 = ninf;
+        for (Py_ssize_t i = g * span; i < (g + 1) * span; i += 16) {
+            __m256 v0 = vf_sigmoid_approx(_mm256_loadu_ps(z + i));
+            __m256 v1 = vf_sigmoid_approx(_mm256_loadu_ps(z + i + 8));
+            if (bias) {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(bias + i));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(bias + i + 8));
+            }
+            nan_acc = _mm256_or_ps(nan_acc, _mm256_cmp_ps(v0, v1, _CMP_UNORD_Q));
+            _mm256_storeu_ps(c + i, v0);
+            _mm256_storeu_ps(c + i + 8, v1);
+            t2 = _mm256_max_ps(t2, _mm256_min_ps(v0, t1));
+            t1 = _mm256_max_ps(t1, v0);
+            t2 = _mm256_max_ps(t2, _mm256_min_ps(v1, t1));
+            t1 = _mm256_max_ps(t1, v1);
         }
-        nan_acc = _mm256_or_ps(nan_acc, _mm256_cmp_ps(v0, v1, _CMP_UNORD_Q));
-        _mm256_storeu_ps(c + i, v0);
-        _mm256_storeu_ps(c + i + 8, v1);
+        if (ga) {
+            ga[g] = t1;
+            gb[g] = t2;
+        }
     }
     return !_mm256_movemask_ps(nan_acc);
 }
@@ -707,7 +717,8 @@ static MR_HOT int mr_sig_scores(const float *z, Py_ssize_t n, const float *bias,
 /* Step 2: the kept groups (kept[], *n_kept; one group without groups) and
  * the threshold lanes; 0 when the kept groups are not certain. */
 static MR_HOT int mr_sig_groups(const float *c, Py_ssize_t n, Py_ssize_t n_group, Py_ssize_t topk_group,
-                                float slack, Py_ssize_t *kept, float *lanes, Py_ssize_t *n_kept)
+                                float slack, __m256 *ga, __m256 *gb, Py_ssize_t *kept, float *lanes,
+                                Py_ssize_t *n_kept)
 {
     const Py_ssize_t size = n / n_group;
     float lo = INFINITY, hi = -INFINITY, group_score[MR_BLOCK];
@@ -718,8 +729,8 @@ static MR_HOT int mr_sig_groups(const float *c, Py_ssize_t n, Py_ssize_t n_group
         *n_kept = 1;
         return 1;
     }
-    if (n_group == 8 && size % 8 == 0) {
-        *n_kept = vf_groups8_top2(c, size, topk_group, kept, lanes, &lo, &hi);
+    if (mr_sig_groups8(n, n_group)) {
+        *n_kept = vf_groups8_top2(ga, gb, topk_group, kept, lanes, &lo, &hi);
     } else {
         Py_ssize_t q = 0;
         *n_kept = mr_limit_groups_f32(c, n, n_group, topk_group, 1, group_score, kept, lanes);
@@ -762,8 +773,11 @@ static inline int MR_SFX(mr_sigmoid_topk)(const MR_T *z, Py_ssize_t n, const MR_
     MR_T lanes[MR_BLOCK];
     MR_SFX(mr_cand) cd;
     Py_ssize_t n_kept;
-    if (!(mr_sig_applies(n, n_group, topk_group, k, slack) && mr_sig_scores(z, n, bias, c)
-          && mr_sig_groups(c, n, n_group, topk_group, slack, kept, lanes, &n_kept)
+    __m256 ga[8], gb[8];
+    const int g8 = mr_sig_groups8(n, n_group);
+    if (!(mr_sig_applies(n, n_group, topk_group, k, slack)
+          && mr_sig_scores(z, n, bias, c, g8 ? ga : NULL, gb)
+          && mr_sig_groups(c, n, n_group, topk_group, slack, ga, gb, kept, lanes, &n_kept)
           && MR_SFX(mr_cand_gather)(c, n, n / n_group, kept, n_kept, k, lanes, 2 * slack, &cd) == 0))
         return 0;
     mr_sig_exact(z, bias, &cd);
@@ -793,9 +807,11 @@ static inline void MR_SFX(mr_sigmoid_topk_pair)(const MR_T *z, Py_ssize_t n, con
     MR_SFX(mr_cand) cd[2];
     Py_ssize_t n_kept[2];
     int ok[2];
+    __m256 ga[2][8], gb[2][8];
     const int applies = mr_sig_applies(n, n_group, topk_group, k, slack);
-    MR_PAIR(h, ok[h] = applies && mr_sig_scores(z + h * n, n, bias, c + h * n))
-    MR_PAIR(h, ok[h] = ok[h] && mr_sig_groups(c + h * n, n, n_group, topk_group, slack,
+    const int g8 = mr_sig_groups8(n, n_group);
+    MR_PAIR(h, ok[h] = applies && mr_sig_scores(z + h * n, n, bias, c + h * n, g8 ? ga[h] : NULL, gb[h]))
+    MR_PAIR(h, ok[h] = ok[h] && mr_sig_groups(c + h * n, n, n_group, topk_group, slack, ga[h], gb[h],
                                               kept + h * n_group, lanes[h], &n_kept[h]))
     MR_PAIR(h, ok[h] = ok[h] && MR_SFX(mr_cand_gather)(c + h * n, n, n / n_group, kept + h * n_group,
                                                        n_kept[h], k, lanes[h], 2 * slack, &cd[h]) == 0)
