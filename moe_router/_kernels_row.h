@@ -591,30 +591,17 @@ static MR_HOT __m256 vf_sigmoid_approx(__m256 x)
 #endif
 
 #ifdef MR_NET8
-/* 8x8 transpose: r[i] lane g becomes r[g] lane i. */
-static MR_HOT void vf_transpose8(__m256 *r)
+/* The two best of the union of two (best, second) pairs, lane-wise. */
+static MR_HOT void vf_top2_merge(__m256 a1, __m256 b1, __m256 a2, __m256 b2, __m256 *a, __m256 *b)
 {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-    }
+    *b = _mm256_max_ps(_mm256_min_ps(a1, a2), _mm256_max_ps(b1, b2));
+    *a = _mm256_max_ps(a1, a2);
 }
 
 /*
  * mr_limit_groups (top2_sum) for exactly 8 groups, with every group at once
  * in the lanes of a vector: each group's per-lane two best (a[g], b[g]),
- * transposed, merged lane-wise; the ranks by rotation.
+ * merged down to one lane per group; the ranks by rotation.
  * Also returns the lowest kept and the highest dropped group score.
  * (mr_limit_groups' per-group horizontal merges and scalar ranking were
  * about a quarter of the DeepSeek-V3 router: measured.)
@@ -623,17 +610,24 @@ static MR_HOT Py_ssize_t vf_groups8_top2(__m256 *a, __m256 *b, Py_ssize_t topk_g
                                          Py_ssize_t *kept, float *lanes, float *lo, float *hi)
 {
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    /* a[g], b[g]: the two best of each lane of group g (mr_sig_scores) */
-    vf_transpose8(a);
-    vf_transpose8(b);
-    /* a[i], b[i] lane g: the two best of group g's lane i; merge over i */
-    for (int s = 1; s < 8; s *= 2)
-        for (int i = 0; i + s < 8; i += 2 * s) {
-            const __m256 hi2 = _mm256_max_ps(_mm256_min_ps(a[i], a[i + s]), _mm256_max_ps(b[i], b[i + s]));
-            a[i] = _mm256_max_ps(a[i], a[i + s]);
-            b[i] = hi2;
-        }
-    const __m256 score = _mm256_add_ps(a[0], b[0]);
+    __m256 a1[4], b1[4], a2[2], b2[2], a3, b3;
+    /* a[g], b[g]: the two best of each lane of group g (mr_sig_scores).
+     * Halve the lanes per group three times, packing groups together
+     * (28 shuffles; two 8x8 transposes took 48): first the 128-bit halves,
+     * groups g and g + 4 side by side ... */
+    for (int g = 0; g < 4; g++)
+        vf_top2_merge(_mm256_permute2f128_ps(a[g], a[g + 4], 0x20), _mm256_permute2f128_ps(b[g], b[g + 4], 0x20),
+                      _mm256_permute2f128_ps(a[g], a[g + 4], 0x31), _mm256_permute2f128_ps(b[g], b[g + 4], 0x31),
+                      &a1[g], &b1[g]);
+    /* ... then lane pairs: each half holds groups g, g + 1 (2 lanes each) ... */
+    for (int g = 0; g < 2; g++)
+        vf_top2_merge(_mm256_shuffle_ps(a1[2 * g], a1[2 * g + 1], 0x44), _mm256_shuffle_ps(b1[2 * g], b1[2 * g + 1], 0x44),
+                      _mm256_shuffle_ps(a1[2 * g], a1[2 * g + 1], 0xEE), _mm256_shuffle_ps(b1[2 * g], b1[2 * g + 1], 0xEE),
+                      &a2[g], &b2[g]);
+    /* ... then single lanes: lane g is group g. */
+    vf_top2_merge(_mm256_shuffle_ps(a2[0], a2[1], 0x88), _mm256_shuffle_ps(b2[0], b2[1], 0x88),
+                  _mm256_shuffle_ps(a2[0], a2[1], 0xDD), _mm256_shuffle_ps(b2[0], b2[1], 0xDD), &a3, &b3);
+    const __m256 score = _mm256_add_ps(a3, b3);
     /* rank of group g: groups h < g scoring >= it, h > g scoring > it */
     const __m256i rot1 = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -652,8 +646,8 @@ static MR_HOT Py_ssize_t vf_groups8_top2(__m256 *a, __m256 *b, Py_ssize_t topk_g
     Py_ssize_t n_kept = 0;
     for (unsigned m = bits; m; m &= m - 1)
         kept[n_kept++] = mr_ctz(m);
-    _mm256_storeu_ps(lanes, _mm256_blendv_ps(ninf, a[0], keep));
-    _mm256_storeu_ps(lanes + 8, _mm256_blendv_ps(ninf, b[0], keep));
+    _mm256_storeu_ps(lanes, _mm256_blendv_ps(ninf, a3, keep));
+    _mm256_storeu_ps(lanes + 8, _mm256_blendv_ps(ninf, b3, keep));
     /* lo in the lower half, -hi in the upper: one min tree for both */
     __m256 lh = _mm256_blendv_ps(_mm256_set1_ps(INFINITY), score, keep);
     __m256 dh = _mm256_blendv_ps(_mm256_sub_ps(_mm256_setzero_ps(), score), _mm256_set1_ps(INFINITY), keep);
