@@ -629,17 +629,16 @@ static MR_HOT Py_ssize_t vf_groups8_top2(__m256 *a, __m256 *b, Py_ssize_t topk_g
                   _mm256_shuffle_ps(a2[0], a2[1], 0xDD), _mm256_shuffle_ps(b2[0], b2[1], 0xDD), &a3, &b3);
     const __m256 score = _mm256_add_ps(a3, b3);
     /* rank of group g: groups h < g scoring >= it, h > g scoring > it */
-    const __m256i rot1 = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i perm = rot1, rank = _mm256_setzero_si256();
+    __m256i rank = _mm256_setzero_si256();
     for (int r = 1; r < 8; r++) {
+        const __m256i perm = _mm256_and_si256(_mm256_add_epi32(lane, _mm256_set1_epi32(r)), _mm256_set1_epi32(7));
         const __m256 other = _mm256_permutevar8x32_ps(score, perm);
         /* lanes g < 8 - r compare with h = g + r > g */
         const __m256 after = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8 - r), lane));
         const __m256 beats = _mm256_blendv_ps(_mm256_cmp_ps(other, score, _CMP_GE_OQ),
                                               _mm256_cmp_ps(other, score, _CMP_GT_OQ), after);
         rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
-        perm = _mm256_permutevar8x32_epi32(perm, rot1);
     }
     const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)topk_group), rank));
     unsigned bits = (unsigned)_mm256_movemask_ps(keep);
