@@ -131,6 +131,26 @@ static inline int MR_SFX(mr_sigmoid_into)(const MR_T *z, Py_ssize_t n, const MR_
     return MR_OP(nan_any)(nan_acc) | nan_tail;
 }
 
+/* The largest |x[i]| of x[0..n) (NaN left out; 0 for n == 0). */
+static inline MR_T MR_SFX(mr_abs_max)(const MR_T *x, Py_ssize_t n)
+{
+    const MR_V zero = MR_OP(set)(0);
+    MR_V acc = zero;
+    MR_T lanes[MR_W], m = 0;
+    Py_ssize_t i = 0;
+    for (; i + MR_W <= n; i += MR_W) {
+        const MR_V v = MR_OP(load)(x + i);
+        acc = MR_OP(max)(MR_OP(max)(v, MR_OP(sub)(zero, v)), acc);  /* (a NaN v keeps acc) */
+    }
+    MR_OP(store)(lanes, acc);
+    for (int l = 0; l < MR_W; l++) m = lanes[l] > m ? lanes[l] : m;
+    for (; i < n; i++) {
+        const MR_T a = x[i] < 0 ? -x[i] : x[i];
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
 /* Sum of x[0..k) in double, in four partial sums: one running sum was a
  * chain of k dependent adds on every row's critical path. */
 static MR_HOT double MR_SFX(mr_sum_k)(const MR_T *x, int k)

@@ -10,7 +10,7 @@
 # bad rows (NaN, all -inf) and the Python layer turns that into an exception.
 
 from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, NAN, expf, fabs
+from libc.math cimport INFINITY, NAN, expf
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -36,6 +36,7 @@ cdef extern from "_kernels.h" nogil:
                            Py_ssize_t n_kept, int k, const double *lanes, Py_ssize_t *idx, double m,
                            double *e_out)
     int mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
+    float mr_abs_max_f32(const float *x, Py_ssize_t n)
     int mr_sigmoid_topk_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
                             Py_ssize_t topk_group, int k, float slack, float *c,
                             Py_ssize_t *kept, Py_ssize_t *idx)
@@ -564,11 +565,7 @@ cdef float _sigmoid_slack(const float* bias, Py_ssize_t n) noexcept nogil:
     # ones: 5.2e-4 from the sigmoid; adding the bias rounds both at its
     # magnitude, which 16 ulps of 1 + max|b| cover with room.  (An infinite
     # bias gives an infinite slack, which mr_sigmoid_topk declines.)
-    cdef double bias_max = 0
-    cdef Py_ssize_t i
-    if bias != NULL:
-        for i in range(n):
-            bias_max = max(bias_max, fabs(bias[i]))
+    cdef double bias_max = mr_abs_max_f32(bias, n) if bias != NULL else 0
     return <float>(5.2e-4 + 16 * 2.0 ** -23 * (1 + bias_max))
 
 
