@@ -37,6 +37,7 @@ cdef extern from "_kernels.h" nogil:
                            double *e_out)
     int mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
     float mr_abs_max_f32(const float *x, Py_ssize_t n)
+    int mr_sigmoid_approx_f32(const float *x, Py_ssize_t n, float *out)
     int mr_sigmoid_topk_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
                             Py_ssize_t topk_group, int k, float slack, float *c,
                             Py_ssize_t *kept, Py_ssize_t *idx)
@@ -567,6 +568,19 @@ cdef float _sigmoid_slack(const float* bias, Py_ssize_t n) noexcept nogil:
     # bias gives an infinite slack, which mr_sigmoid_topk declines.)
     cdef double bias_max = mr_abs_max_f32(bias, n) if bias != NULL else 0
     return <float>(5.2e-4 + 16 * 2.0 ** -23 * (1 + bias_max))
+
+
+def sigmoid_approx_into(const float[::1] x, float[::1] out):
+    """out = the approximate sigmoid that mr_sigmoid_topk selects on, for
+    tests: None when this build has none, else whether x holds a NaN.
+    len(x) must be a multiple of 16."""
+    cdef int r
+    if out.shape[0] != x.shape[0] or x.shape[0] % 16:
+        raise ValueError(f"x and out need the same length, a multiple of 16; got {x.shape[0]}, {out.shape[0]}")
+    if x.shape[0] == 0:
+        return False
+    r = mr_sigmoid_approx_f32(&x[0], x.shape[0], &out[0])
+    return None if r < 0 else bool(r)
 
 
 def sigmoid_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, Py_ssize_t n_group,
