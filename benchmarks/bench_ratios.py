@@ -1,6 +1,6 @@
 """The speed targets as ratios, timed interleaved so a noisy host cannot skew them.
 
-    python benchmarks/bench_ratios.py [--rounds 40]
+    python benchmarks/bench_ratios.py [--rounds 40] [--only softmax|deepseek]
 
 pytest-benchmark times one contender after another; on a shared host whose
 speed drifts over seconds, two medians from the same run were seen to give
@@ -52,6 +52,8 @@ def _report(title, tokens, result, ours):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--only", choices=("softmax", "deepseek"),
+                        help="time only the softmax table or only the DeepSeek-V3 rows")
     args = parser.parse_args()
     torch = import_torch()
     rng = np.random.default_rng(0)
@@ -64,7 +66,7 @@ def main():
               (128, 8, False, np.float32, 256), (128, 8, True, np.float64, 256),
               (256, 8, True, np.float32, 256), (64, 4, True, np.float32, 256),
               (8, 2, True, np.float32, 256)]
-    for e, k, norm, dtype, batch in shapes:
+    for e, k, norm, dtype, batch in shapes if args.only != "deepseek" else ():
         z = rng.standard_normal((batch, e)).astype(dtype)
         router = mr.Router(e, k, norm, num_threads=1)
         out = mr.RouterOutput.empty()
@@ -87,8 +89,9 @@ def main():
     e, k = DEEPSEEK_V3["num_experts"], DEEPSEEK_V3["top_k"]
     opts = {key: v for key, v in DEEPSEEK_V3.items()
             if key not in ("num_experts", "top_k", "norm_topk_prob")}
+    rng = np.random.default_rng(1)  # (the same rows with or without --only)
     bias = rng.normal(-0.5, 1.0, e).astype(np.float32)
-    for batch in (1, 256):
+    for batch in (1, 256) if args.only != "softmax" else ():
         z = rng.standard_normal((batch, e)).astype(np.float32)
         ds = mr.Router(e, k, True, num_threads=1, e_score_correction_bias=bias, **opts)
         plain = mr.Router(e, k, True, num_threads=1)
