@@ -325,13 +325,14 @@ cdef inline double _weight_scale(const RouteCfg* cfg, double sel_sum, double s) 
 
 cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
                     floating* scratch, Py_ssize_t* kept, id_t* ids_out,
-                    weight_t* w_out) noexcept nogil:
+                    weight_t* w_out, bint approx) noexcept nogil:
     """Route one row of logits: scores, (group-limited) top-k, weights.
 
     `scratch` holds 2 * n + n_group values and `kept` n_group indices (used
     by the grouped and the biased routers only): the kept groups' scores
     compacted (when the general path needs them), the selection scores, the
-    group scores.
+    group scores.  `approx`: try mr_sigmoid_topk first (False for a row it
+    has already declined).
     """
     cdef floating lanes[MR_BLOCK]
     cdef floating e_sel[MR_BLOCK]
@@ -359,7 +360,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
         # float32; r = 0 when it is done); the exact pass also finds NaN
         # rows: no pass over z is needed for it.
         if floating is float:
-            if k <= MR_BLOCK and mr_sigmoid_topk_f32(
+            if approx and k <= MR_BLOCK and mr_sigmoid_topk_f32(
                     z, n, <const float*>cfg.bias, cfg.n_group, cfg.topk_group, <int>k,
                     cfg.slack, scratch + n, kept, idx):
                 for j in range(k):
@@ -484,7 +485,9 @@ cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const
     for h in range(2):
         ids_h = ids_out + h * k
         if status[h] < 0:
-            n_bad += _route_row(z + h * n, n, k, cfg, scratch, kept, ids_h, w_out + h * k) != ROW_OK
+            # (mr_sigmoid_topk_pair has tried the approximate selection)
+            n_bad += _route_row(z + h * n, n, k, cfg, scratch, kept, ids_h, w_out + h * k,
+                                False) != ROW_OK
             continue
         for j in range(k):
             ids_h[j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
@@ -528,11 +531,11 @@ cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
             n_bad += _route_row(logits + r * n, n, k, cfg,
                                 scratch + threadid() * scratch_per_thread,
                                 kept + threadid() * 2 * cfg.n_group,
-                                ids_out + r * k, w_out + r * k) != ROW_OK
+                                ids_out + r * k, w_out + r * k, True) != ROW_OK
     else:
         for r in range(2 * n_pairs, n_rows):
             n_bad += _route_row(logits + r * n, n, k, cfg, scratch, kept,
-                                ids_out + r * k, w_out + r * k) != ROW_OK
+                                ids_out + r * k, w_out + r * k, True) != ROW_OK
     return n_bad
 
 
