@@ -298,6 +298,12 @@ class _Variant:
         self.plain = not self.sigmoid and n_group == 1 and scale == 1.0
 
     def bias_for(self, dtype):
+        # `is` first: native float32 / float64 dtypes are single objects,
+        # and `==` between dtypes costs about 0.2 us (a tenth of a decode step).
+        if dtype is _F32:
+            return self.bias32
+        if dtype is _F64:
+            return self.bias64
         return self.bias64 if dtype == _F64 else self.bias32
 
 
