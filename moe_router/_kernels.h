@@ -244,6 +244,19 @@ static MR_HOT __m256 vf_net_keeps_min(int j, int kk)
 }
 #undef MR_NET_MIN
 static MR_HOT __m256i vi_swap(__m256i v, int j) { return _mm256_castps_si256(vf_swap(_mm256_castsi256_ps(v), j)); }
+/* The max / min of the 8 lanes, in every lane. */
+static MR_HOT __m256i vi_hmax(__m256i v)
+{
+    v = _mm256_max_epi32(v, vi_swap(v, 4));
+    v = _mm256_max_epi32(v, vi_swap(v, 2));
+    return _mm256_max_epi32(v, vi_swap(v, 1));
+}
+static MR_HOT __m256i vi_hmin(__m256i v)
+{
+    v = _mm256_min_epi32(v, vi_swap(v, 4));
+    v = _mm256_min_epi32(v, vi_swap(v, 2));
+    return _mm256_min_epi32(v, vi_swap(v, 1));
+}
 static MR_HOT __m256i vi_net_step(__m256i v, int j, int kk)
 {
     const __m256i p = vi_swap(v, j);
@@ -267,12 +280,8 @@ static MR_HOT __m256i vi_net_reverse(__m256i v)
 static MR_HOT void vi_net_merge8(__m256i a, __m256i b, __m256i *top, __m256i *next)
 {
     const __m256i rb = vi_net_reverse(b);
-    if (next) {
-        __m256i lo = _mm256_min_epi32(a, rb);  /* the 8 smallest: their max is the 9th */
-        lo = _mm256_max_epi32(lo, vi_swap(lo, 4));
-        lo = _mm256_max_epi32(lo, vi_swap(lo, 2));
-        *next = _mm256_max_epi32(lo, vi_swap(lo, 1));
-    }
+    if (next)  /* the 8 smallest: their max is the 9th */
+        *next = vi_hmax(_mm256_min_epi32(a, rb));
     const __m256i t = _mm256_max_epi32(a, rb);  /* the 8 largest, bitonic */
     *top = vi_net_step(vi_net_step(vi_net_step(t, 4, 8), 2, 8), 1, 8);
 }
@@ -290,10 +299,7 @@ static MR_HOT float vf_net_kth16(const float *x, int k)
     const __m256i b = vi_net_sort8(vi_order(_mm256_loadu_ps(x + 8)));
     __m256i top;
     if (k == 8) {  /* the smallest of the 8 largest: no need to sort them */
-        top = _mm256_max_epi32(a, vi_net_reverse(b));
-        top = _mm256_min_epi32(top, vi_swap(top, 4));
-        top = _mm256_min_epi32(top, vi_swap(top, 2));
-        top = _mm256_min_epi32(top, vi_swap(top, 1));
+        top = vi_hmin(_mm256_max_epi32(a, vi_net_reverse(b)));
     } else {
         vi_net_merge8(a, b, &top, NULL);
         top = _mm256_permutevar8x32_epi32(top, _mm256_set1_epi32(k - 1));

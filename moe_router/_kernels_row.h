@@ -714,10 +714,12 @@ static MR_HOT int mr_sig_scores(const float *z, Py_ssize_t n, const float *bias,
             nan_acc = _mm256_or_ps(nan_acc, _mm256_cmp_ps(v0, v1, _CMP_UNORD_Q));
             _mm256_storeu_ps(c + i, v0);
             _mm256_storeu_ps(c + i + 8, v1);
-            t2 = _mm256_max_ps(t2, _mm256_min_ps(v0, t1));
-            t1 = _mm256_max_ps(t1, v0);
-            t2 = _mm256_max_ps(t2, _mm256_min_ps(v1, t1));
-            t1 = _mm256_max_ps(t1, v1);
+            if (ga) {
+                t2 = _mm256_max_ps(t2, _mm256_min_ps(v0, t1));
+                t1 = _mm256_max_ps(t1, v0);
+                t2 = _mm256_max_ps(t2, _mm256_min_ps(v1, t1));
+                t1 = _mm256_max_ps(t1, v1);
+            }
         }
         if (ga) {
             ga[g] = t1;
@@ -733,7 +735,6 @@ static MR_HOT int mr_sig_groups(const float *c, Py_ssize_t n, Py_ssize_t n_group
                                 float slack, __m256 *ga, __m256 *gb, Py_ssize_t *kept, float *lanes,
                                 Py_ssize_t *n_kept)
 {
-    const Py_ssize_t size = n / n_group;
     float lo = INFINITY, hi = -INFINITY, group_score[MR_BLOCK];
     if (n_group == 1) {
         int has_nan;
@@ -787,31 +788,49 @@ static inline int MR_SFX(mr_sigmoid_approx)(const MR_T *x, Py_ssize_t n, MR_T *o
 }
 
 /* Each step written out for row 0 and row 1 of a pair (a loop over the
- * rows, which gcc kept, measured slower). */
+ * rows, which gcc kept, measured slower); MR_ONE: the same for one row. */
 #define MR_PAIR(h, STMT) { enum { h = 0 }; STMT; } { enum { h = 1 }; STMT; }
+#define MR_ONE(h, STMT) { enum { h = 0 }; STMT; }
 
-/* mr_sigmoid_topk for one row: 1 when idx[0..k) holds the ids. */
+#ifdef MR_NET8
+/* The steps of mr_sigmoid_topk for the rows of EACH (MR_ONE, MR_PAIR): row
+ * h at z + h * n, its scores at c + h * n, its groups at kept + h * n_group,
+ * ids at idx + h * (MR_BLOCK + 1), weights at e_out + h * MR_BLOCK; ok[h]
+ * (the caller's) says whether they were written. */
+#define MR_SIG_STEPS(EACH, ROWS)                                                               \
+    float lanes[ROWS][MR_BLOCK];                                                               \
+    mr_cand_f32 cd[ROWS];                                                                      \
+    Py_ssize_t n_kept[ROWS];                                                                   \
+    __m256 ga[ROWS][8], gb[ROWS][8];                                                           \
+    const int applies = mr_sig_applies(n, n_group, topk_group, k, slack);                      \
+    const int g8 = mr_sig_groups8(n, n_group);                                                 \
+    EACH(h, ok[h] = applies && mr_sig_scores(z + h * n, n, bias, c + h * n,                    \
+                                             g8 ? ga[h] : NULL, gb[h]))                        \
+    EACH(h, ok[h] = ok[h] && mr_sig_groups(c + h * n, n, n_group, topk_group, slack, ga[h],    \
+                                           gb[h], kept + h * n_group, lanes[h], &n_kept[h]))   \
+    EACH(h, ok[h] = ok[h] && mr_cand_gather_f32(c + h * n, n, n / n_group, kept + h * n_group, \
+                                                n_kept[h], k, lanes[h], 2 * slack, &cd[h]) == 0) \
+    EACH(h, if (ok[h]) mr_sig_exact(z + h * n, bias, &cd[h]))                                 \
+    EACH(h, if (ok[h]) mr_cand_select_f32(&cd[h], k, idx + h * (MR_BLOCK + 1), 0, NULL, 1))   \
+    EACH(h, if (ok[h]) mr_picked_sigmoid_f32(z + h * n, idx + h * (MR_BLOCK + 1), k,           \
+                                             e_out + h * MR_BLOCK))
+#endif
+
+/* mr_sigmoid_topk for one row: 1 when idx[0..k) holds the ids (idx holds
+ * MR_BLOCK + 1) and e_out[0..k) their sigmoid (mr_picked_sigmoid: the
+ * weights before scaling; e_out holds MR_BLOCK), 0 when the row is left to
+ * the exact path. */
 static inline int MR_SFX(mr_sigmoid_topk)(const MR_T *z, Py_ssize_t n, const MR_T *bias,
                                           Py_ssize_t n_group, Py_ssize_t topk_group, int k, MR_T slack,
-                                          MR_T *c, Py_ssize_t *kept, Py_ssize_t *idx)
+                                          MR_T *c, Py_ssize_t *kept, Py_ssize_t *idx, MR_T *e_out)
 {
 #ifdef MR_NET8
-    MR_T lanes[MR_BLOCK];
-    MR_SFX(mr_cand) cd;
-    Py_ssize_t n_kept;
-    __m256 ga[8], gb[8];
-    const int g8 = mr_sig_groups8(n, n_group);
-    if (!(mr_sig_applies(n, n_group, topk_group, k, slack)
-          && mr_sig_scores(z, n, bias, c, g8 ? ga : NULL, gb)
-          && mr_sig_groups(c, n, n_group, topk_group, slack, ga, gb, kept, lanes, &n_kept)
-          && MR_SFX(mr_cand_gather)(c, n, n / n_group, kept, n_kept, k, lanes, 2 * slack, &cd) == 0))
-        return 0;
-    mr_sig_exact(z, bias, &cd);
-    MR_SFX(mr_cand_select)(&cd, k, idx, 0, NULL, 1);
-    return 1;
+    int ok[1];
+    MR_SIG_STEPS(MR_ONE, 1)
+    return ok[0];
 #else
     (void)z; (void)n; (void)bias; (void)n_group; (void)topk_group; (void)k; (void)slack;
-    (void)c; (void)kept; (void)idx;
+    (void)c; (void)kept; (void)idx; (void)e_out;
     return 0;
 #endif
 }
@@ -820,31 +839,16 @@ static inline int MR_SFX(mr_sigmoid_topk)(const MR_T *z, Py_ssize_t n, const MR_
  * before the next (see mr_topk_pair): c holds 2n scores, kept 2 * n_group
  * groups, idx 2 * (MR_BLOCK + 1) ids, e_out 2 * MR_BLOCK weights.
  * status[h] is 1 when row h's ids are at idx[h * (MR_BLOCK + 1)...] and
- * their sigmoid (mr_picked_sigmoid: the weights before scaling) at
- * e_out[h * MR_BLOCK...], -1 when the row is left to the exact path (as
- * mr_topk_pair's status). */
+ * their sigmoid at e_out[h * MR_BLOCK...], -1 when the row is left to the
+ * exact path (as mr_topk_pair's status). */
 static inline void MR_SFX(mr_sigmoid_topk_pair)(const MR_T *z, Py_ssize_t n, const MR_T *bias,
                                                 Py_ssize_t n_group, Py_ssize_t topk_group, int k,
                                                 MR_T slack, MR_T *c, Py_ssize_t *kept,
                                                 Py_ssize_t *idx, MR_T *e_out, int *status)
 {
 #ifdef MR_NET8
-    MR_T lanes[2][MR_BLOCK];
-    MR_SFX(mr_cand) cd[2];
-    Py_ssize_t n_kept[2];
     int ok[2];
-    __m256 ga[2][8], gb[2][8];
-    const int applies = mr_sig_applies(n, n_group, topk_group, k, slack);
-    const int g8 = mr_sig_groups8(n, n_group);
-    MR_PAIR(h, ok[h] = applies && mr_sig_scores(z + h * n, n, bias, c + h * n, g8 ? ga[h] : NULL, gb[h]))
-    MR_PAIR(h, ok[h] = ok[h] && mr_sig_groups(c + h * n, n, n_group, topk_group, slack, ga[h], gb[h],
-                                              kept + h * n_group, lanes[h], &n_kept[h]))
-    MR_PAIR(h, ok[h] = ok[h] && MR_SFX(mr_cand_gather)(c + h * n, n, n / n_group, kept + h * n_group,
-                                                       n_kept[h], k, lanes[h], 2 * slack, &cd[h]) == 0)
-    MR_PAIR(h, if (ok[h]) mr_sig_exact(z + h * n, bias, &cd[h]))
-    MR_PAIR(h, if (ok[h]) MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), 0, NULL, 1))
-    MR_PAIR(h, if (ok[h]) MR_SFX(mr_picked_sigmoid)(z + h * n, idx + h * (MR_BLOCK + 1), k,
-                                                    e_out + h * MR_BLOCK))
+    MR_SIG_STEPS(MR_PAIR, 2)
     MR_PAIR(h, status[h] = ok[h] ? 1 : -1)
 #else
     (void)z; (void)n; (void)bias; (void)n_group; (void)topk_group; (void)k; (void)slack;
@@ -877,6 +881,8 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
 }
 
 #undef MR_PAIR
+#undef MR_ONE
+#undef MR_SIG_STEPS
 #undef MR_NV
 #undef MR_T
 #undef MR_SFX

@@ -40,7 +40,7 @@ cdef extern from "_kernels.h" nogil:
     int mr_sigmoid_approx_f32(const float *x, Py_ssize_t n, float *out)
     int mr_sigmoid_topk_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
                             Py_ssize_t topk_group, int k, float slack, float *c,
-                            Py_ssize_t *kept, Py_ssize_t *idx)
+                            Py_ssize_t *kept, Py_ssize_t *idx, float *e_out)
     void mr_sigmoid_topk_pair_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
                                   Py_ssize_t topk_group, int k, float slack, float *c,
                                   Py_ssize_t *kept, Py_ssize_t *idx, float *e_out, int *status)
@@ -357,15 +357,15 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
         # The selection score c = sigmoid(z) (+ bias) in scratch[n:2n]; the
         # weights, sigmoid of the picked logits, are recomputed from z.
         # First the selection on approximate scores checked exactly (AVX2,
-        # float32; r = 0 when it is done); the exact pass also finds NaN
-        # rows: no pass over z is needed for it.
+        # float32; r = 1 when it gave the ids and their sigmoid in e_sel);
+        # the exact pass also finds NaN rows: no pass over z is needed for it.
         if floating is float:
             if approx and k <= MR_BLOCK and mr_sigmoid_topk_f32(
                     z, n, <const float*>cfg.bias, cfg.n_group, cfg.topk_group, <int>k,
-                    cfg.slack, scratch + n, kept, idx):
+                    cfg.slack, scratch + n, kept, idx, e_sel):
                 for j in range(k):
                     ids_out[j] = <id_t>idx[j]
-                r = 0
+                r = 1
         if r < 0:
             if _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n):
                 return ROW_NAN
@@ -596,6 +596,7 @@ def sigmoid_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, Py_ssize_t n_grou
     cdef Py_ssize_t rows = z.shape[0], n = z.shape[1], r, j
     cdef const float* bp = NULL
     cdef Py_ssize_t idx[MR_BLOCK + 1]
+    cdef float e[MR_BLOCK]
     if not 1 <= top_k <= min(n, MR_BLOCK) or n_group < 1 or n % n_group or not 1 <= topk_group <= n_group:
         raise ValueError(f"top_k={top_k}, n_group={n_group}, topk_group={topk_group} "
                          f"do not fit {n} experts")
@@ -610,7 +611,7 @@ def sigmoid_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, Py_ssize_t n_grou
     cdef float slack = _sigmoid_slack(bp, n)
     for r in range(rows):
         if mr_sigmoid_topk_f32(&z[r, 0], n, bp, n_group, topk_group, <int>top_k, slack,
-                               &scratch[0], &kept[0], idx):
+                               &scratch[0], &kept[0], idx, e):
             taken[r] = True
             for j in range(top_k):
                 ids[r, j] = idx[j]
