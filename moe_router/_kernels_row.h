@@ -453,6 +453,58 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
     }
     return 1;
 }
+/*
+ * The plain router's candidates for n <= 256 experts (a multiple of 8) and
+ * k <= 8: only their ids, as bytes, straight from the 8-byte lookup table
+ * (its entry plus the vector's first id in every byte), with no vector
+ * shuffle or store for the values; mr_ids8_net8 gathers the values.  The
+ * compress of values and int32 ids (mr_cand_gather) spent most of its
+ * time on those shuffles and stores (measured).  Returns the number of
+ * candidates; ids8 holds n + 8 bytes.
+ */
+static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t *ids8)
+{
+    const __m256 vt = _mm256_set1_ps(t);
+    int c = 0;
+    memset(ids8, 0, 16);  /* (bytes past c are read, never used) */
+    for (Py_ssize_t i = 0; i < n; i += 8) {
+        const int m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i), vt, _CMP_GE_OQ));
+        const uint64_t ids = mr_pack_lut[m] + (uint64_t)i * 0x0101010101010101ull;
+        memcpy(ids8 + c, &ids, 8);
+        c += _mm_popcnt_u32((unsigned)m);
+    }
+    return c;
+}
+
+/* mr_cand_net8 on the c <= 16 candidates of mr_ids8_gather: their values
+ * gathered from z (slots past c: -inf), then the same keys, network and
+ * outputs. */
+static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k, Py_ssize_t *idx,
+                               float m, float *e_out)
+{
+    const __m128i b = _mm_loadu_si128((const __m128i *)ids8);
+    const __m256i i0 = _mm256_cvtepu8_epi32(b), i1 = _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8));
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), vc = _mm256_set1_epi32(c);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const __m256 v0 = _mm256_mask_i32gather_ps(ninf, z, i0, _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, lane)), 4);
+    const __m256 v1 = _mm256_mask_i32gather_ps(
+        ninf, z, i1, _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, _mm256_add_epi32(lane, _mm256_set1_epi32(8)))), 4);
+    __m256i top, next;
+    vi_net_top8(v0, v1, &top, &next);
+    if (vi_net_close(top, next, k))
+        return 0;
+    const __m256i slot = _mm256_sub_epi32(_mm256_set1_epi32(15), _mm256_and_si256(top, _mm256_set1_epi32(15)));
+    /* by slot: from the first vector, or the second where slot bit 3 is set */
+    const __m256 in_v1 = _mm256_castsi256_ps(_mm256_slli_epi32(slot, 28));
+    const __m256i ids = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(_mm256_permutevar8x32_epi32(i0, slot)),
+                         _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(i1, slot)), in_v1));
+    _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
+    _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
+    const __m256 val = _mm256_blendv_ps(_mm256_permutevar8x32_ps(v0, slot), _mm256_permutevar8x32_ps(v1, slot), in_v1);
+    _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(val, _mm256_set1_ps(m))));
+    return 1;
+}
 #endif
 
 /* Part 2 (late: see mr_cand_net8).  idx must hold MR_BLOCK + 1 entries and
@@ -873,6 +925,28 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
     MR_SFX(mr_cand) cd[2];
     int has_nan[2];
     MR_PAIR(h, m_out[h] = MR_SFX(mr_max_lanes)(z + h * n, n, lanes[h], &has_nan[h]))
+#ifdef MR_NET8
+    if (k <= 8 && n >= 128 && n <= 256 && n % 8 == 0) {  /* (n < 128: slower, measured) */
+        uint8_t ids8[2][256 + 8];
+        MR_T t[2];
+        int c[2];
+        MR_PAIR(h, t[h] = !has_nan[h] && m_out[h] < INFINITY ? MR_SFX(mr_kth_lane)(lanes[h], k) : -INFINITY)
+        MR_PAIR(h, c[h] = t[h] > -INFINITY ? mr_ids8_gather(z + h * n, n, t[h], ids8[h]) : 0)
+        MR_PAIR(h, status[h] = c[h] > 0 && c[h] <= 16
+                    && mr_ids8_net8(z + h * n, ids8[h], c[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
+                                    e_out + h * MR_BLOCK))
+        /* A row it declined (ties, or more than 16 candidates) takes the
+         * general selection, as rows of other shapes. */
+        MR_PAIR(h, if (!status[h]) {
+                       status[h] = !has_nan[h] && m_out[h] < INFINITY
+                           && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], 0, &cd[h]) == 0 ? 0 : -1;
+                       if (status[h] == 0)
+                           status[h] = MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
+                                                              e_out + h * MR_BLOCK, 0);
+                   })
+        return;
+    }
+#endif
     MR_PAIR(h, status[h] = !has_nan[h] && m_out[h] < INFINITY
                 && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], 0, &cd[h]) == 0 ? 0 : -1)
     MR_PAIR(h, if (status[h] == 0)

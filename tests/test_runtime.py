@@ -201,6 +201,58 @@ def test_rows_routed_in_pairs_match_rows_routed_alone(kernel_path, rng, dtype, n
         np.testing.assert_array_equal(batch.expert_weights[r], alone.expert_weights[0])
 
 
+def _lane_candidates(row, top_k):
+    # How many experts the AVX2 kernel keeps as candidates: those at or
+    # above the top_k-th largest of the 16 maxima of positions i % 16.
+    lanes = np.full(16, -np.inf)
+    for lane in range(16):
+        lanes[lane] = row[lane::16].max(initial=-np.inf)
+    return int((row >= np.sort(lanes)[-top_k]).sum())
+
+
+@pytest.mark.parametrize("num_experts", [128, 136, 200, 256])
+@pytest.mark.parametrize("top_k", [1, 4, 8])
+def test_pairs_with_up_to_and_over_sixteen_candidates(kernel_path, rng, num_experts, top_k):
+    # For 128-256 experts and top_k <= 8 the AVX2 kernel keeps a float32
+    # row's candidate ids as bytes and ranks at most 16 of them at once; a
+    # row with more candidates, or with ties among its best, goes to the
+    # general selection.  Clusters of close values near the top give every
+    # candidate count around 16; each row must match the reference and
+    # the same row routed alone.
+    rows = []
+    per_lane = num_experts // 16
+    for count in range(top_k, min(30, 1 + (top_k - 1) * per_lane)):
+        # top_k lanes (positions i % 16) above the rest: the lowest of their
+        # maxima, 5.0, is the threshold, and the other lanes carry the
+        # count - 1 other candidates.
+        row = rng.standard_normal(num_experts) - 2
+        lanes = rng.choice(16, top_k, replace=False)
+        row[lanes[0] + 16 * rng.integers(per_lane)] = 5.0
+        first = [lane + 16 * rng.integers(per_lane) for lane in lanes[1:]]  # one in each
+        rest = [lane + 16 * j for lane in lanes[1:] for j in range(per_lane)
+                if lane + 16 * j not in first]
+        at = first + list(rng.choice(rest, count - top_k, replace=False))
+        row[at] = rng.uniform(5.001, 6, count - 1)
+        rows.append(row)
+    for size in (9, 17):                          # ties in a cluster at the top
+        row = rng.standard_normal(num_experts)
+        row[rng.choice(num_experts, size, replace=False)] = 5.0
+        rows.append(row)
+    rows += [rng.standard_normal(num_experts) for _ in range(5)]
+    z = np.array(rows, np.float32)
+    counts = {_lane_candidates(row, top_k) for row in z}
+    if top_k > 1:
+        assert {15, 16, 17, 18} <= counts and max(counts) > 20, sorted(counts)
+    batch = mr.route(z, top_k, True)
+    ref_ids, ref_w = reference.softmax_topk(z, top_k, True)
+    np.testing.assert_array_equal(batch.expert_ids, ref_ids)
+    np.testing.assert_allclose(batch.expert_weights, ref_w, rtol=0, atol=2e-6)
+    for r in range(len(z)):
+        alone = mr.route(z[r:r + 1], top_k, True)
+        np.testing.assert_array_equal(batch.expert_ids[r], alone.expert_ids[0])
+        np.testing.assert_array_equal(batch.expert_weights[r], alone.expert_weights[0])
+
+
 @pytest.mark.parametrize("top_k", [1, 2, 5, 8])
 def test_values_a_few_ulps_apart_and_signed_zeros_keep_their_order(kernel_path, rng, top_k):
     # The AVX2 network ranks candidates by integer keys that drop the low 4
