@@ -478,9 +478,13 @@ static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t 
 
 /* mr_cand_net8 on the c <= 16 candidates of mr_ids8_gather: their values
  * gathered from z (slots past c: -inf), then the same keys, network and
- * outputs. */
+ * outputs.  Where the network leaves the order to exact code (ties, close
+ * values) it returns 0 with the candidates in *cd, one padded block as
+ * mr_cand_gather leaves them, for mr_cand_rank_block: gathering them again
+ * made rows of bfloat16 logits, where ties are common, 1.13-1.25x slower
+ * (measured). */
 static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k, Py_ssize_t *idx,
-                               float m, float *e_out)
+                               float m, float *e_out, mr_cand_f32 *cd)
 {
     const __m128i b = _mm_loadu_si128((const __m128i *)ids8);
     const __m256i i0 = _mm256_cvtepu8_epi32(b), i1 = _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8));
@@ -491,8 +495,14 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
         ninf, z, i1, _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, _mm256_add_epi32(lane, _mm256_set1_epi32(8)))), 4);
     __m256i top, next;
     vi_net_top8(v0, v1, &top, &next);
-    if (vi_net_close(top, next, k))
+    if (vi_net_close(top, next, k)) {
+        _mm256_storeu_ps(cd->v, v0);
+        _mm256_storeu_ps(cd->v + 8, v1);
+        _mm256_storeu_si256((__m256i *)cd->i, i0);
+        _mm256_storeu_si256((__m256i *)(cd->i + 8), i1);
+        cd->c = c;
         return 0;
+    }
     const __m256i slot = _mm256_sub_epi32(_mm256_set1_epi32(15), _mm256_and_si256(top, _mm256_set1_epi32(15)));
     /* by slot: from the first vector, or the second where slot bit 3 is set */
     const __m256 in_v1 = _mm256_castsi256_ps(_mm256_slli_epi32(slot, 28));
@@ -506,6 +516,72 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
     return 1;
 }
 #endif
+
+/* mr_cand_select for at most MR_BLOCK candidates (the cases
+ * mr_cand_net8 leaves: ties or close values, k > 8). */
+static MR_HOT int MR_SFX(mr_cand_rank_block)(const MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
+                                             MR_T m, MR_T *e_out)
+{
+    const MR_T *cv = cd->v;
+    const int32_t *ci = cd->i;
+    const int c = cd->c;
+    /* Every rank at once, with vector compares against each candidate q
+     * in turn, first by value only and over the whole block (no loop
+     * count that depends on c; the padding, -inf, ranks c >= k). */
+    MR_V cvv[MR_NV], pos[MR_NV], rank[MR_NV];
+    MR_T pos_l[MR_BLOCK], rank_l[MR_BLOCK], ev[MR_BLOCK];
+    int unique = 1;
+    for (int j = 0; j < MR_NV; j++) cvv[j] = MR_OP(load)(cv + j * MR_W);
+    MR_SFX(mr_rank_gt)(cv, cvv, rank);
+    /* rank = how many candidates are greater.  When exactly one
+     * candidate has rank r for each r < k, those are the top k in
+     * order: equal values would share a rank r < k (and leave r + 1
+     * empty).  Ties further down do not matter.  Each winner is found
+     * with a vector compare per rank (scattering every candidate to
+     * its rank through memory made the reads of the result wait on
+     * stores to late-known addresses: measured slower).  With e_out,
+     * exp(value - m) of the picked comes from the candidates still in
+     * registers (gathering them from z into a block through memory
+     * stalled on store forwarding: measured). */
+    if (e_out) {
+        const MR_V vm = MR_OP(set)(m);
+        for (int j = 0; j < MR_NV; j++)
+            MR_OP(store)(ev + j * MR_W, MR_EXPV(MR_OP(sub)(cvv[j], vm)));
+    }
+    for (int r = 0; r < k; r++) {
+        const MR_V vr = MR_OP(set)((MR_T)r);
+        unsigned bits = 0;
+        for (int j = 0; j < MR_NV; j++)
+            bits |= (unsigned)MR_OP(eq_bits)(rank[j], vr) << (j * MR_W);
+        unique &= (bits != 0) & ((bits & (bits - 1)) == 0);
+        const int at = bits ? mr_ctz(bits) : 0;
+        idx[r] = ci[at];
+        if (e_out)
+            e_out[r] = ev[at];
+    }
+    if (unique)
+        return e_out != NULL;
+    /* Equal candidates: equal values rank by position, that is by
+     * expert index. */
+    for (int l = 0; l < MR_BLOCK; l++) pos_l[l] = (MR_T)l;
+    for (int j = 0; j < MR_NV; j++) {
+        pos[j] = MR_OP(load)(pos_l + j * MR_W);
+        rank[j] = MR_OP(set)(0);
+    }
+    for (int q = 0; q < c; q++) {
+        const MR_V vq = MR_OP(set)(cv[q]), pq = MR_OP(set)((MR_T)q);
+        for (int j = 0; j < MR_NV; j++) {
+            rank[j] = MR_OP(count_gt)(rank[j], vq, cvv[j]);
+            rank[j] = MR_OP(count_eq_before)(rank[j], vq, cvv[j], pq, pos[j]);
+        }
+    }
+    for (int j = 0; j < MR_NV; j++) MR_OP(store)(rank_l + j * MR_W, rank[j]);
+    for (int j = 0; j < c; j++) {
+        int r = (int)rank_l[j];
+        idx[r < k ? r : k] = ci[j];
+    }
+    return 0;
+}
 
 /* Part 2 (late: see mr_cand_net8).  idx must hold MR_BLOCK + 1 entries and
  * e_out MR_BLOCK (they may be written past k).  Returns 1 when it also wrote exp(z[idx[j]] - m) into
@@ -524,63 +600,7 @@ static MR_HOT int MR_SFX(mr_cand_select)(const MR_SFX(mr_cand) *cd, int k, Py_ss
         if (k <= 8 && MR_SFX(mr_cand_net8)(cd, k, idx, m, e_out, late))
             return e_out != NULL;
 #endif
-        /* One block of candidates: every rank at once, with vector
-         * compares against each candidate q in turn, first by value only
-         * and over the whole block (no loop count that depends on c; the
-         * padding, -inf, ranks c >= k). */
-        MR_V cvv[MR_NV], pos[MR_NV], rank[MR_NV];
-        MR_T pos_l[MR_BLOCK], rank_l[MR_BLOCK], ev[MR_BLOCK];
-        int unique = 1;
-        for (int j = 0; j < MR_NV; j++) cvv[j] = MR_OP(load)(cv + j * MR_W);
-        MR_SFX(mr_rank_gt)(cv, cvv, rank);
-        /* rank = how many candidates are greater.  When exactly one
-         * candidate has rank r for each r < k, those are the top k in
-         * order: equal values would share a rank r < k (and leave r + 1
-         * empty).  Ties further down do not matter.  Each winner is found
-         * with a vector compare per rank (scattering every candidate to
-         * its rank through memory made the reads of the result wait on
-         * stores to late-known addresses: measured slower).  With e_out,
-         * exp(value - m) of the picked comes from the candidates still in
-         * registers (gathering them from z into a block through memory
-         * stalled on store forwarding: measured). */
-        if (e_out) {
-            const MR_V vm = MR_OP(set)(m);
-            for (int j = 0; j < MR_NV; j++)
-                MR_OP(store)(ev + j * MR_W, MR_EXPV(MR_OP(sub)(cvv[j], vm)));
-        }
-        for (int r = 0; r < k; r++) {
-            const MR_V vr = MR_OP(set)((MR_T)r);
-            unsigned bits = 0;
-            for (int j = 0; j < MR_NV; j++)
-                bits |= (unsigned)MR_OP(eq_bits)(rank[j], vr) << (j * MR_W);
-            unique &= (bits != 0) & ((bits & (bits - 1)) == 0);
-            const int at = bits ? mr_ctz(bits) : 0;
-            idx[r] = ci[at];
-            if (e_out)
-                e_out[r] = ev[at];
-        }
-        if (unique)
-            return e_out != NULL;
-        /* Equal candidates: equal values rank by position, that is by
-         * expert index. */
-        for (int l = 0; l < MR_BLOCK; l++) pos_l[l] = (MR_T)l;
-        for (int j = 0; j < MR_NV; j++) {
-            pos[j] = MR_OP(load)(pos_l + j * MR_W);
-            rank[j] = MR_OP(set)(0);
-        }
-        for (int q = 0; q < c; q++) {
-            const MR_V vq = MR_OP(set)(cv[q]), pq = MR_OP(set)((MR_T)q);
-            for (int j = 0; j < MR_NV; j++) {
-                rank[j] = MR_OP(count_gt)(rank[j], vq, cvv[j]);
-                rank[j] = MR_OP(count_eq_before)(rank[j], vq, cvv[j], pq, pos[j]);
-            }
-        }
-        for (int j = 0; j < MR_NV; j++) MR_OP(store)(rank_l + j * MR_W, rank[j]);
-        for (int j = 0; j < c; j++) {
-            int r = (int)rank_l[j];
-            idx[r < k ? r : k] = ci[j];
-        }
-        return 0;
+        return MR_SFX(mr_cand_rank_block)(cd, k, idx, m, e_out);
     }
 
     /* Place each candidate at its rank: the number of candidates before it
@@ -933,11 +953,16 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
         MR_PAIR(h, t[h] = !has_nan[h] && m_out[h] < INFINITY ? MR_SFX(mr_kth_lane)(lanes[h], k) : -INFINITY)
         MR_PAIR(h, c[h] = t[h] > -INFINITY ? mr_ids8_gather(z + h * n, n, t[h], ids8[h]) : 0)
         MR_PAIR(h, status[h] = c[h] > 0 && c[h] <= 16
-                    && mr_ids8_net8(z + h * n, ids8[h], c[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
-                                    e_out + h * MR_BLOCK))
-        /* A row it declined (ties, or more than 16 candidates) takes the
-         * general selection, as rows of other shapes. */
-        MR_PAIR(h, if (!status[h]) {
+                    ? mr_ids8_net8(z + h * n, ids8[h], c[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
+                                   e_out + h * MR_BLOCK, &cd[h])
+                    : -2)
+        /* Ties or close values: ranked exactly on the same candidates.  A
+         * row with more than 16 candidates (or none: a NaN or infinite max,
+         * t = -inf) takes the general selection, as rows of other shapes. */
+        MR_PAIR(h, if (status[h] == 0) {
+                       status[h] = MR_SFX(mr_cand_rank_block)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
+                                                              e_out + h * MR_BLOCK);
+                   } else if (status[h] == -2) {
                        status[h] = !has_nan[h] && m_out[h] < INFINITY
                            && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], 0, &cd[h]) == 0 ? 0 : -1;
                        if (status[h] == 0)
