@@ -232,8 +232,9 @@ static MR_HOT int vf_compress_ge(const float *src, float t, int32_t base, float 
  * without a payload (integer min and max: 4 operations a step, not 6 with
  * the ids carried alongside; measured 5% of the row), and the slot comes
  * back from its low bits.  Keys order as the values do except between
- * values less than 16 units in the last place apart, which callers must
- * leave to exact code (vi_net_close).
+ * different values less than 16 units in the last place apart, which
+ * callers must leave to exact code (vi_net_close); equal values order by
+ * slot.
  */
 #define MR_VF_NET8 1
 #define MR_NET_MIN(l) -((((l) & j) != 0) == (((l) & kk) == 0))
@@ -316,15 +317,29 @@ static MR_HOT void vi_net_top8(__m256 v0, __m256 v1, __m256i *top, __m256i *next
     vi_net_merge8(vi_net_sort8(vi_net_key(v0, _mm256_setr_epi32(15, 14, 13, 12, 11, 10, 9, 8))),
                   vi_net_sort8(vi_net_key(v1, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0))), top, next);
 }
+/* The slots of keys (15 - their low 4 bits), and the values v0 (slots
+ * 0-7) and v1 (slots 8-15) in the order of those slots. */
+static MR_HOT __m256i vi_net_slot(__m256i key)
+{ return _mm256_sub_epi32(_mm256_set1_epi32(15), _mm256_and_si256(key, _mm256_set1_epi32(15))); }
+static MR_HOT __m256 vf_by_slot(__m256 v0, __m256 v1, __m256i slot)
+{
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(v0, slot), _mm256_permutevar8x32_ps(v1, slot),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(slot, 28)));
+}
 /* Bit l set, for l < k, where key l and key l + 1 (lane 8 is `next`) may
- * stand for values in the other order or equal: same bits above the low 4. */
-static MR_HOT unsigned vi_net_close(__m256i top, __m256i next, int k)
+ * stand for values in the other order: the same bits above the low 4, but
+ * not the same value.  Equal values are in slot order, which is index
+ * order, as they must be: ties (common with bfloat16 logits) need no
+ * exact code. */
+static MR_HOT unsigned vi_net_close(__m256i top, __m256i next, int k, __m256 v0, __m256 v1)
 {
     __m256i after = _mm256_permutevar8x32_epi32(top, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7));
     after = _mm256_blend_epi32(after, next, 0x80);
     const __m256i hi = _mm256_set1_epi32(~15);
     const __m256i eq = _mm256_cmpeq_epi32(_mm256_and_si256(top, hi), _mm256_and_si256(after, hi));
-    return (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(eq)) & ((1u << k) - 1u);
+    const __m256 ne = _mm256_cmp_ps(vf_by_slot(v0, v1, vi_net_slot(top)), vf_by_slot(v0, v1, vi_net_slot(after)),
+                                    _CMP_NEQ_UQ);
+    return (unsigned)_mm256_movemask_ps(_mm256_and_ps(_mm256_castsi256_ps(eq), ne)) & ((1u << k) - 1u);
 }
 static inline mr_vd vd_load(const double *p) { return _mm256_loadu_pd(p); }
 static inline mr_vd vd_set(double x) { return _mm256_set1_pd(x); }

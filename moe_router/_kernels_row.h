@@ -422,8 +422,8 @@ static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, Py_ssize_t
 /* mr_cand_select for k <= 8 and at most 16 candidates, by sorting network
  * on keys (vi_net_top8).  Returns 1 when it wrote idx[0..8) (and e_out[0..8),
  * when given; the first k are the answer), 0 when values among the k + 1
- * best are equal or too close for the keys, which leaves the order to the
- * exact code.  The candidates are loaded as scalars: a vector load of what
+ * best differ but are too close for the keys (vi_net_close), which leaves
+ * the order to the exact code.  The candidates are loaded as scalars: a vector load of what
  * the compress wrote with overlapping vector stores waits for those stores
  * to reach the cache (store forwarding fails; measured: about 60 cycles a
  * row).  `late`: enough work ran since the compress for its stores to have
@@ -438,19 +438,14 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
                            : _mm256_setr_ps(cv[8], cv[9], cv[10], cv[11], cv[12], cv[13], cv[14], cv[15]);
     __m256i top, next;
     vi_net_top8(v0, v1, &top, &next);
-    if (vi_net_close(top, next, k))
+    if (vi_net_close(top, next, k, v0, v1))
         return 0;
-    const __m256i slot = _mm256_sub_epi32(_mm256_set1_epi32(15), _mm256_and_si256(top, _mm256_set1_epi32(15)));
+    const __m256i slot = vi_net_slot(top);
     const __m256i ids = _mm256_i32gather_epi32((const int *)cd->i, slot, 4);
     _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
     _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
-    if (e_out) {
-        /* the values by slot: from v0, or from v1 where slot bit 3 is set */
-        const __m256 in_v1 = _mm256_castsi256_ps(_mm256_slli_epi32(slot, 28));
-        const __m256 val = _mm256_blendv_ps(_mm256_permutevar8x32_ps(v0, slot),
-                                            _mm256_permutevar8x32_ps(v1, slot), in_v1);
-        _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(val, _mm256_set1_ps(m))));
-    }
+    if (e_out)
+        _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(vf_by_slot(v0, v1, slot), _mm256_set1_ps(m))));
     return 1;
 }
 /*
@@ -478,11 +473,11 @@ static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t 
 
 /* mr_cand_net8 on the c <= 16 candidates of mr_ids8_gather: their values
  * gathered from z (slots past c: -inf), then the same keys, network and
- * outputs.  Where the network leaves the order to exact code (ties, close
+ * outputs.  Where the network leaves the order to exact code (close
  * values) it returns 0 with the candidates in *cd, one padded block as
- * mr_cand_gather leaves them, for mr_cand_rank_block: gathering them again
- * made rows of bfloat16 logits, where ties are common, 1.13-1.25x slower
- * (measured). */
+ * mr_cand_gather leaves them, for mr_cand_rank_block (gathering them
+ * again was measured 1.13-1.25x slower on rows of bfloat16 logits, when
+ * ties went that way too). */
 static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k, Py_ssize_t *idx,
                                float m, float *e_out, mr_cand_f32 *cd)
 {
@@ -495,7 +490,7 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
         ninf, z, i1, _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, _mm256_add_epi32(lane, _mm256_set1_epi32(8)))), 4);
     __m256i top, next;
     vi_net_top8(v0, v1, &top, &next);
-    if (vi_net_close(top, next, k)) {
+    if (vi_net_close(top, next, k, v0, v1)) {
         _mm256_storeu_ps(cd->v, v0);
         _mm256_storeu_ps(cd->v + 8, v1);
         _mm256_storeu_si256((__m256i *)cd->i, i0);
@@ -503,16 +498,11 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
         cd->c = c;
         return 0;
     }
-    const __m256i slot = _mm256_sub_epi32(_mm256_set1_epi32(15), _mm256_and_si256(top, _mm256_set1_epi32(15)));
-    /* by slot: from the first vector, or the second where slot bit 3 is set */
-    const __m256 in_v1 = _mm256_castsi256_ps(_mm256_slli_epi32(slot, 28));
-    const __m256i ids = _mm256_castps_si256(
-        _mm256_blendv_ps(_mm256_castsi256_ps(_mm256_permutevar8x32_epi32(i0, slot)),
-                         _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(i1, slot)), in_v1));
+    const __m256i slot = vi_net_slot(top);
+    const __m256i ids = _mm256_castps_si256(vf_by_slot(_mm256_castsi256_ps(i0), _mm256_castsi256_ps(i1), slot));
     _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
     _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
-    const __m256 val = _mm256_blendv_ps(_mm256_permutevar8x32_ps(v0, slot), _mm256_permutevar8x32_ps(v1, slot), in_v1);
-    _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(val, _mm256_set1_ps(m))));
+    _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(vf_by_slot(v0, v1, slot), _mm256_set1_ps(m))));
     return 1;
 }
 #endif
@@ -956,7 +946,7 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
                     ? mr_ids8_net8(z + h * n, ids8[h], c[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
                                    e_out + h * MR_BLOCK, &cd[h])
                     : -2)
-        /* Ties or close values: ranked exactly on the same candidates.  A
+        /* Close values: ranked exactly on the same candidates.  A
          * row with more than 16 candidates (or none: a NaN or infinite max,
          * t = -inf) takes the general selection, as rows of other shapes. */
         MR_PAIR(h, if (status[h] == 0) {

@@ -253,6 +253,27 @@ def test_pairs_with_up_to_and_over_sixteen_candidates(kernel_path, rng, num_expe
         np.testing.assert_array_equal(batch.expert_weights[r], alone.expert_weights[0])
 
 
+@pytest.mark.parametrize("num_experts, top_k", [(64, 4), (128, 8), (256, 8), (160, 6)])
+def test_bfloat16_logits_with_ties_among_the_best(kernel_path, rng, num_experts, top_k):
+    # Logits that come from a bfloat16 model carry 8 significant bits, so
+    # equal values among the best are common.  The AVX2 network orders
+    # equal values by candidate slot, that is by index; only different
+    # values too close for its keys go to exact code.  Rows alone and in
+    # pairs, against the reference.
+    z = rng.standard_normal((64, num_experts)).astype(np.float32)
+    z = (z.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    z[::3, 5] = z[::3].max(axis=1)                    # a tie at the very top
+    ref_ids, ref_w = reference.softmax_topk(z, top_k, True)
+    ranked = np.sort(z, axis=1)[:, ::-1][:, :top_k + 1]
+    assert (ranked[:, 1:] == ranked[:, :-1]).any(axis=1).mean() > 0.3  # ties are common
+    batch = mr.route(z, top_k, True)
+    np.testing.assert_array_equal(batch.expert_ids, ref_ids)
+    np.testing.assert_allclose(batch.expert_weights, ref_w, rtol=0, atol=2e-6)
+    for r in range(0, len(z), 7):
+        alone = mr.route(z[r:r + 1], top_k, True)
+        np.testing.assert_array_equal(alone.expert_ids[0], ref_ids[r])
+
+
 @pytest.mark.parametrize("top_k", [1, 2, 5, 8])
 def test_values_a_few_ulps_apart_and_signed_zeros_keep_their_order(kernel_path, rng, top_k):
     # The AVX2 network ranks candidates by integer keys that drop the low 4
