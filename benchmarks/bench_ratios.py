@@ -66,9 +66,16 @@ def main():
               (128, 8, True, np.float32, 32), (128, 8, True, np.float32, 4096),
               (128, 8, False, np.float32, 256), (128, 8, True, np.float64, 256),
               (256, 8, True, np.float32, 256), (64, 4, True, np.float32, 256),
-              (8, 2, True, np.float32, 256)]
+              (8, 2, True, np.float32, 256),
+              # float32 logits holding bfloat16 values, as from a bfloat16
+              # model: ties among the best experts in about half the rows
+              (128, 8, True, "bfloat16", 256)]
     for e, k, norm, dtype, batch in shapes if args.only != "deepseek" else ():
-        z = rng.standard_normal((batch, e)).astype(dtype)
+        z = rng.standard_normal((batch, e)).astype(np.float32 if dtype == "bfloat16" else dtype)
+        if dtype == "bfloat16":  # round to the nearest bfloat16 (ties to even)
+            bits = z.view(np.uint32)
+            bits += np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+            z = (bits & np.uint32(0xFFFF0000)).view(np.float32)
         router = mr.Router(e, k, norm, num_threads=1)
         out = mr.RouterOutput.empty()
         ids = np.empty(batch * k, np.int32)
@@ -77,14 +84,15 @@ def main():
              "route_into": lambda: mr.route_into(z, k, out, norm, num_threads=1),
              # the portable module's kernel, called directly (no Python layer)
              "SSE2 path (kernel call)": lambda: _core_baseline.route_rows(z, k, norm, ids, w, 1)}
-        if dtype == np.float32:
+        if dtype != np.float64:
             c["seed (scalar, same sources)"] = lambda: _core_baseline.route_rows_seed(z, k, norm, ids, w)
         c["numpy"] = lambda: numpy_route(z, k, norm)
         if torch is not None:
             t = torch.from_numpy(z)
             c["torch"] = lambda: torch_route(torch, t, k, norm)
+        kind = "bfloat16 values in float32" if dtype == "bfloat16" else np.dtype(dtype).name
         title = (f"softmax {e}/{k}, {'renormalised' if norm else 'not renormalised'}, "
-                 f"{np.dtype(dtype).name}, batch {batch}")
+                 f"{kind}, batch {batch}")
         _report(title, batch, interleaved(c, args.rounds), "Router")
 
     e, k = DEEPSEEK_V3["num_experts"], DEEPSEEK_V3["top_k"]
