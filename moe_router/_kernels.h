@@ -234,7 +234,7 @@ static MR_HOT int vf_compress_ge(const float *src, float t, int32_t base, float 
  * back from its low bits.  Keys order as the values do except between
  * different values less than 16 units in the last place apart, which
  * callers must leave to exact code (vi_net_close); equal values order by
- * slot.
+ * slot, which is index order.
  */
 #define MR_VF_NET8 1
 #define MR_NET_MIN(l) -((((l) & j) != 0) == (((l) & kk) == 0))
@@ -326,11 +326,16 @@ static MR_HOT __m256 vf_by_slot(__m256 v0, __m256 v1, __m256i slot)
     return _mm256_blendv_ps(_mm256_permutevar8x32_ps(v0, slot), _mm256_permutevar8x32_ps(v1, slot),
                             _mm256_castsi256_ps(_mm256_slli_epi32(slot, 28)));
 }
-/* Bit l set, for l < k, where key l and key l + 1 (lane 8 is `next`) may
- * stand for values in the other order: the same bits above the low 4, but
- * not the same value.  Equal values are in slot order, which is index
- * order, as they must be: ties (common with bfloat16 logits) need no
- * exact code. */
+/* Nonzero where the k best keys may not stand for the k best values in
+ * order.  Keys with the same bits above the low 4 (a run) order by slot
+ * alone, and runs are contiguous in the sorted keys.  A run that stays
+ * within the first k keys is in order iff its values are all equal (slot
+ * order is index order, as ties must go): bit l, for l < k - 1, is set
+ * where keys l and l + 1 share their high bits but not their value.  A run
+ * that crosses from key k - 1 to key k (`next` for k = 8) may hide a larger
+ * value past the k-th: bit k - 1 is set whenever those two keys share their
+ * high bits, equal values or not.  So ties among the k best (common with
+ * bfloat16 logits) need no exact code; ties at the k-th do. */
 static MR_HOT unsigned vi_net_close(__m256i top, __m256i next, int k, __m256 v0, __m256 v1)
 {
     __m256i after = _mm256_permutevar8x32_epi32(top, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7));
@@ -339,7 +344,9 @@ static MR_HOT unsigned vi_net_close(__m256i top, __m256i next, int k, __m256 v0,
     const __m256i eq = _mm256_cmpeq_epi32(_mm256_and_si256(top, hi), _mm256_and_si256(after, hi));
     const __m256 ne = _mm256_cmp_ps(vf_by_slot(v0, v1, vi_net_slot(top)), vf_by_slot(v0, v1, vi_net_slot(after)),
                                     _CMP_NEQ_UQ);
-    return (unsigned)_mm256_movemask_ps(_mm256_and_ps(_mm256_castsi256_ps(eq), ne)) & ((1u << k) - 1u);
+    const unsigned same_run = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(eq));
+    const unsigned differ = (unsigned)_mm256_movemask_ps(_mm256_and_ps(_mm256_castsi256_ps(eq), ne));
+    return (differ & ((1u << (k - 1)) - 1u)) | (same_run & (1u << (k - 1)));
 }
 static inline mr_vd vd_load(const double *p) { return _mm256_loadu_pd(p); }
 static inline mr_vd vd_set(double x) { return _mm256_set1_pd(x); }

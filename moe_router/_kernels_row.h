@@ -421,9 +421,9 @@ static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, Py_ssize_t
 #ifdef MR_NET8
 /* mr_cand_select for k <= 8 and at most 16 candidates, by sorting network
  * on keys (vi_net_top8).  Returns 1 when it wrote idx[0..8) (and e_out[0..8),
- * when given; the first k are the answer), 0 when values among the k + 1
- * best differ but are too close for the keys (vi_net_close), which leaves
- * the order to the exact code.  The candidates are loaded as scalars: a vector load of what
+ * when given; the first k are the answer), 0 when the keys may not keep
+ * the values' order (vi_net_close: close values, or a tie at the k-th),
+ * which leaves the order to the exact code.  The candidates are loaded as scalars: a vector load of what
  * the compress wrote with overlapping vector stores waits for those stores
  * to reach the cache (store forwarding fails; measured: about 60 cycles a
  * row).  `late`: enough work ran since the compress for its stores to have
@@ -455,7 +455,7 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
  * shuffle or store for the values; mr_ids8_net8 gathers the values.  The
  * compress of values and int32 ids (mr_cand_gather) spent most of its
  * time on those shuffles and stores (measured).  Returns the number of
- * candidates; ids8 holds n + 8 bytes.
+ * candidates; ids8 holds at least max(n, 16) bytes.
  */
 static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t *ids8)
 {
@@ -473,11 +473,11 @@ static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t 
 
 /* mr_cand_net8 on the c <= 16 candidates of mr_ids8_gather: their values
  * gathered from z (slots past c: -inf), then the same keys, network and
- * outputs.  Where the network leaves the order to exact code (close
- * values) it returns 0 with the candidates in *cd, one padded block as
+ * outputs.  Where the network leaves the order to exact code
+ * (vi_net_close) it returns 0 with the candidates in *cd, one padded block as
  * mr_cand_gather leaves them, for mr_cand_rank_block (gathering them
  * again was measured 1.13-1.25x slower on rows of bfloat16 logits, when
- * ties went that way too). */
+ * every tie went that way). */
 static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k, Py_ssize_t *idx,
                                float m, float *e_out, mr_cand_f32 *cd)
 {
@@ -508,7 +508,7 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
 #endif
 
 /* mr_cand_select for at most MR_BLOCK candidates (the cases
- * mr_cand_net8 leaves: ties or close values, k > 8). */
+ * mr_cand_net8 leaves: see vi_net_close; k > 8). */
 static MR_HOT int MR_SFX(mr_cand_rank_block)(const MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
                                              MR_T m, MR_T *e_out)
 {
@@ -946,7 +946,7 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
                     ? mr_ids8_net8(z + h * n, ids8[h], c[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
                                    e_out + h * MR_BLOCK, &cd[h])
                     : -2)
-        /* Close values: ranked exactly on the same candidates.  A
+        /* Left to exact code: ranked on the same candidates.  A
          * row with more than 16 candidates (or none: a NaN or infinite max,
          * t = -inf) takes the general selection, as rows of other shapes. */
         MR_PAIR(h, if (status[h] == 0) {

@@ -215,9 +215,8 @@ def _lane_candidates(row, top_k):
 def test_pairs_with_up_to_and_over_sixteen_candidates(kernel_path, rng, num_experts, top_k):
     # For 128-256 experts and top_k <= 8 the AVX2 kernel keeps a float32
     # row's candidate ids as bytes and ranks at most 16 of them at once; a
-    # row with more candidates, or with ties among its best, goes to the
-    # general selection.  Clusters of close values near the top give every
-    # candidate count around 16; each row must match the reference and
+    # row with more candidates goes to the general selection.  Rows built
+    # with every candidate count around 16 must match the reference and
     # the same row routed alone.
     rows = []
     per_lane = num_experts // 16
@@ -272,6 +271,51 @@ def test_bfloat16_logits_with_ties_among_the_best(kernel_path, rng, num_experts,
     for r in range(0, len(z), 7):
         alone = mr.route(z[r:r + 1], top_k, True)
         np.testing.assert_array_equal(alone.expert_ids[0], ref_ids[r])
+
+
+@pytest.mark.parametrize("num_experts", [64, 128, 256])
+@pytest.mark.parametrize("top_k", [1, 2, 5, 8])
+def test_a_tie_at_the_kth_with_a_larger_value_ulps_behind(kernel_path, rng, num_experts, top_k):
+    # The AVX2 network sorts keys that drop a float's low 4 bits and order
+    # equal high bits by index.  Equal values inside the top k are then in
+    # order, but a run of equal values at the k-th can hide, at a larger
+    # index, a value 1-15 ulps larger that belongs in the top k (found in
+    # review).  Rows alone and in pairs, against the reference.
+    one = np.float32(1.0)
+    rows = []
+    for extra, ties in [(1, top_k + 1), (3, top_k + 1), (15, top_k), (2, 2 * top_k + 1)]:
+        z = np.full(num_experts, -5.0, np.float32) + rng.uniform(0, 1, num_experts).astype(np.float32)
+        z[:ties] = one                                   # ties at low indices
+        larger = one
+        for _ in range(extra):
+            larger = np.nextafter(larger, np.float32(2))
+        z[min(ties + 3, num_experts - 1)] = larger       # a bit larger, further on
+        rows.append(z)
+    z = rng.standard_normal(num_experts).astype(np.float32)
+    z[[2, 9]] = 2.5                                       # a tie inside the top k
+    z[30] = np.nextafter(np.float32(2.5), np.float32(3))  # and a close value after it
+    rows.append(z)
+    logits = np.array(rows, np.float32)
+    ref_ids, ref_w = reference.softmax_topk(logits, top_k, True)
+    batch = mr.route(logits, top_k, True)
+    np.testing.assert_array_equal(batch.expert_ids, ref_ids)
+    np.testing.assert_allclose(batch.expert_weights, ref_w, rtol=0, atol=2e-6)
+    for r in range(len(logits)):
+        np.testing.assert_array_equal(mr.route(logits[r:r + 1], top_k, True).expert_ids[0], ref_ids[r])
+
+
+def test_sigmoid_scores_tied_at_the_kth_with_a_larger_one_behind(kernel_path):
+    # The same through a biased sigmoid router: sigmoid(20) is 1.0 in
+    # float32, and a bias of one ulp lifts expert 4 above the tie of 0, 1, 3.
+    z = np.zeros((2, 64), np.float32)
+    z[:, [0, 1, 3, 4]] = 20
+    bias = np.zeros(64, np.float32)
+    bias[4] = np.spacing(np.float32(1))
+    router = mr.Router(64, 2, True, scoring_func="sigmoid", e_score_correction_bias=bias)
+    ref_ids, _ = reference.route_reference(z, 2, True, scoring_func="sigmoid",
+                                           e_score_correction_bias=bias)
+    np.testing.assert_array_equal(router(z).expert_ids, ref_ids)
+    np.testing.assert_array_equal(ref_ids[0], [4, 0])
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 5, 8])
