@@ -117,5 +117,6 @@ def main():
         _report(f"DeepSeek-V3 256/8, 8 groups keep 4, sigmoid + bias, scale 2.5, batch {batch}",
                 batch, interleaved(c, args.rounds), "DeepSeek-V3 Router")
 
+
 if __name__ == "__main__":
     main()

@@ -419,14 +419,24 @@ static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, Py_ssize_t
 }
 
 #ifdef MR_NET8
+/* The networks' answer: the 8 best candidates' ids and values, in order,
+ * into idx[0..8) and (when given) exp(value - m) into e_out[0..8). */
+static MR_HOT void mr_net8_put(__m256i ids, __m256 val, float m, Py_ssize_t *idx, float *e_out)
+{
+    _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
+    _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
+    if (e_out)
+        _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(val, _mm256_set1_ps(m))));
+}
+
 /* mr_cand_select for k <= 8 and at most 16 candidates, by sorting network
  * on keys (vi_net_top8).  Returns 1 when it wrote idx[0..8) (and e_out[0..8),
  * when given; the first k are the answer), 0 when the keys may not keep
  * the values' order (vi_net_close: close values, or a tie at the k-th),
- * which leaves the order to the exact code.  The candidates are loaded as scalars: a vector load of what
- * the compress wrote with overlapping vector stores waits for those stores
- * to reach the cache (store forwarding fails; measured: about 60 cycles a
- * row).  `late`: enough work ran since the compress for its stores to have
+ * which leaves the order to the exact code.  The candidates are loaded as
+ * scalars: a vector load of what the compress wrote with overlapping vector
+ * stores waits for those stores to reach the cache (store forwarding fails;
+ * measured: about 60 cycles a row).  `late`: enough work ran since the compress for its stores to have
  * reached the cache (mr_topk_pair), so two vector loads do. */
 static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssize_t *idx,
                                        MR_T m, MR_T *e_out, int late)
@@ -441,11 +451,7 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
     if (vi_net_close(top, next, k, v0, v1))
         return 0;
     const __m256i slot = vi_net_slot(top);
-    const __m256i ids = _mm256_i32gather_epi32((const int *)cd->i, slot, 4);
-    _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
-    _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
-    if (e_out)
-        _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(vf_by_slot(v0, v1, slot), _mm256_set1_ps(m))));
+    mr_net8_put(_mm256_i32gather_epi32((const int *)cd->i, slot, 4), vf_by_slot(v0, v1, slot), m, idx, e_out);
     return 1;
 }
 /*
@@ -474,8 +480,8 @@ static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t 
 /* mr_cand_net8 on the c <= 16 candidates of mr_ids8_gather: their values
  * gathered from z (slots past c: -inf), then the same keys, network and
  * outputs.  Where the network leaves the order to exact code
- * (vi_net_close) it returns 0 with the candidates in *cd, one padded block as
- * mr_cand_gather leaves them, for mr_cand_rank_block (gathering them
+ * (vi_net_close) it returns 0 with the candidates in *cd, one padded block
+ * as mr_cand_gather leaves them, for mr_cand_rank_block (gathering them
  * again was measured 1.13-1.25x slower on rows of bfloat16 logits, when
  * every tie went that way). */
 static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k, Py_ssize_t *idx,
@@ -499,10 +505,8 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
         return 0;
     }
     const __m256i slot = vi_net_slot(top);
-    const __m256i ids = _mm256_castps_si256(vf_by_slot(_mm256_castsi256_ps(i0), _mm256_castsi256_ps(i1), slot));
-    _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
-    _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
-    _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(vf_by_slot(v0, v1, slot), _mm256_set1_ps(m))));
+    mr_net8_put(_mm256_castps_si256(vf_by_slot(_mm256_castsi256_ps(i0), _mm256_castsi256_ps(i1), slot)),
+                vf_by_slot(v0, v1, slot), m, idx, e_out);
     return 1;
 }
 #endif
@@ -933,40 +937,37 @@ static inline void MR_SFX(mr_topk_pair)(const MR_T *z, Py_ssize_t n, int k, Py_s
 {
     MR_T lanes[2][MR_BLOCK];
     MR_SFX(mr_cand) cd[2];
-    int has_nan[2];
+    int has_nan[2], ok[2], general[2] = {1, 1}, late = 1;
     MR_PAIR(h, m_out[h] = MR_SFX(mr_max_lanes)(z + h * n, n, lanes[h], &has_nan[h]))
+    MR_PAIR(h, ok[h] = !has_nan[h] && m_out[h] < INFINITY)
 #ifdef MR_NET8
     if (k <= 8 && n >= 128 && n <= 256 && n % 8 == 0) {  /* (n < 128: slower, measured) */
         uint8_t ids8[2][256 + 8];
         MR_T t[2];
         int c[2];
-        MR_PAIR(h, t[h] = !has_nan[h] && m_out[h] < INFINITY ? MR_SFX(mr_kth_lane)(lanes[h], k) : -INFINITY)
+        MR_PAIR(h, t[h] = ok[h] ? MR_SFX(mr_kth_lane)(lanes[h], k) : -INFINITY)
         MR_PAIR(h, c[h] = t[h] > -INFINITY ? mr_ids8_gather(z + h * n, n, t[h], ids8[h]) : 0)
         MR_PAIR(h, status[h] = c[h] > 0 && c[h] <= 16
                     ? mr_ids8_net8(z + h * n, ids8[h], c[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
                                    e_out + h * MR_BLOCK, &cd[h])
                     : -2)
-        /* Left to exact code: ranked on the same candidates.  A
-         * row with more than 16 candidates (or none: a NaN or infinite max,
-         * t = -inf) takes the general selection, as rows of other shapes. */
-        MR_PAIR(h, if (status[h] == 0) {
+        /* Left to exact code by the network: ranked on the same candidates. */
+        MR_PAIR(h, if (status[h] == 0)
                        status[h] = MR_SFX(mr_cand_rank_block)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
-                                                              e_out + h * MR_BLOCK);
-                   } else if (status[h] == -2) {
-                       status[h] = !has_nan[h] && m_out[h] < INFINITY
-                           && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], 0, &cd[h]) == 0 ? 0 : -1;
-                       if (status[h] == 0)
-                           status[h] = MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
-                                                              e_out + h * MR_BLOCK, 0);
-                   })
-        return;
+                                                              e_out + h * MR_BLOCK))
+        /* More than 16 candidates, or none (t = -inf): the general selection
+         * below, as rows of other shapes (not late: a lone row's select
+         * follows its own gather). */
+        MR_PAIR(h, general[h] = status[h] == -2)
+        late = 0;
     }
 #endif
-    MR_PAIR(h, status[h] = !has_nan[h] && m_out[h] < INFINITY
-                && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], 0, &cd[h]) == 0 ? 0 : -1)
-    MR_PAIR(h, if (status[h] == 0)
+    MR_PAIR(h, if (general[h])
+                   status[h] = ok[h] && MR_SFX(mr_cand_gather)(z + h * n, n, n, NULL, 1, k, lanes[h], 0,
+                                                               &cd[h]) == 0 ? 0 : -1)
+    MR_PAIR(h, if (general[h] && status[h] == 0)
                    status[h] = MR_SFX(mr_cand_select)(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h],
-                                                      e_out + h * MR_BLOCK, 1))
+                                                      e_out + h * MR_BLOCK, late))
 }
 
 #undef MR_PAIR
