@@ -348,6 +348,39 @@ static MR_HOT unsigned vi_net_close(__m256i top, __m256i next, int k, __m256 v0,
     const unsigned differ = (unsigned)_mm256_movemask_ps(_mm256_and_ps(_mm256_castsi256_ps(eq), ne));
     return (differ & ((1u << (k - 1)) - 1u)) | (same_run & (1u << (k - 1)));
 }
+/* Lanes l < k set. */
+static MR_HOT __m256i vi_first_k(int k)
+{ return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+/* mr_sum_k_f32 for k <= 8, x holding 8 readable values (the lanes past k
+ * are masked off; the tree's adds of 0 are exact, so k <= 4 takes one
+ * 4-lane vector: (x0 + x2) + (x1 + x3)). */
+static MR_HOT float mr_sum8_f32(const float *x, int k)
+{
+    __m128 s;
+    if (k <= 4) {
+        s = _mm_and_ps(_mm_loadu_ps(x), _mm_castsi128_ps(_mm256_castsi256_si128(vi_first_k(k))));
+    } else {
+        const __m256 v = _mm256_and_ps(_mm256_loadu_ps(x), _mm256_castsi256_ps(vi_first_k(k)));
+        s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  /* x0 + x4, ... */
+    }
+    s = _mm_add_ps(s, _mm_permute_ps(s, 0x4E));  /* + (x2 + x6), ... */
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_permute_ps(s, 0xB1)));
+}
+/* A row's output for k == 8, float32 weights and 32-bit ids: ids_out[j] =
+ * idx[j], w_out[j] = (e[j] * scale) / divisor, as the scalar loops of
+ * _route_pair write them for other k (a masked store for k < 8 was
+ * measured slower than those loops on Zen 3). */
+#define MR_PUT8 1
+static MR_HOT void mr_put8_f32(const Py_ssize_t *idx, const float *e, float scale, float divisor,
+                               int32_t *ids_out, float *w_out)
+{
+    const __m256i low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);  /* the low halves of int64 */
+    _mm256_storeu_si256((__m256i *)ids_out, _mm256_blend_epi32(
+        _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)idx), low),
+        _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(idx + 4)), low), 0xF0));
+    _mm256_storeu_ps(w_out, _mm256_div_ps(_mm256_mul_ps(_mm256_loadu_ps(e), _mm256_set1_ps(scale)),
+                                          _mm256_set1_ps(divisor)));
+}
 static inline mr_vd vd_load(const double *p) { return _mm256_loadu_pd(p); }
 static inline mr_vd vd_set(double x) { return _mm256_set1_pd(x); }
 static inline mr_vd vd_add(mr_vd a, mr_vd b) { return _mm256_add_pd(a, b); }
@@ -646,6 +679,17 @@ static MR_HOT mr_vd mr_exp_v(mr_vd x) { return vd_zero_if_lt(x, vd_set(-708.0), 
 #define MR_EXPV mr_exp_v
 #define MR_EXPSATV mr_exp_sat_v
 #include "_kernels_row.h"
+
+#ifndef MR_PUT8
+static inline void mr_put8_f32(const Py_ssize_t *idx, const float *e, float scale, float divisor,
+                               int32_t *ids_out, float *w_out)
+{
+    for (int j = 0; j < 8; j++) {
+        ids_out[j] = (int32_t)idx[j];
+        w_out[j] = (e[j] * scale) / divisor;
+    }
+}
+#endif
 
 static inline const char *mr_simd_name(void) { return MR_SIMD; }
 

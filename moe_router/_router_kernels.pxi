@@ -60,8 +60,10 @@ cdef extern from "_kernels.h" nogil:
     enum: MR_BLOCK  # values per vector block (16), a compile-time constant
     enum: MR_SIGMOID_PAIRS  # this build has mr_sigmoid_topk_pair (AVX2)
     const char* mr_simd_name()
-    double mr_sum_k_f32(const float *x, int k)
+    float mr_sum_k_f32(const float *x, int k)
     double mr_sum_k_f64(const double *x, int k)
+    void mr_put8_f32(const Py_ssize_t *idx, const float *e, float scale, float divisor,
+                     int32_t *ids_out, float *w_out)
     void mr_exp_short_f32(const float *x, int n, float *out)
     void mr_exp_short_f64(const double *x, int n, double *out)
     void mr_init_tables()
@@ -124,7 +126,7 @@ cdef inline bint _sigmoid_into(const floating* z, Py_ssize_t n, const floating* 
         return mr_sigmoid_into_f64(z, n, bias, c)
 
 
-cdef inline double _sum_k(const floating* x, int k) noexcept nogil:
+cdef inline floating _sum_k(const floating* x, int k) noexcept nogil:
     if floating is float:
         return mr_sum_k_f32(x, k)
     else:
@@ -308,19 +310,20 @@ cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k
             mr_picked_exp_f64(z, idx, <int>k, m, out)
 
 
-cdef inline double _weight_scale(const RouteCfg* cfg, double sel_sum, double s) noexcept nogil:
-    # What the picked experts' scores are multiplied by: sel_sum is their
-    # sum, s the full softmax sum (unnormalised softmax only).  One rule for
-    # every path of a row (_route_row, _route_pair), so each gives the same
-    # bits.  The top-1 of an ungrouped softmax row has e == 1, so sel_sum >=
-    # 1; DeepSeek-style routers divide by (sum + 1e-20) as their picked
-    # scores may all be 0.
+cdef inline floating _weight_divisor(const RouteCfg* cfg, floating sel_sum,
+                                    floating s) noexcept nogil:
+    # What the picked experts' scores times the scaling factor are divided
+    # by: sel_sum is their sum, s the full softmax sum (unnormalised softmax
+    # only).  One rule, in the logits' precision, for every path of a row
+    # (_route_row, _route_pair), so each gives the same bits.  The top-1 of
+    # an ungrouped softmax row has e == 1, so sel_sum >= 1; DeepSeek-style
+    # routers divide by (sum + 1e-20) as their picked scores may all be 0.
     if cfg.norm:
-        return cfg.scale / (sel_sum + (1e-20 if cfg.sigmoid or cfg.n_group > 1 else 0.0))
+        return sel_sum + (<floating>1e-20 if cfg.sigmoid or cfg.n_group > 1 else 0)
     elif cfg.sigmoid:
-        return cfg.scale
+        return 1
     else:
-        return cfg.scale / s
+        return s
 
 
 cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
@@ -343,7 +346,8 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef Py_ssize_t sel_n = n
     cdef Py_ssize_t i, j, g
     cdef Py_ssize_t size = 0  # (used only with groups)
-    cdef double sel_sum = 0, inv
+    cdef floating sel_sum = 0, divisor
+    cdef floating scale = <floating>cfg.scale
     cdef double inv_size
     cdef bint posinf = False
     cdef bint group_lanes = False
@@ -431,13 +435,13 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
             _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
             sel_sum += _sum_k(e_sel, <int>min(MR_BLOCK, k - j))
             j += MR_BLOCK
-    inv = _weight_scale(cfg, sel_sum, s)
+    divisor = _weight_divisor(cfg, sel_sum, s)
     j = 0
     while j < k:
         if k > MR_BLOCK:  # the block in e_sel is the last one: recompute
             _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
         for i in range(min(MR_BLOCK, k - j)):
-            w_out[j + i] = <weight_t>(e_sel[i] * inv)
+            w_out[j + i] = <weight_t>((e_sel[i] * scale) / divisor)
         j += MR_BLOCK
     return ROW_OK
 
@@ -462,7 +466,7 @@ cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const
     two rows' dependent steps overlap); a row it cannot take is routed by
     _route_row (scratch and kept: as _route_row's, 2 * n_group for kept).
     The weights are summed and scaled as _route_row's (_sum_k,
-    _weight_scale), to the bit.  Returns the number of rows that could not
+    _weight_divisor), to the bit.  Returns the number of rows that could not
     be routed.
     """
     cdef Py_ssize_t idx[2 * (MR_BLOCK + 1)]
@@ -472,7 +476,11 @@ cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const
     cdef Py_ssize_t h, j, n_bad = 0
     cdef id_t* ids_h
     cdef floating* e_h
-    cdef double inv
+    cdef floating divisor
+    cdef floating scale = <floating>cfg.scale
+    cdef bint put8 = False
+    if floating is float and weight_t is float and id_t is int32_t:
+        put8 = k == 8
     if cfg.sigmoid:
         if floating is float:  # (_pairs_apply: float only)
             mr_sigmoid_topk_pair_f32(z, n, <const float*>cfg.bias, cfg.n_group, cfg.topk_group,
@@ -489,15 +497,20 @@ cdef Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const
             n_bad += _route_row(z + h * n, n, k, cfg, scratch, kept, ids_h, w_out + h * k,
                                 False) != ROW_OK
             continue
-        for j in range(k):
-            ids_h[j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
         e_h = e + h * MR_BLOCK
+        if status[h] == 0 or not put8:
+            for j in range(k):
+                ids_h[j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
         if status[h] == 0:  # ids only (ties, or many candidates)
             _picked_scores(z + h * n, ids_h, k, m[h], False, cfg.sigmoid, e_h)
-        inv = _weight_scale(cfg, _sum_k(e_h, <int>k),
-                            0 if cfg.norm or cfg.sigmoid else _row_sum_exp(z + h * n, n, m[h]))
+        divisor = _weight_divisor(cfg, _sum_k(e_h, <int>k),
+                                  0 if cfg.norm or cfg.sigmoid else _row_sum_exp(z + h * n, n, m[h]))
+        if floating is float and weight_t is float and id_t is int32_t:
+            if put8:  # ids and weights in a few vector operations
+                mr_put8_f32(idx + h * (MR_BLOCK + 1), e_h, scale, divisor, ids_h, w_out + h * k)
+                continue
         for j in range(k):
-            w_out[h * k + j] = <weight_t>(e_h[j] * inv)
+            w_out[h * k + j] = <weight_t>((e_h[j] * scale) / divisor)
     return n_bad
 
 
