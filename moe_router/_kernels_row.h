@@ -428,14 +428,25 @@ static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, Py_ssize_t
 }
 
 #ifdef MR_NET8
-/* The networks' answer: the 8 best candidates' ids and values, in order,
- * into idx[0..8) and (when given) exp(value - m) into e_out[0..8). */
-static MR_HOT void mr_net8_put(__m256i ids, __m256 val, float m, Py_ssize_t *idx, float *e_out)
+/* The 16 candidates' exp(value - m), slots 0-7 into *e0 and 8-15 into *e1,
+ * when e_out is given.  Taken before the network, beside it, so that the exp
+ * is not on the row's chain of dependent steps after the sort. */
+static MR_HOT void mr_net8_exp(__m256 v0, __m256 v1, float m, const float *e_out, __m256 *e0, __m256 *e1)
+{
+    *e0 = *e1 = _mm256_setzero_ps();
+    if (e_out) {
+        *e0 = MR_EXPV(_mm256_sub_ps(v0, _mm256_set1_ps(m)));
+        *e1 = MR_EXPV(_mm256_sub_ps(v1, _mm256_set1_ps(m)));
+    }
+}
+/* The networks' answer: the 8 best candidates' ids and their exps (e0, e1
+ * of mr_net8_exp), in order, into idx[0..8) and (when given) e_out[0..8). */
+static MR_HOT void mr_net8_put(__m256i ids, __m256i slot, __m256 e0, __m256 e1, Py_ssize_t *idx, float *e_out)
 {
     _mm256_storeu_si256((__m256i *)idx, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
     _mm256_storeu_si256((__m256i *)(idx + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
     if (e_out)
-        _mm256_storeu_ps(e_out, MR_EXPV(_mm256_sub_ps(val, _mm256_set1_ps(m))));
+        _mm256_storeu_ps(e_out, vf_by_slot(e0, e1, slot));
 }
 
 /* mr_cand_select for k <= 8 and at most 16 candidates, by sorting network
@@ -456,11 +467,13 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
     const __m256 v1 = late ? _mm256_loadu_ps(cv + 8)
                            : _mm256_setr_ps(cv[8], cv[9], cv[10], cv[11], cv[12], cv[13], cv[14], cv[15]);
     __m256i top, next;
+    __m256 e0, e1;
+    mr_net8_exp(v0, v1, m, e_out, &e0, &e1);
     vi_net_top8(v0, v1, &top, &next);
     if (vi_net_close(top, next, k, v0, v1))
         return 0;
     const __m256i slot = vi_net_slot(top);
-    mr_net8_put(_mm256_i32gather_epi32((const int *)cd->i, slot, 4), vf_by_slot(v0, v1, slot), m, idx, e_out);
+    mr_net8_put(_mm256_i32gather_epi32((const int *)cd->i, slot, 4), slot, e0, e1, idx, e_out);
     return 1;
 }
 /*
@@ -504,6 +517,8 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
     const __m256 v1 = _mm256_mask_i32gather_ps(
         ninf, z, i1, _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, _mm256_add_epi32(lane, _mm256_set1_epi32(8)))), 4);
     __m256i top, next;
+    __m256 e0, e1;
+    mr_net8_exp(v0, v1, m, e_out, &e0, &e1);
     vi_net_top8(v0, v1, &top, &next);
     if (vi_net_close(top, next, k, v0, v1)) {
         _mm256_storeu_ps(cd->v, v0);
@@ -515,7 +530,7 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
     }
     const __m256i slot = vi_net_slot(top);
     mr_net8_put(_mm256_castps_si256(vf_by_slot(_mm256_castsi256_ps(i0), _mm256_castsi256_ps(i1), slot)),
-                vf_by_slot(v0, v1, slot), m, idx, e_out);
+                slot, e0, e1, idx, e_out);
     return 1;
 }
 #endif
