@@ -237,13 +237,6 @@ static MR_HOT int vf_compress_ge(const float *src, float t, int32_t base, float 
  * slot, which is index order.
  */
 #define MR_VF_NET8 1
-#define MR_NET_MIN(l) -((((l) & j) != 0) == (((l) & kk) == 0))
-static MR_HOT __m256 vf_net_keeps_min(int j, int kk)
-{
-    return _mm256_castsi256_ps(_mm256_setr_epi32(MR_NET_MIN(0), MR_NET_MIN(1), MR_NET_MIN(2), MR_NET_MIN(3),
-                                                 MR_NET_MIN(4), MR_NET_MIN(5), MR_NET_MIN(6), MR_NET_MIN(7)));
-}
-#undef MR_NET_MIN
 static MR_HOT __m256i vi_swap(__m256i v, int j) { return _mm256_castps_si256(vf_swap(_mm256_castsi256_ps(v), j)); }
 /* The max / min of the 8 lanes, in every lane. */
 static MR_HOT __m256i vi_hmax(__m256i v)
@@ -258,21 +251,36 @@ static MR_HOT __m256i vi_hmin(__m256i v)
     v = _mm256_min_epi32(v, vi_swap(v, 2));
     return _mm256_min_epi32(v, vi_swap(v, 1));
 }
-static MR_HOT __m256i vi_net_step(__m256i v, int j, int kk)
-{
-    const __m256i p = vi_swap(v, j);
-    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_max_epi32(v, p)),
-                                                _mm256_castsi256_ps(_mm256_min_epi32(v, p)),
-                                                vf_net_keeps_min(j, kk)));
+/* One step (j, kk) per function, so that which lanes keep the smaller of
+ * their pair (bit l of MR_NET_IMM) is an immediate: a blend with an
+ * immediate in place of a variable blend (blendv) on a constant mask made
+ * the 128-expert row 0.94x and the 64-expert row 0.91x (measured, Zen 3). */
+#define MR_NET_KM(l, J, KK) ((((((l) & (J)) != 0) == (((l) & (KK)) == 0))) << (l))
+#define MR_NET_IMM(J, KK) (MR_NET_KM(0, J, KK) | MR_NET_KM(1, J, KK) | MR_NET_KM(2, J, KK) | MR_NET_KM(3, J, KK) \
+                           | MR_NET_KM(4, J, KK) | MR_NET_KM(5, J, KK) | MR_NET_KM(6, J, KK) | MR_NET_KM(7, J, KK))
+#define MR_NET_STEP_FN(J, KK)                                                                        \
+static MR_HOT __m256i vi_net_step_##J##_##KK(__m256i v)                                              \
+{                                                                                                    \
+    const __m256i p = vi_swap(v, J);                                                                 \
+    return _mm256_blend_epi32(_mm256_max_epi32(v, p), _mm256_min_epi32(v, p), MR_NET_IMM(J, KK));   \
 }
+MR_NET_STEP_FN(1, 2)
+MR_NET_STEP_FN(2, 4)
+MR_NET_STEP_FN(1, 4)
+MR_NET_STEP_FN(4, 8)
+MR_NET_STEP_FN(2, 8)
+MR_NET_STEP_FN(1, 8)
+#undef MR_NET_STEP_FN
+#undef MR_NET_IMM
+#undef MR_NET_KM
 static MR_HOT __m256i vi_net_sort8(__m256i v)  /* descending */
 {
-    v = vi_net_step(v, 1, 2);
-    v = vi_net_step(v, 2, 4);
-    v = vi_net_step(v, 1, 4);
-    v = vi_net_step(v, 4, 8);
-    v = vi_net_step(v, 2, 8);
-    return vi_net_step(v, 1, 8);
+    v = vi_net_step_1_2(v);
+    v = vi_net_step_2_4(v);
+    v = vi_net_step_1_4(v);
+    v = vi_net_step_4_8(v);
+    v = vi_net_step_2_8(v);
+    return vi_net_step_1_8(v);
 }
 static MR_HOT __m256i vi_net_reverse(__m256i v)
 { return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0)); }
@@ -284,7 +292,7 @@ static MR_HOT void vi_net_merge8(__m256i a, __m256i b, __m256i *top, __m256i *ne
     if (next)  /* the 8 smallest: their max is the 9th */
         *next = vi_hmax(_mm256_min_epi32(a, rb));
     const __m256i t = _mm256_max_epi32(a, rb);  /* the 8 largest, bitonic */
-    *top = vi_net_step(vi_net_step(vi_net_step(t, 4, 8), 2, 8), 1, 8);
+    *top = vi_net_step_1_8(vi_net_step_2_8(vi_net_step_4_8(t)));
 }
 static MR_HOT __m256i vi_order(__m256 v)
 {
