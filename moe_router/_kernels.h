@@ -263,6 +263,11 @@ static MR_HOT __m256i vi_net_step_##J##_##KK(__m256i v)                         
 {                                                                                                    \
     const __m256i p = vi_swap(v, J);                                                                 \
     return _mm256_blend_epi32(_mm256_max_epi32(v, p), _mm256_min_epi32(v, p), MR_NET_IMM(J, KK));   \
+}                                                                                                    \
+static MR_HOT __m256i vi_net_astep_##J##_##KK(__m256i v)  /* every pair the other way */            \
+{                                                                                                    \
+    const __m256i p = vi_swap(v, J);                                                                 \
+    return _mm256_blend_epi32(_mm256_min_epi32(v, p), _mm256_max_epi32(v, p), MR_NET_IMM(J, KK));   \
 }
 MR_NET_STEP_FN(1, 2)
 MR_NET_STEP_FN(2, 4)
@@ -282,13 +287,21 @@ static MR_HOT __m256i vi_net_sort8(__m256i v)  /* descending */
     v = vi_net_step_2_8(v);
     return vi_net_step_1_8(v);
 }
-static MR_HOT __m256i vi_net_reverse(__m256i v)
-{ return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0)); }
-/* a and b sorted descending: the 8 largest of both, sorted, into *top; with
- * next, the 9th largest into *next (all lanes). */
-static MR_HOT void vi_net_merge8(__m256i a, __m256i b, __m256i *top, __m256i *next)
+/* Ascending: the same network with every pair kept the other way, so that
+ * a merge needs no lane reversal (a 3-cycle permute on the chain). */
+static MR_HOT __m256i vi_net_sort8_asc(__m256i v)
 {
-    const __m256i rb = vi_net_reverse(b);
+    v = vi_net_astep_1_2(v);
+    v = vi_net_astep_2_4(v);
+    v = vi_net_astep_1_4(v);
+    v = vi_net_astep_4_8(v);
+    v = vi_net_astep_2_8(v);
+    return vi_net_astep_1_8(v);
+}
+/* a sorted descending, rb ascending: the 8 largest of both, sorted
+ * descending, into *top; with next, the 9th largest into *next (all lanes). */
+static MR_HOT void vi_net_merge8(__m256i a, __m256i rb, __m256i *top, __m256i *next)
+{
     if (next)  /* the 8 smallest: their max is the 9th */
         *next = vi_hmax(_mm256_min_epi32(a, rb));
     const __m256i t = _mm256_max_epi32(a, rb);  /* the 8 largest, bitonic */
@@ -305,10 +318,10 @@ static MR_HOT __m256 vf_from_order(__m256i o)
 static MR_HOT float vf_net_kth16(const float *x, int k)
 {
     const __m256i a = vi_net_sort8(vi_order(_mm256_loadu_ps(x)));
-    const __m256i b = vi_net_sort8(vi_order(_mm256_loadu_ps(x + 8)));
+    const __m256i b = vi_net_sort8_asc(vi_order(_mm256_loadu_ps(x + 8)));
     __m256i top;
     if (k == 8) {  /* the smallest of the 8 largest: no need to sort them */
-        top = vi_hmin(_mm256_max_epi32(a, vi_net_reverse(b)));
+        top = vi_hmin(_mm256_max_epi32(a, b));
     } else {
         vi_net_merge8(a, b, &top, NULL);
         top = _mm256_permutevar8x32_epi32(top, _mm256_set1_epi32(k - 1));
@@ -323,7 +336,7 @@ static MR_HOT __m256i vi_net_key(__m256 v, __m256i low)
 static MR_HOT void vi_net_top8(__m256 v0, __m256 v1, __m256i *top, __m256i *next)
 {
     vi_net_merge8(vi_net_sort8(vi_net_key(v0, _mm256_setr_epi32(15, 14, 13, 12, 11, 10, 9, 8))),
-                  vi_net_sort8(vi_net_key(v1, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0))), top, next);
+                  vi_net_sort8_asc(vi_net_key(v1, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0))), top, next);
 }
 /* The slots of keys (15 - their low 4 bits), and the values v0 (slots
  * 0-7) and v1 (slots 8-15) in the order of those slots. */
