@@ -347,6 +347,7 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
     cdef Py_ssize_t i, j, g
     cdef Py_ssize_t size = 0  # (used only with groups)
     cdef floating sel_sum = 0, divisor
+    cdef double block_sums = 0  # (k > MR_BLOCK: in double, so no drift over many blocks)
     cdef floating scale = <floating>cfg.scale
     cdef double inv_size
     cdef bint posinf = False
@@ -433,8 +434,9 @@ cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCf
         j = 0
         while j < k:
             _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
-            sel_sum += _sum_k(e_sel, <int>min(MR_BLOCK, k - j))
+            block_sums += _sum_k(e_sel, <int>min(MR_BLOCK, k - j))
             j += MR_BLOCK
+        sel_sum = <floating>block_sums  # (one block: its sum, unchanged)
     divisor = _weight_divisor(cfg, sel_sum, s)
     j = 0
     while j < k:
