@@ -153,7 +153,7 @@ static inline MR_T MR_SFX(mr_abs_max)(const MR_T *x, Py_ssize_t n)
 
 /*
  * Sum of x[0..k), k <= MR_BLOCK, in the row's precision: the divisor of the
- * weights.  Each block of 8 (zero-padded) is added as a tree,
+ * weights (x holds at least 8 readable values: the AVX2 form loads them).  Each block of 8 (zero-padded) is added as a tree,
  * ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)), the blocks in order.
  * One order for every path of a row (mr_sum8_f32 is the vector form of the
  * same adds), so a row's weights do not depend on which path routed it; a
@@ -456,12 +456,12 @@ static MR_HOT int MR_SFX(mr_cand_gather)(const MR_T *z, Py_ssize_t n, Py_ssize_t
 
 #ifdef MR_NET8
 /* The 16 candidates' exp(value - m), slots 0-7 into *e0 and 8-15 into *e1,
- * when e_out is given.  Taken before the network, beside it, so that the exp
+ * when wanted (e_out given).  Taken before the network, beside it, so that the exp
  * is not on the row's chain of dependent steps after the sort. */
-static MR_HOT void mr_net8_exp(__m256 v0, __m256 v1, float m, const float *e_out, __m256 *e0, __m256 *e1)
+static MR_HOT void mr_net8_exp(__m256 v0, __m256 v1, float m, int want, __m256 *e0, __m256 *e1)
 {
     *e0 = *e1 = _mm256_setzero_ps();
-    if (e_out) {
+    if (want) {
         *e0 = MR_EXPV(_mm256_sub_ps(v0, _mm256_set1_ps(m)));
         *e1 = MR_EXPV(_mm256_sub_ps(v1, _mm256_set1_ps(m)));
     }
@@ -495,7 +495,7 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
                            : _mm256_setr_ps(cv[8], cv[9], cv[10], cv[11], cv[12], cv[13], cv[14], cv[15]);
     __m256i top, next;
     __m256 e0, e1;
-    mr_net8_exp(v0, v1, m, e_out, &e0, &e1);
+    mr_net8_exp(v0, v1, m, e_out != NULL, &e0, &e1);
     vi_net_top8(v0, v1, &top, &next);
     if (vi_net_close(top, next, k, v0, v1))
         return 0;
@@ -560,7 +560,7 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
         ninf, z, i1, _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, _mm256_add_epi32(lane, _mm256_set1_epi32(8)))), 4);
     __m256i top, next;
     __m256 e0, e1;
-    mr_net8_exp(v0, v1, m, e_out, &e0, &e1);
+    mr_net8_exp(v0, v1, m, e_out != NULL, &e0, &e1);
     vi_net_top8(v0, v1, &top, &next);
     if (vi_net_close(top, next, k, v0, v1)) {
         _mm256_storeu_ps(cd->v, v0);
