@@ -447,6 +447,7 @@ static inline void vd_store(double *p, mr_vd a) { _mm256_storeu_pd(p, a); }
 #elif defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 #define MR_SIMD "sse2"
+#define MR_VF_SSE2 1
 #define MR_VF_W 4
 #define MR_VD_W 2
 typedef __m128 mr_vf;
@@ -701,8 +702,12 @@ static MR_HOT mr_vd mr_exp_v(mr_vd x) { return vd_zero_if_lt(x, vd_set(-708.0), 
 #ifdef MR_VF_NET8
 #define MR_NET8 1  /* the sorting networks, for float only */
 #endif
+#ifdef MR_VF_SSE2
+#define MR_SSE2_F32 1  /* (mr_sum_exp's carry into double) */
+#endif
 #include "_kernels_row.h"
 #undef MR_NET8
+#undef MR_SSE2_F32
 
 #define MR_T double
 #define MR_SFX(name) name##_f64
