@@ -525,6 +525,15 @@ static MR_HOT int MR_SFX(mr_cand_net8)(const MR_SFX(mr_cand) *cd, int k, Py_ssiz
  * time on those shuffles and stores (measured).  Returns the number of
  * candidates; ids8 holds at least max(n, 16) bytes.
  */
+/* One vector of 8 values at v: the ids (its first id `first` in every byte)
+ * of those >= t to ids8[c...]; returns the new count. */
+static MR_HOT size_t mr_ids8_put(const float *v, __m256 vt, uint64_t first, uint8_t *ids8, size_t c)
+{
+    const unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v), vt, _CMP_GE_OQ));
+    const uint64_t ids = mr_pack_lut[m] + first;
+    memcpy(ids8 + c, &ids, 8);
+    return c + (size_t)_mm_popcnt_u32(m);
+}
 static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t *ids8)
 {
     const __m256 vt = _mm256_set1_ps(t);
@@ -535,22 +544,10 @@ static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t 
     memset(ids8, 0, 16);  /* (bytes past c are read, never used) */
     /* Two vectors a step: one loop overhead and one id update per 16
      * experts (measured: 15 instructions per vector, now about 10). */
-    for (; i + 16 <= n; i += 16) {
-        const unsigned m0 = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i), vt, _CMP_GE_OQ));
-        const unsigned m1 = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i + 8), vt, _CMP_GE_OQ));
-        const uint64_t ids0 = mr_pack_lut[m0] + first, ids1 = mr_pack_lut[m1] + first + step;
-        memcpy(ids8 + c, &ids0, 8);
-        c += (size_t)_mm_popcnt_u32(m0);
-        memcpy(ids8 + c, &ids1, 8);
-        c += (size_t)_mm_popcnt_u32(m1);
-        first += 2 * step;
-    }
-    if (i < n) {  /* n % 16 == 8 */
-        const unsigned m0 = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i), vt, _CMP_GE_OQ));
-        const uint64_t ids0 = mr_pack_lut[m0] + first;
-        memcpy(ids8 + c, &ids0, 8);
-        c += (size_t)_mm_popcnt_u32(m0);
-    }
+    for (; i + 16 <= n; i += 16, first += 2 * step)
+        c = mr_ids8_put(z + i + 8, vt, first + step, ids8, mr_ids8_put(z + i, vt, first, ids8, c));
+    if (i < n)  /* n % 16 == 8 */
+        c = mr_ids8_put(z + i, vt, first, ids8, c);
     return (int)c;
 }
 
