@@ -41,12 +41,17 @@ class Guarded:
     def __init__(self, n, ids_dtype=np.int32, weights_dtype=np.float32):
         self.ids_block = np.full(n + 32, -7, ids_dtype)
         self.w_block = np.full(n + 32, -7, weights_dtype)
-        self.out = mr.RouterOutput(expert_ids=self.ids_block[16:16 + n],
-                                   expert_weights=self.w_block[16:16 + n])
+        self.out = mr.RouterOutput(
+            expert_ids=self.ids_block[16 : 16 + n], expert_weights=self.w_block[16 : 16 + n]
+        )
 
     def untouched_outside(self):
-        return ((self.ids_block[:16] == -7).all() and (self.ids_block[-16:] == -7).all()
-                and (self.w_block[:16] == -7).all() and (self.w_block[-16:] == -7).all())
+        return (
+            (self.ids_block[:16] == -7).all()
+            and (self.ids_block[-16:] == -7).all()
+            and (self.w_block[:16] == -7).all()
+            and (self.w_block[-16:] == -7).all()
+        )
 
 
 def route_into(logits, top_k=2, **kw):
@@ -76,138 +81,346 @@ CASES = [
     ("top_k None", lambda: mr.route(GOOD, None), TypeError, "top_k must be an int"),
     ("top_k 0", lambda: mr.route(GOOD, 0), ValueError, "top_k must be >= 1, got top_k=0"),
     ("top_k negative", lambda: route_into(GOOD, -1), ValueError, "top_k must be >= 1"),
-    ("top_k > experts", lambda: route_into(GOOD, E + 1), ValueError,
-     "top_k must be <= num_experts=16, got top_k=17"),
+    (
+        "top_k > experts",
+        lambda: route_into(GOOD, E + 1),
+        ValueError,
+        "top_k must be <= num_experts=16, got top_k=17",
+    ),
     ("top_k numpy float", lambda: mr.route(GOOD, np.float64(2)), TypeError, "top_k must be an int"),
     # --- logits: kinds, dtypes, shapes ---------------------------------------
     ("logits int", lambda: mr.route(GOOD.astype(np.int64), 2), TypeError, "got dtype int64"),
     ("logits bool", lambda: mr.route(GOOD > 0, 2), TypeError, "got dtype bool"),
-    ("logits complex", lambda: mr.route(GOOD.astype(np.complex128), 2), TypeError,
-     "got dtype complex128"),
+    (
+        "logits complex",
+        lambda: mr.route(GOOD.astype(np.complex128), 2),
+        TypeError,
+        "got dtype complex128",
+    ),
     ("logits object", lambda: mr.route(np.array([[object()]]), 1), TypeError, "got dtype object"),
     ("logits str", lambda: mr.route("logits", 1), TypeError, "got dtype <U6"),
     ("logits None", lambda: mr.route(None, 1), TypeError, "got dtype object"),
     ("logits dict", lambda: mr.route({"a": 1}, 1), TypeError, "got dtype object"),
     ("logits ragged", lambda: mr.route([[1.0, 2.0], [3.0]], 1), ValueError, "inhomogeneous"),
     ("logits 0-d", lambda: mr.route(np.float32(1.0), 1), ValueError, "got a 0-d array"),
-    ("zero experts", lambda: mr.route(np.zeros((3, 0), np.float32), 1), ValueError,
-     r"num_experts \(logits.shape\[-1\]\) must be >= 1"),
-    ("zero experts empty batch", lambda: mr.route(np.zeros((0, 0), np.float32), 1), ValueError,
-     "num_experts"),
-    ("router wrong experts", lambda: mr.Router(E, 2)(GOOD[:, :-1]), ValueError,
-     r"num_experts=16\], got \(4, 15\)"),
+    (
+        "zero experts",
+        lambda: mr.route(np.zeros((3, 0), np.float32), 1),
+        ValueError,
+        r"num_experts \(logits.shape\[-1\]\) must be >= 1",
+    ),
+    (
+        "zero experts empty batch",
+        lambda: mr.route(np.zeros((0, 0), np.float32), 1),
+        ValueError,
+        "num_experts",
+    ),
+    (
+        "router wrong experts",
+        lambda: mr.Router(E, 2)(GOOD[:, :-1]),
+        ValueError,
+        r"num_experts=16\], got \(4, 15\)",
+    ),
     ("router 0-d", lambda: mr.Router(E, 2)(np.float32(3)), ValueError, "0-d"),
     # --- NaN / inf patterns --------------------------------------------------
-    ("NaN first", lambda: route_into(_row([np.nan] + [0.0] * 15)), ValueError,
-     "row 2 contains NaN"),
+    (
+        "NaN first",
+        lambda: route_into(_row([np.nan] + [0.0] * 15)),
+        ValueError,
+        "row 2 contains NaN",
+    ),
     ("NaN last", lambda: route_into(_row([0.0] * 15 + [np.nan])), ValueError, "row 2 contains NaN"),
     ("all NaN", lambda: route_into(_row([np.nan] * 16)), ValueError, "row 2 contains NaN"),
-    ("NaN with +inf", lambda: route_into(_row([np.inf, np.nan] + [0.0] * 14)), ValueError,
-     "row 2 contains NaN"),
-    ("NaN with -inf", lambda: route_into(_row([-np.inf] * 15 + [np.nan])), ValueError,
-     "row 2 contains NaN"),
+    (
+        "NaN with +inf",
+        lambda: route_into(_row([np.inf, np.nan] + [0.0] * 14)),
+        ValueError,
+        "row 2 contains NaN",
+    ),
+    (
+        "NaN with -inf",
+        lambda: route_into(_row([-np.inf] * 15 + [np.nan])),
+        ValueError,
+        "row 2 contains NaN",
+    ),
     ("all -inf", lambda: route_into(_row([-np.inf] * 16)), ValueError, "row 2 is all -inf"),
-    ("NaN float64", lambda: route_into(_row([np.nan] * 16).astype(np.float64)), ValueError,
-     "row 2 contains NaN"),
-    ("NaN float16", lambda: mr.route(_row([np.nan] * 16).astype(np.float16), 2), ValueError,
-     "row 2 contains NaN"),
-    ("NaN sigmoid", lambda: mr.route(_row([np.nan] * 16), 2, scoring_func="sigmoid"), ValueError,
-     "row 2 contains NaN"),
-    ("NaN grouped", lambda: mr.route(_row([1.0] * 15 + [np.nan]), 2, n_group=4, topk_group=2),
-     ValueError, "row 2 contains NaN"),
+    (
+        "NaN float64",
+        lambda: route_into(_row([np.nan] * 16).astype(np.float64)),
+        ValueError,
+        "row 2 contains NaN",
+    ),
+    (
+        "NaN float16",
+        lambda: mr.route(_row([np.nan] * 16).astype(np.float16), 2),
+        ValueError,
+        "row 2 contains NaN",
+    ),
+    (
+        "NaN sigmoid",
+        lambda: mr.route(_row([np.nan] * 16), 2, scoring_func="sigmoid"),
+        ValueError,
+        "row 2 contains NaN",
+    ),
+    (
+        "NaN grouped",
+        lambda: mr.route(_row([1.0] * 15 + [np.nan]), 2, n_group=4, topk_group=2),
+        ValueError,
+        "row 2 contains NaN",
+    ),
     # The biased / grouped sigmoid routers find NaN in their sigmoid pass:
     # in the vector body, in the tail (20 experts), in float64.
-    ("NaN biased sigmoid", lambda: mr.route(_row([0.0] * 15 + [np.nan]), 2, scoring_func="sigmoid",
-                                            e_score_correction_bias=np.zeros(E, np.float32)),
-     ValueError, "row 2 contains NaN"),
-    ("NaN sigmoid grouped, tail", lambda: mr.route(_nan_at(GOOD20, 1, 19), 2, scoring_func="sigmoid",
-                                                   n_group=4, topk_group=2),
-     ValueError, "row 1 contains NaN"),
-    ("NaN biased sigmoid float64",
-     lambda: mr.route(_row([np.nan] + [0.0] * 15).astype(np.float64), 2, scoring_func="sigmoid",
-                      n_group=4, topk_group=2, e_score_correction_bias=np.zeros(E)),
-     ValueError, "row 2 contains NaN"),
+    (
+        "NaN biased sigmoid",
+        lambda: mr.route(
+            _row([0.0] * 15 + [np.nan]),
+            2,
+            scoring_func="sigmoid",
+            e_score_correction_bias=np.zeros(E, np.float32),
+        ),
+        ValueError,
+        "row 2 contains NaN",
+    ),
+    (
+        "NaN sigmoid grouped, tail",
+        lambda: mr.route(
+            _nan_at(GOOD20, 1, 19), 2, scoring_func="sigmoid", n_group=4, topk_group=2
+        ),
+        ValueError,
+        "row 1 contains NaN",
+    ),
+    (
+        "NaN biased sigmoid float64",
+        lambda: mr.route(
+            _row([np.nan] + [0.0] * 15).astype(np.float64),
+            2,
+            scoring_func="sigmoid",
+            n_group=4,
+            topk_group=2,
+            e_score_correction_bias=np.zeros(E),
+        ),
+        ValueError,
+        "row 2 contains NaN",
+    ),
     # --- output buffers -------------------------------------------------------
-    ("out not RouterOutput", lambda: mr.route_into(GOOD, 2, np.zeros(8)), TypeError,
-     "out must be a RouterOutput, got ndarray"),
-    ("ids float", lambda: mr.RouterOutput(expert_ids=np.zeros(8, np.float32),
-                                          expert_weights=np.zeros(8, np.float32)),
-     TypeError, "expert_ids must have dtype int32/uint32/int64, got float32"),
-    ("ids int8", lambda: mr.RouterOutput(expert_ids=np.zeros(8, np.int8),
-                                         expert_weights=np.zeros(8, np.float32)),
-     TypeError, "expert_ids must have dtype"),
-    ("weights float16", lambda: mr.RouterOutput(expert_ids=np.zeros(8, np.int32),
-                                                expert_weights=np.zeros(8, np.float16)),
-     TypeError, "expert_weights must have dtype float32/float64, got float16"),
-    ("ids list", lambda: mr.RouterOutput(expert_ids=[0] * 8, expert_weights=np.zeros(8, np.float32)),
-     TypeError, "expert_ids must be a numpy.ndarray, got list"),
-    ("ids strided", lambda: mr.RouterOutput(expert_ids=np.zeros(16, np.int32)[::2],
-                                            expert_weights=np.zeros(8, np.float32)),
-     ValueError, "expert_ids must be C-contiguous"),
-    ("weights Fortran", lambda: mr.RouterOutput(expert_ids=np.zeros((4, 2), np.int32),
-                                                expert_weights=np.zeros((2, 4), np.float32).T),
-     ValueError, "expert_weights must be C-contiguous"),
-    ("ids read-only", lambda: mr.RouterOutput(expert_ids=_ro(np.zeros(8, np.int32)),
-                                              expert_weights=np.zeros(8, np.float32)),
-     ValueError, "expert_ids must be writeable"),
-    ("weights read-only", lambda: mr.RouterOutput(expert_ids=np.zeros(8, np.int32),
-                                                  expert_weights=_ro(np.zeros(8, np.float32))),
-     ValueError, "expert_weights must be writeable"),
-    ("sizes differ", lambda: mr.RouterOutput(expert_ids=np.zeros(8, np.int32),
-                                             expert_weights=np.zeros(6, np.float32)),
-     ValueError, "same size, got 8"),
+    (
+        "out not RouterOutput",
+        lambda: mr.route_into(GOOD, 2, np.zeros(8)),
+        TypeError,
+        "out must be a RouterOutput, got ndarray",
+    ),
+    (
+        "ids float",
+        lambda: mr.RouterOutput(
+            expert_ids=np.zeros(8, np.float32), expert_weights=np.zeros(8, np.float32)
+        ),
+        TypeError,
+        "expert_ids must have dtype int32/uint32/int64, got float32",
+    ),
+    (
+        "ids int8",
+        lambda: mr.RouterOutput(
+            expert_ids=np.zeros(8, np.int8), expert_weights=np.zeros(8, np.float32)
+        ),
+        TypeError,
+        "expert_ids must have dtype",
+    ),
+    (
+        "weights float16",
+        lambda: mr.RouterOutput(
+            expert_ids=np.zeros(8, np.int32), expert_weights=np.zeros(8, np.float16)
+        ),
+        TypeError,
+        "expert_weights must have dtype float32/float64, got float16",
+    ),
+    (
+        "ids list",
+        lambda: mr.RouterOutput(expert_ids=[0] * 8, expert_weights=np.zeros(8, np.float32)),
+        TypeError,
+        "expert_ids must be a numpy.ndarray, got list",
+    ),
+    (
+        "ids strided",
+        lambda: mr.RouterOutput(
+            expert_ids=np.zeros(16, np.int32)[::2], expert_weights=np.zeros(8, np.float32)
+        ),
+        ValueError,
+        "expert_ids must be C-contiguous",
+    ),
+    (
+        "weights Fortran",
+        lambda: mr.RouterOutput(
+            expert_ids=np.zeros((4, 2), np.int32), expert_weights=np.zeros((2, 4), np.float32).T
+        ),
+        ValueError,
+        "expert_weights must be C-contiguous",
+    ),
+    (
+        "ids read-only",
+        lambda: mr.RouterOutput(
+            expert_ids=_ro(np.zeros(8, np.int32)), expert_weights=np.zeros(8, np.float32)
+        ),
+        ValueError,
+        "expert_ids must be writeable",
+    ),
+    (
+        "weights read-only",
+        lambda: mr.RouterOutput(
+            expert_ids=np.zeros(8, np.int32), expert_weights=_ro(np.zeros(8, np.float32))
+        ),
+        ValueError,
+        "expert_weights must be writeable",
+    ),
+    (
+        "sizes differ",
+        lambda: mr.RouterOutput(
+            expert_ids=np.zeros(8, np.int32), expert_weights=np.zeros(6, np.float32)
+        ),
+        ValueError,
+        "same size, got 8",
+    ),
     ("ids overlap weights", lambda: _overlapping_output(), ValueError, "must not overlap"),
-    ("too small", lambda: mr.route_into(GOOD, 4, Guarded(8).out), ValueError,
-     "needs 16; a RouterOutput wrapping your arrays never reallocates"),
-    ("out overlaps logits", lambda: _route_onto_logits(), ValueError,
-     "must not overlap the logits"),
-    ("ids dtype for route", lambda: mr.route(GOOD, 2, ids_dtype=np.float32), TypeError,
-     "ids_dtype must be int32/uint32/int64"),
-    ("weights dtype for route", lambda: mr.route(GOOD, 2, weights_dtype=np.int64), TypeError,
-     "weights_dtype must be float32/float64"),
+    (
+        "too small",
+        lambda: mr.route_into(GOOD, 4, Guarded(8).out),
+        ValueError,
+        "needs 16; a RouterOutput wrapping your arrays never reallocates",
+    ),
+    (
+        "out overlaps logits",
+        lambda: _route_onto_logits(),
+        ValueError,
+        "must not overlap the logits",
+    ),
+    (
+        "ids dtype for route",
+        lambda: mr.route(GOOD, 2, ids_dtype=np.float32),
+        TypeError,
+        "ids_dtype must be int32/uint32/int64",
+    ),
+    (
+        "weights dtype for route",
+        lambda: mr.route(GOOD, 2, weights_dtype=np.int64),
+        TypeError,
+        "weights_dtype must be float32/float64",
+    ),
     # --- threads ---------------------------------------------------------------
-    ("num_threads 0", lambda: mr.route(GOOD, 2, num_threads=0), ValueError, "num_threads must be >= 1"),
-    ("num_threads float", lambda: route_into(GOOD, 2, num_threads=1.5), TypeError,
-     "num_threads must be an int"),
+    (
+        "num_threads 0",
+        lambda: mr.route(GOOD, 2, num_threads=0),
+        ValueError,
+        "num_threads must be >= 1",
+    ),
+    (
+        "num_threads float",
+        lambda: route_into(GOOD, 2, num_threads=1.5),
+        TypeError,
+        "num_threads must be an int",
+    ),
     # --- variants: groups, bias, scale ----------------------------------------------
-    ("n_group not dividing", lambda: mr.route(GOOD, 2, n_group=3), ValueError,
-     "num_experts=16 must be divisible by n_group=3"),
+    (
+        "n_group not dividing",
+        lambda: mr.route(GOOD, 2, n_group=3),
+        ValueError,
+        "num_experts=16 must be divisible by n_group=3",
+    ),
     ("n_group 0", lambda: mr.route(GOOD, 2, n_group=0), ValueError, "n_group must be >= 1"),
-    ("n_group > experts", lambda: mr.Router(E, 2, n_group=32), ValueError,
-     "n_group must be <= num_experts=16"),
-    ("topk_group > n_group", lambda: mr.route(GOOD, 2, n_group=4, topk_group=5), ValueError,
-     "topk_group must be <= n_group=4"),
-    ("topk_group too few experts", lambda: mr.route(GOOD, 9, n_group=4, topk_group=2), ValueError,
-     "top_k=9 exceeds the 8 experts"),
-    ("bias shape", lambda: mr.route(GOOD, 2, scoring_func="sigmoid",
-                                    e_score_correction_bias=np.zeros(E + 1)), ValueError,
-     r"must have shape \(16,\), got \(17,\)"),
-    ("bias 2-D", lambda: mr.route(GOOD, 2, scoring_func="sigmoid",
-                                  e_score_correction_bias=np.zeros((1, E))), ValueError,
-     r"got \(1, 16\)"),
-    ("bias NaN", lambda: mr.route(GOOD, 2, scoring_func="sigmoid",
-                                  e_score_correction_bias=np.full(E, np.nan)), ValueError,
-     "must be finite"),
-    ("bias inf", lambda: mr.route(GOOD, 2, scoring_func="sigmoid",
-                                  e_score_correction_bias=np.full(E, np.inf)), ValueError,
-     "must be finite"),
-    ("bias overflowing float32", lambda: mr.route(GOOD, 2, scoring_func="sigmoid",
-                                                  e_score_correction_bias=np.full(E, 1e300)),
-     ValueError, "finite in float32"),
-    ("bias with softmax", lambda: mr.route(GOOD, 2, e_score_correction_bias=np.zeros(E)),
-     ValueError, "is for scoring_func='sigmoid'"),
-    ("scale negative", lambda: mr.route(GOOD, 2, routed_scaling_factor=-1.0), ValueError,
-     "routed_scaling_factor must be finite, > 0"),
-    ("scale inf", lambda: mr.route(GOOD, 2, routed_scaling_factor=float("inf")), ValueError,
-     "routed_scaling_factor must be finite"),
-    ("scale overflowing float32", lambda: mr.route(GOOD, 2, routed_scaling_factor=1e300),
-     ValueError, "<= 1e38"),
-    ("scoring unknown", lambda: mr.route(GOOD, 2, scoring_func="relu"), ValueError,
-     "scoring_func must be 'softmax' or 'sigmoid'"),
-    ("unknown option", lambda: mr.route(GOOD, 2, topk_groups=2), TypeError,
-     "unexpected keyword argument"),
-    ("preset unknown", lambda: mr.Router.from_hf_config({"model_type": "bert"}), ValueError,
-     "'bert' is not a MoE model"),
+    (
+        "n_group > experts",
+        lambda: mr.Router(E, 2, n_group=32),
+        ValueError,
+        "n_group must be <= num_experts=16",
+    ),
+    (
+        "topk_group > n_group",
+        lambda: mr.route(GOOD, 2, n_group=4, topk_group=5),
+        ValueError,
+        "topk_group must be <= n_group=4",
+    ),
+    (
+        "topk_group too few experts",
+        lambda: mr.route(GOOD, 9, n_group=4, topk_group=2),
+        ValueError,
+        "top_k=9 exceeds the 8 experts",
+    ),
+    (
+        "bias shape",
+        lambda: mr.route(GOOD, 2, scoring_func="sigmoid", e_score_correction_bias=np.zeros(E + 1)),
+        ValueError,
+        r"must have shape \(16,\), got \(17,\)",
+    ),
+    (
+        "bias 2-D",
+        lambda: mr.route(GOOD, 2, scoring_func="sigmoid", e_score_correction_bias=np.zeros((1, E))),
+        ValueError,
+        r"got \(1, 16\)",
+    ),
+    (
+        "bias NaN",
+        lambda: mr.route(
+            GOOD, 2, scoring_func="sigmoid", e_score_correction_bias=np.full(E, np.nan)
+        ),
+        ValueError,
+        "must be finite",
+    ),
+    (
+        "bias inf",
+        lambda: mr.route(
+            GOOD, 2, scoring_func="sigmoid", e_score_correction_bias=np.full(E, np.inf)
+        ),
+        ValueError,
+        "must be finite",
+    ),
+    (
+        "bias overflowing float32",
+        lambda: mr.route(
+            GOOD, 2, scoring_func="sigmoid", e_score_correction_bias=np.full(E, 1e300)
+        ),
+        ValueError,
+        "finite in float32",
+    ),
+    (
+        "bias with softmax",
+        lambda: mr.route(GOOD, 2, e_score_correction_bias=np.zeros(E)),
+        ValueError,
+        "is for scoring_func='sigmoid'",
+    ),
+    (
+        "scale negative",
+        lambda: mr.route(GOOD, 2, routed_scaling_factor=-1.0),
+        ValueError,
+        "routed_scaling_factor must be finite, > 0",
+    ),
+    (
+        "scale inf",
+        lambda: mr.route(GOOD, 2, routed_scaling_factor=float("inf")),
+        ValueError,
+        "routed_scaling_factor must be finite",
+    ),
+    (
+        "scale overflowing float32",
+        lambda: mr.route(GOOD, 2, routed_scaling_factor=1e300),
+        ValueError,
+        "<= 1e38",
+    ),
+    (
+        "scoring unknown",
+        lambda: mr.route(GOOD, 2, scoring_func="relu"),
+        ValueError,
+        "scoring_func must be 'softmax' or 'sigmoid'",
+    ),
+    (
+        "unknown option",
+        lambda: mr.route(GOOD, 2, topk_groups=2),
+        TypeError,
+        "unexpected keyword argument",
+    ),
+    (
+        "preset unknown",
+        lambda: mr.Router.from_hf_config({"model_type": "bert"}),
+        ValueError,
+        "'bert' is not a MoE model",
+    ),
 ]
 
 
@@ -220,7 +433,9 @@ def test_more_experts_than_int32_ids_hold(tmp_path, any_path):
     with open(path, "wb") as f:
         f.truncate(n * 4)
     logits = np.memmap(path, dtype=np.float32, mode="r", shape=(1, n))
-    with pytest.raises(ValueError, match="int32 hold ids below 2147483648, but num_experts=2147483649"):
+    with pytest.raises(
+        ValueError, match="int32 hold ids below 2147483648, but num_experts=2147483649"
+    ):
         mr.route(logits, 1)
     with pytest.raises(ValueError, match="use int64 ids"):
         mr.Router(n, 1)(logits)
@@ -237,13 +452,16 @@ def test_bad_input(any_path, name, call, exc, msg):
         call()
 
 
-@pytest.mark.parametrize("values", [
-    np.full(E, 3e38, np.float32),                        # near float32 max
-    np.array([3.4e38, -3.4e38] * 8, np.float32),         # differences overflow to inf
-    np.full(E, 1e-45, np.float32),                       # denormals
-    np.array([1e-45, -1e-45] * 8, np.float32),
-    np.array([np.inf] * 2 + [-np.inf] * 14, np.float32),  # +inf and -inf only
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.full(E, 3e38, np.float32),  # near float32 max
+        np.array([3.4e38, -3.4e38] * 8, np.float32),  # differences overflow to inf
+        np.full(E, 1e-45, np.float32),  # denormals
+        np.array([1e-45, -1e-45] * 8, np.float32),
+        np.array([np.inf] * 2 + [-np.inf] * 14, np.float32),  # +inf and -inf only
+    ],
+)
 def test_extreme_values_are_routed(any_path, values):
     out = mr.route(_row(values), 4)
     ids = out.expert_ids

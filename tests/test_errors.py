@@ -8,15 +8,18 @@ import moe_router as mr
 Z = np.zeros((4, 16), np.float32)
 
 
-@pytest.mark.parametrize("top_k, exc, msg", [
-    (2.0, TypeError, "top_k must be an int, got float"),
-    (True, TypeError, "top_k must be an int, got bool"),
-    ("8", TypeError, "top_k must be an int, got str"),
-    (None, TypeError, "top_k must be an int, got NoneType"),
-    (0, ValueError, "top_k must be >= 1, got top_k=0"),
-    (-3, ValueError, "top_k must be >= 1, got top_k=-3"),
-    (17, ValueError, "top_k must be <= num_experts=16, got top_k=17"),
-])
+@pytest.mark.parametrize(
+    "top_k, exc, msg",
+    [
+        (2.0, TypeError, "top_k must be an int, got float"),
+        (True, TypeError, "top_k must be an int, got bool"),
+        ("8", TypeError, "top_k must be an int, got str"),
+        (None, TypeError, "top_k must be an int, got NoneType"),
+        (0, ValueError, "top_k must be >= 1, got top_k=0"),
+        (-3, ValueError, "top_k must be >= 1, got top_k=-3"),
+        (17, ValueError, "top_k must be <= num_experts=16, got top_k=17"),
+    ],
+)
 def test_bad_top_k(any_path, top_k, exc, msg):
     with pytest.raises(exc, match=msg):
         mr.route(Z, top_k)
@@ -30,25 +33,35 @@ def test_numpy_integer_top_k_accepted(any_path):
     assert mr.route(Z, np.int64(3)).top_k == 3
 
 
-@pytest.mark.parametrize("num_experts, exc, msg", [
-    (0, ValueError, "num_experts must be >= 1"),
-    (8.0, TypeError, "num_experts must be an int"),
-])
+@pytest.mark.parametrize(
+    "num_experts, exc, msg",
+    [
+        (0, ValueError, "num_experts must be >= 1"),
+        (8.0, TypeError, "num_experts must be an int"),
+    ],
+)
 def test_bad_router_num_experts(num_experts, exc, msg):
     with pytest.raises(exc, match=msg):
         mr.Router(num_experts=num_experts, top_k=1)
 
 
-@pytest.mark.parametrize("logits, exc, msg", [
-    (np.zeros((2, 8), np.int32), TypeError, "floating-point array .* got dtype int32"),
-    (np.zeros((2, 8), bool), TypeError, "got dtype bool"),
-    (np.zeros((2, 8), np.complex64), TypeError, "got dtype complex64"),
-    ([[1, 2, 3]], TypeError, "got dtype int64"),
-    ("abc", TypeError, "got dtype <U3"),
-    ([object()], TypeError, "got dtype object"),
-    (np.float32(1.0), ValueError, "got a 0-d array"),
-    (np.zeros((3, 0), np.float32), ValueError, r"num_experts \(logits.shape\[-1\]\) must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "logits, exc, msg",
+    [
+        (np.zeros((2, 8), np.int32), TypeError, "floating-point array .* got dtype int32"),
+        (np.zeros((2, 8), bool), TypeError, "got dtype bool"),
+        (np.zeros((2, 8), np.complex64), TypeError, "got dtype complex64"),
+        ([[1, 2, 3]], TypeError, "got dtype int64"),
+        ("abc", TypeError, "got dtype <U3"),
+        ([object()], TypeError, "got dtype object"),
+        (np.float32(1.0), ValueError, "got a 0-d array"),
+        (
+            np.zeros((3, 0), np.float32),
+            ValueError,
+            r"num_experts \(logits.shape\[-1\]\) must be >= 1",
+        ),
+    ],
+)
 def test_bad_logits(any_path, logits, exc, msg):
     with pytest.raises(exc, match=msg):
         mr.route(logits, 1)
@@ -62,13 +75,16 @@ def test_router_rejects_wrong_num_experts(any_path):
         router(Z, out=(np.zeros(8), np.zeros(8)))
 
 
-@pytest.mark.parametrize("row_values, msg", [
-    ([np.nan] + [0.0] * 15, "row 2 contains NaN"),
-    ([0.0] * 15 + [np.nan], "row 2 contains NaN"),         # in the scalar tail
-    ([np.inf] * 3 + [np.nan] + [0.0] * 12, "row 2 contains NaN"),  # +inf path
-    ([-np.inf] * 16, "row 2 is all -inf"),
-    ([-np.inf] * 15 + [np.nan], "row 2 contains NaN"),
-])
+@pytest.mark.parametrize(
+    "row_values, msg",
+    [
+        ([np.nan] + [0.0] * 15, "row 2 contains NaN"),
+        ([0.0] * 15 + [np.nan], "row 2 contains NaN"),  # in the scalar tail
+        ([np.inf] * 3 + [np.nan] + [0.0] * 12, "row 2 contains NaN"),  # +inf path
+        ([-np.inf] * 16, "row 2 is all -inf"),
+        ([-np.inf] * 15 + [np.nan], "row 2 contains NaN"),
+    ],
+)
 def test_bad_rows_name_the_row(any_path, row_values, msg):
     z = np.zeros((4, 16), np.float32)
     z[2] = row_values
@@ -101,20 +117,44 @@ def test_route_into_rejects_non_router_output(any_path):
         mr.route_into(Z, 2, (np.zeros(8, np.int32), np.zeros(8, np.float32)))
 
 
-@pytest.mark.parametrize("ids, weights, exc, msg", [
-    (np.zeros(8, np.float32), np.zeros(8, np.float32), TypeError,
-     "expert_ids must have dtype int32/uint32/int64, got float32"),
-    (np.zeros(8, np.int16), np.zeros(8, np.float32), TypeError, "expert_ids must have dtype"),
-    (np.zeros(8, np.int32), np.zeros(8, np.float16), TypeError,
-     "expert_weights must have dtype float32/float64, got float16"),
-    (np.zeros(8, np.int32), np.zeros(8, np.int32), TypeError, "expert_weights must have dtype"),
-    ([0] * 8, np.zeros(8, np.float32), TypeError, "expert_ids must be a numpy.ndarray, got list"),
-    (np.zeros((8, 2), np.int32)[:, 0], np.zeros(8, np.float32), ValueError,
-     "expert_ids must be C-contiguous"),
-    (np.zeros(8, np.int32), np.zeros((2, 8), np.float32).T, ValueError,
-     "expert_weights must be C-contiguous"),
-    (np.zeros(8, np.int32), np.zeros(9, np.float32), ValueError, "same size, got 8 .* and 9"),
-])
+@pytest.mark.parametrize(
+    "ids, weights, exc, msg",
+    [
+        (
+            np.zeros(8, np.float32),
+            np.zeros(8, np.float32),
+            TypeError,
+            "expert_ids must have dtype int32/uint32/int64, got float32",
+        ),
+        (np.zeros(8, np.int16), np.zeros(8, np.float32), TypeError, "expert_ids must have dtype"),
+        (
+            np.zeros(8, np.int32),
+            np.zeros(8, np.float16),
+            TypeError,
+            "expert_weights must have dtype float32/float64, got float16",
+        ),
+        (np.zeros(8, np.int32), np.zeros(8, np.int32), TypeError, "expert_weights must have dtype"),
+        (
+            [0] * 8,
+            np.zeros(8, np.float32),
+            TypeError,
+            "expert_ids must be a numpy.ndarray, got list",
+        ),
+        (
+            np.zeros((8, 2), np.int32)[:, 0],
+            np.zeros(8, np.float32),
+            ValueError,
+            "expert_ids must be C-contiguous",
+        ),
+        (
+            np.zeros(8, np.int32),
+            np.zeros((2, 8), np.float32).T,
+            ValueError,
+            "expert_weights must be C-contiguous",
+        ),
+        (np.zeros(8, np.int32), np.zeros(9, np.float32), ValueError, "same size, got 8 .* and 9"),
+    ],
+)
 def test_bad_wrapped_buffers(ids, weights, exc, msg):
     with pytest.raises(exc, match=msg):
         mr.RouterOutput(expert_ids=ids, expert_weights=weights)

@@ -12,8 +12,10 @@ CORPUS = sorted((pathlib.Path(__file__).parent / "fuzz" / "corpus").glob("*"))
 @pytest.fixture(scope="module")
 def one_input():
     import sys
+
     sys.path.insert(0, str(pathlib.Path(__file__).parent / "fuzz"))
     from fuzz_route import one_input
+
     return one_input
 
 

@@ -11,9 +11,11 @@ from moe_router import reference as ref
 
 WEIGHT_ATOL = 2e-6
 
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @st.composite
@@ -27,8 +29,13 @@ def routing_problems(draw):
     kind = draw(st.sampled_from(["normal", "scaled", "few_values", "elements"]))
     if kind == "elements" and batch * num_experts <= 4096:
         bound = float(np.finfo(np.float32).max) if dtype == np.float32 else 1e300
-        z = draw(hnp.arrays(dtype, (batch, num_experts),
-                            elements=st.floats(-bound, bound, width=32 if dtype == np.float32 else 64)))
+        z = draw(
+            hnp.arrays(
+                dtype,
+                (batch, num_experts),
+                elements=st.floats(-bound, bound, width=32 if dtype == np.float32 else 64),
+            )
+        )
     else:
         gen = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
         scale = 10.0 ** draw(st.integers(-30, 30))
@@ -60,8 +67,9 @@ def test_matches_reference(kernel_path, problem):
 @given(problem=routing_problems(), threads=st.integers(2, 4))
 def test_float64_weights_and_threads(kernel_path, problem, threads):
     z, top_k, norm = problem
-    out = mr.route(z, top_k, norm, ids_dtype=np.int64, weights_dtype=np.float64,
-                   num_threads=threads)
+    out = mr.route(
+        z, top_k, norm, ids_dtype=np.int64, weights_dtype=np.float64, num_threads=threads
+    )
     ref_ids, ref_w = ref.softmax_topk(z, top_k, norm)
     np.testing.assert_array_equal(out.expert_ids, ref_ids)
     atol = 1e-12 if z.dtype == np.float64 else WEIGHT_ATOL
@@ -89,7 +97,8 @@ def test_neg_inf_masks(kernel_path, num_experts, data):
 # --- adversarial rows, every variant -------------------------------------------
 
 ADVERSARIAL_VARIANTS = {
-    "softmax": {}, "softmax_raw": {"norm_topk_prob": False},
+    "softmax": {},
+    "softmax_raw": {"norm_topk_prob": False},
     "scaled_grouped": dict(n_group=4, topk_group=2, routed_scaling_factor=2.5),
     "gpt_oss": dict(topk_on_logits=True),
     "llama4": dict(scoring_func="sigmoid", topk_on_logits=True, norm_topk_prob=False),
@@ -104,8 +113,11 @@ def adversarial_rows(draw):
     top_k = draw(st.integers(1, 2 * group))
     batch = draw(st.integers(1, 12))
     gen = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["all_equal", "two_values", "mask_all_but_k", "near_max",
-                                 "denormal", "huge_spread"]))
+    kind = draw(
+        st.sampled_from(
+            ["all_equal", "two_values", "mask_all_but_k", "near_max", "denormal", "huge_spread"]
+        )
+    )
     fmax = float(np.finfo(np.float32).max)
     if kind == "all_equal":
         z = np.full((batch, num_experts), draw(st.sampled_from([0.0, -5.0, 1e30, -1e30])))
@@ -117,7 +129,11 @@ def adversarial_rows(draw):
             keep = gen.choice(num_experts, top_k, replace=False)
             row[keep] = gen.standard_normal(top_k)
     elif kind == "near_max":
-        z = fmax * (1 - gen.random((batch, num_experts)) * 1e-6) * gen.choice([-1, 1], (batch, num_experts))
+        z = (
+            fmax
+            * (1 - gen.random((batch, num_experts)) * 1e-6)
+            * gen.choice([-1, 1], (batch, num_experts))
+        )
     elif kind == "denormal":
         z = gen.integers(-3, 4, (batch, num_experts)) * 1e-45
     else:
@@ -137,7 +153,8 @@ def test_adversarial_rows_keep_the_invariants(kernel_path, name):
         norm = opts.pop("norm_topk_prob", True)
         if opts.pop("bias", False):
             opts["e_score_correction_bias"] = np.random.default_rng(
-                data.draw(st.integers(0, 2**32 - 1))).normal(-0.5, 1.0, z.shape[1])
+                data.draw(st.integers(0, 2**32 - 1))
+            ).normal(-0.5, 1.0, z.shape[1])
         out = mr.route(z, top_k, norm, **opts)
         oracle = ref.route_reference(z, top_k, norm, **opts)
         assert_routes_like(z, out.expert_ids, out.expert_weights, *oracle, top_k, norm, opts)
@@ -145,4 +162,5 @@ def test_adversarial_rows_keep_the_invariants(kernel_path, name):
             sums = out.expert_weights.sum(axis=1) / opts.get("routed_scaling_factor", 1.0)
             positive = oracle[1].sum(axis=1) > 0
             np.testing.assert_allclose(sums[positive], 1.0, atol=1e-6)
+
     check()

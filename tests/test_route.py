@@ -20,6 +20,7 @@ def assert_matches_reference(logits, out, top_k, norm=True):
 
 # --- hand-computed cases -------------------------------------------------
 
+
 def test_hand_computed_renormalised(any_path):
     # exp of the logits is [1, 2, 4, 8]: top-2 are experts 3 and 2, 8/12 and 4/12.
     out = mr.route(np.log(np.array([1, 2, 4, 8], np.float32)), 2)
@@ -71,16 +72,23 @@ def test_top_k_above_the_stack_list(kernel_path, rng):
     assert_matches_reference(z, out, k, norm=False)
 
 
-@pytest.mark.parametrize("num_experts, top_k, norm", [
-    (1024, 576, True), (1024, 1024, True), (2048, 2048, True),  # many blocks of picked scores
-    (2048, 1, False), (2048, 8, False),                          # a long full softmax sum
-])
+@pytest.mark.parametrize(
+    "num_experts, top_k, norm",
+    [
+        (1024, 576, True),
+        (1024, 1024, True),
+        (2048, 2048, True),  # many blocks of picked scores
+        (2048, 1, False),
+        (2048, 8, False),  # a long full softmax sum
+    ],
+)
 def test_weight_sums_do_not_drift_over_many_experts(kernel_path, num_experts, top_k, norm):
     # One logit at 0, the rest where exp is just over half a float32 ulp of
     # the running sum: a sum that rounds in float32 at every block (or every
     # lane step) drifts the same way each time; the contract still holds.
-    z = np.full((1, num_experts), np.log(2.0 ** -28 * 1.00002 if norm else 2.0 ** -24 * 1.00002),
-                np.float32)
+    z = np.full(
+        (1, num_experts), np.log(2.0**-28 * 1.00002 if norm else 2.0**-24 * 1.00002), np.float32
+    )
     z[0, 0] = 0
     assert_matches_reference(z, mr.route(z, top_k, norm_topk_prob=norm), top_k, norm)
 
@@ -92,6 +100,7 @@ def test_single_expert(any_path):
 
 
 # --- infinities ----------------------------------------------------------
+
 
 def test_neg_inf_never_picked_while_finite_left(any_path):
     z = np.array([-np.inf, -200.0, -np.inf, 0.0, -np.inf], np.float32)
@@ -113,6 +122,7 @@ def test_pos_inf_shares_mass(any_path):
 
 # --- the seed's four tests, ported ----------------------------------------
 
+
 def _seed_route(logits, top_k, norm):
     """The seed's algorithm (compiled scalar port), an independent implementation."""
     ids = np.empty(logits.shape[0] * top_k, np.int32)
@@ -121,14 +131,17 @@ def _seed_route(logits, top_k, norm):
     return ids, w
 
 
-@pytest.mark.parametrize("batch, num_experts, top_k, norm, seed", [
-    (32, 128, 8, True, 0xDEADBEEF),  # parity_qwen3_moe_shape
-    (1, 128, 8, True, 0x1234),
-    (64, 128, 8, True, 0x5678),
-    (8, 64, 4, False, 0xC0FFEE),      # parity_no_renorm
-    (4, 16, 1, True, 0x42),           # parity_topk_one
-    (4, 16, 1, False, 0x42),
-])
+@pytest.mark.parametrize(
+    "batch, num_experts, top_k, norm, seed",
+    [
+        (32, 128, 8, True, 0xDEADBEEF),  # parity_qwen3_moe_shape
+        (1, 128, 8, True, 0x1234),
+        (64, 128, 8, True, 0x5678),
+        (8, 64, 4, False, 0xC0FFEE),  # parity_no_renorm
+        (4, 16, 1, True, 0x42),  # parity_topk_one
+        (4, 16, 1, False, 0x42),
+    ],
+)
 def test_seed_parity(kernel_path, batch, num_experts, top_k, norm, seed):
     logits = np.random.default_rng(seed).uniform(-3, 3, (batch, num_experts)).astype(np.float32)
     a = mr.route(logits, top_k, norm)
@@ -153,6 +166,7 @@ def test_allocation_free_after_warmup(any_path):
 
 # --- continuous batching, shapes, dtypes -----------------------------------
 
+
 def test_continuous_batching_reuses_memory(any_path, rng):
     router = mr.Router(num_experts=64, top_k=4)
     out_ext = mr.RouterOutput.empty()
@@ -163,8 +177,12 @@ def test_continuous_batching_reuses_memory(any_path, rng):
         z = rng.standard_normal((batch, 64)).astype(np.float32)
         a = router(z)
         b = mr.route_into(z, 4, out_ext)
-        now = (a.expert_ids.ctypes.data, a.expert_weights.ctypes.data,
-               b.expert_ids.ctypes.data, b.expert_weights.ctypes.data)
+        now = (
+            a.expert_ids.ctypes.data,
+            a.expert_weights.ctypes.data,
+            b.expert_ids.ctypes.data,
+            b.expert_weights.ctypes.data,
+        )
         assert ptrs is None or now == ptrs
         ptrs = now
         assert a.batch == b.batch == batch and a.top_k == 4
@@ -232,8 +250,13 @@ def test_input_kinds(any_path, rng):
     expected = ref.softmax_topk(z, 3)
     readonly = z.astype(np.float32)
     readonly.flags.writeable = False
-    sources = [z.tolist(), readonly, np.asfortranarray(z), z[:, ::-1][:, ::-1],
-               np.repeat(z, 2, axis=1)[:, ::2]]
+    sources = [
+        z.tolist(),
+        readonly,
+        np.asfortranarray(z),
+        z[:, ::-1][:, ::-1],
+        np.repeat(z, 2, axis=1)[:, ::2],
+    ]
     for src in sources:
         out = mr.route(src, 3)
         np.testing.assert_array_equal(out.expert_ids, expected[0])
@@ -250,6 +273,7 @@ def test_memmap_input(any_path, rng, tmp_path):
 
 
 # --- RouterOutput ---------------------------------------------------------
+
 
 def test_router_output_empty_and_reset():
     out = mr.RouterOutput.empty()
@@ -287,6 +311,7 @@ def test_wrapped_output_never_reallocates():
 
 # --- Router ---------------------------------------------------------------
 
+
 def test_router_matches_route(any_path, rng):
     router = mr.Router(num_experts=128, top_k=8, norm_topk_prob=False)
     z = rng.standard_normal((10, 128)).astype(np.float32)
@@ -302,6 +327,7 @@ def test_router_matches_route(any_path, rng):
 
 # --- threads ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("num_threads", [1, 2, 3])
 def test_thread_count_does_not_change_results(kernel_path, rng, num_threads):
     z = rng.standard_normal((mr.PARALLEL_MIN_ROWS * 2 + 5, 64)).astype(np.float32)
@@ -313,6 +339,7 @@ def test_thread_count_does_not_change_results(kernel_path, rng, num_threads):
 
 
 # --- interop -----------------------------------------------------------------
+
 
 def test_torch_tensor_input_and_peer_result(rng):
     torch = pytest.importorskip("torch")

@@ -18,14 +18,22 @@ def test_no_allocation_growth_over_10000_calls(kernel_path, how, rng):
         router = mr.Router(64, 4)
         call = router
     elif how == "router_deepseek":
-        router = mr.Router(64, 4, scoring_func="sigmoid", n_group=8, topk_group=2,
-                           routed_scaling_factor=2.5, e_score_correction_bias=rng.normal(size=64))
+        router = mr.Router(
+            64,
+            4,
+            scoring_func="sigmoid",
+            n_group=8,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            e_score_correction_bias=rng.normal(size=64),
+        )
         call = router
     else:
         out = mr.RouterOutput.empty()
 
         def call(z):
             return mr.route_into(z, 4, out)
+
     for z in batches:  # warm-up: the largest batch sets the capacity
         call(z)
     tracemalloc.start()
@@ -89,20 +97,33 @@ def test_forced_path_environment_variable():
     import os
     import subprocess
     import sys
+
     # The subprocess imports the same moe_router this test run does.
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(mr.__file__)))
     code = "import moe_router as mr; print(mr.show_config(False)['kernel_path'])"
     for path in mr.show_config(print_out=False)["available_paths"]:
-        got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=dict(env, MOE_ROUTER_PATH=path), cwd="/")
+        got = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=dict(env, MOE_ROUTER_PATH=path),
+            cwd="/",
+        )
         assert got.stdout.strip() == path, got.stderr
-    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(env, MOE_ROUTER_PATH="sse9"), cwd="/")
+    bad = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(env, MOE_ROUTER_PATH="sse9"),
+        cwd="/",
+    )
     assert bad.returncode != 0 and "MOE_ROUTER_PATH='sse9'" in bad.stderr
 
 
-@pytest.mark.parametrize("variant", [{}, dict(scoring_func="sigmoid", n_group=4, topk_group=2,
-                                              routed_scaling_factor=2.5)])
+@pytest.mark.parametrize(
+    "variant",
+    [{}, dict(scoring_func="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5)],
+)
 def test_eight_threads_match_serial(kernel_path, rng, variant):
     # Shared read-only logits; each thread routes many batches through its
     # own RouterOutput, through a Router shared by all, and with
@@ -127,8 +148,10 @@ def test_eight_threads_match_serial(kernel_path, rng, variant):
                 a = mr.route_into(z, 6, own, num_threads=2, **variant)
                 b = shared(z)
                 for got in (a, b):
-                    if not (np.array_equal(got.expert_ids, expected[t][0][:n])
-                            and np.array_equal(got.expert_weights, expected[t][1][:n])):
+                    if not (
+                        np.array_equal(got.expert_ids, expected[t][0][:n])
+                        and np.array_equal(got.expert_weights, expected[t][1][:n])
+                    ):
                         failures.append((t, i))
         except Exception as exc:  # pragma: no cover - reported below
             failures.append((t, repr(exc)))
@@ -162,7 +185,7 @@ def test_weights_do_not_depend_on_which_selection_path_ran(kernel_path):
     z[0, 0] = 0.0
     z[0, 1:4] = np.log(6e-17) + np.array([0.0, -1e-3, -2e-3])
     tied = z.copy()
-    tied[0, 19] = z[0, 3]           # ties the 4th pick: same ids, other path
+    tied[0, 19] = z[0, 3]  # ties the 4th pick: same ids, other path
     a = mr.route(z, 4, True, weights_dtype=np.float64)
     b = mr.route(tied, 4, True, weights_dtype=np.float64)
     ref_ids, ref_w = reference.softmax_topk(z, 4, True)
@@ -173,7 +196,9 @@ def test_weights_do_not_depend_on_which_selection_path_ran(kernel_path):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("num_experts, top_k", [(32, 1), (32, 8), (40, 5), (128, 8), (128, 13), (96, 16)])
+@pytest.mark.parametrize(
+    "num_experts, top_k", [(32, 1), (32, 8), (40, 5), (128, 8), (128, 13), (96, 16)]
+)
 def test_rows_routed_in_pairs_match_rows_routed_alone(kernel_path, rng, dtype, num_experts, top_k):
     # The plain softmax router takes rows two at a time; a row its fast path
     # cannot finish (ties among the best, more candidates than one block,
@@ -181,22 +206,24 @@ def test_rows_routed_in_pairs_match_rows_routed_alone(kernel_path, rng, dtype, n
     # does alone (batch 1 never pairs) and as the reference says.
     kinds = [
         rng.standard_normal(num_experts),
-        rng.integers(-3, 4, num_experts).astype(float),   # ties everywhere
-        np.zeros(num_experts),                            # every expert a candidate
+        rng.integers(-3, 4, num_experts).astype(float),  # ties everywhere
+        np.zeros(num_experts),  # every expert a candidate
         np.where(np.arange(num_experts) % 7 == 3, np.inf, rng.standard_normal(num_experts)),
     ]
-    boundary = rng.standard_normal(num_experts)           # k-th and (k+1)-th equal
+    boundary = rng.standard_normal(num_experts)  # k-th and (k+1)-th equal
     order = np.argsort(-boundary, kind="stable")
     boundary[order[min(top_k, num_experts - 1)]] = boundary[order[top_k - 1]]
     kinds.append(boundary)
-    rows = [kinds[i % len(kinds)] for i in range(17)] + [rng.standard_normal(num_experts) for _ in range(6)]
+    rows = [kinds[i % len(kinds)] for i in range(17)] + [
+        rng.standard_normal(num_experts) for _ in range(6)
+    ]
     z = np.array(rows, dtype=dtype)
     batch = mr.route(z, top_k, True, weights_dtype=np.float64)
     ref_ids, ref_w = reference.softmax_topk(z, top_k, True)
     np.testing.assert_array_equal(batch.expert_ids, ref_ids)
     np.testing.assert_allclose(batch.expert_weights, ref_w, rtol=0, atol=2e-6)
     for r in range(len(z)):
-        alone = mr.route(z[r:r + 1], top_k, True, weights_dtype=np.float64)
+        alone = mr.route(z[r : r + 1], top_k, True, weights_dtype=np.float64)
         np.testing.assert_array_equal(batch.expert_ids[r], alone.expert_ids[0])
         np.testing.assert_array_equal(batch.expert_weights[r], alone.expert_weights[0])
 
@@ -228,12 +255,16 @@ def test_pairs_with_up_to_and_over_sixteen_candidates(kernel_path, rng, num_expe
         lanes = rng.choice(16, top_k, replace=False)
         row[lanes[0] + 16 * rng.integers(per_lane)] = 5.0
         first = [lane + 16 * rng.integers(per_lane) for lane in lanes[1:]]  # one in each
-        rest = [lane + 16 * j for lane in lanes[1:] for j in range(per_lane)
-                if lane + 16 * j not in first]
+        rest = [
+            lane + 16 * j
+            for lane in lanes[1:]
+            for j in range(per_lane)
+            if lane + 16 * j not in first
+        ]
         at = first + list(rng.choice(rest, count - top_k, replace=False))
         row[at] = rng.uniform(5.001, 6, count - 1)
         rows.append(row)
-    for size in (9, 17):                          # ties in a cluster at the top
+    for size in (9, 17):  # ties in a cluster at the top
         row = rng.standard_normal(num_experts)
         row[rng.choice(num_experts, size, replace=False)] = 5.0
         rows.append(row)
@@ -247,7 +278,7 @@ def test_pairs_with_up_to_and_over_sixteen_candidates(kernel_path, rng, num_expe
     np.testing.assert_array_equal(batch.expert_ids, ref_ids)
     np.testing.assert_allclose(batch.expert_weights, ref_w, rtol=0, atol=2e-6)
     for r in range(len(z)):
-        alone = mr.route(z[r:r + 1], top_k, True)
+        alone = mr.route(z[r : r + 1], top_k, True)
         np.testing.assert_array_equal(batch.expert_ids[r], alone.expert_ids[0])
         np.testing.assert_array_equal(batch.expert_weights[r], alone.expert_weights[0])
 
@@ -261,15 +292,15 @@ def test_bfloat16_logits_with_ties_among_the_best(kernel_path, rng, num_experts,
     # pairs, against the reference.
     z = rng.standard_normal((64, num_experts)).astype(np.float32)
     z = (z.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
-    z[::3, 5] = z[::3].max(axis=1)                    # a tie at the very top
+    z[::3, 5] = z[::3].max(axis=1)  # a tie at the very top
     ref_ids, ref_w = reference.softmax_topk(z, top_k, True)
-    ranked = np.sort(z, axis=1)[:, ::-1][:, :top_k + 1]
+    ranked = np.sort(z, axis=1)[:, ::-1][:, : top_k + 1]
     assert (ranked[:, 1:] == ranked[:, :-1]).any(axis=1).mean() > 0.3  # ties are common
     batch = mr.route(z, top_k, True)
     np.testing.assert_array_equal(batch.expert_ids, ref_ids)
     np.testing.assert_allclose(batch.expert_weights, ref_w, rtol=0, atol=2e-6)
     for r in range(0, len(z), 7):
-        alone = mr.route(z[r:r + 1], top_k, True)
+        alone = mr.route(z[r : r + 1], top_k, True)
         np.testing.assert_array_equal(alone.expert_ids[0], ref_ids[r])
 
 
@@ -284,15 +315,17 @@ def test_a_tie_at_the_kth_with_a_larger_value_ulps_behind(kernel_path, rng, num_
     one = np.float32(1.0)
     rows = []
     for extra, ties in [(1, top_k + 1), (3, top_k + 1), (15, top_k), (2, 2 * top_k + 1)]:
-        z = np.full(num_experts, -5.0, np.float32) + rng.uniform(0, 1, num_experts).astype(np.float32)
-        z[:ties] = one                                   # ties at low indices
+        z = np.full(num_experts, -5.0, np.float32) + rng.uniform(0, 1, num_experts).astype(
+            np.float32
+        )
+        z[:ties] = one  # ties at low indices
         larger = one
         for _ in range(extra):
             larger = np.nextafter(larger, np.float32(2))
-        z[min(ties + 3, num_experts - 1)] = larger       # a bit larger, further on
+        z[min(ties + 3, num_experts - 1)] = larger  # a bit larger, further on
         rows.append(z)
     z = rng.standard_normal(num_experts).astype(np.float32)
-    z[[2, 9]] = 2.5                                       # a tie inside the top k
+    z[[2, 9]] = 2.5  # a tie inside the top k
     z[30] = np.nextafter(np.float32(2.5), np.float32(3))  # and a close value after it
     rows.append(z)
     logits = np.array(rows, np.float32)
@@ -301,7 +334,9 @@ def test_a_tie_at_the_kth_with_a_larger_value_ulps_behind(kernel_path, rng, num_
     np.testing.assert_array_equal(batch.expert_ids, ref_ids)
     np.testing.assert_allclose(batch.expert_weights, ref_w, rtol=0, atol=2e-6)
     for r in range(len(logits)):
-        np.testing.assert_array_equal(mr.route(logits[r:r + 1], top_k, True).expert_ids[0], ref_ids[r])
+        np.testing.assert_array_equal(
+            mr.route(logits[r : r + 1], top_k, True).expert_ids[0], ref_ids[r]
+        )
 
 
 def test_sigmoid_scores_tied_at_the_kth_with_a_larger_one_behind(kernel_path):
@@ -312,8 +347,9 @@ def test_sigmoid_scores_tied_at_the_kth_with_a_larger_one_behind(kernel_path):
     bias = np.zeros(64, np.float32)
     bias[4] = np.spacing(np.float32(1))
     router = mr.Router(64, 2, True, scoring_func="sigmoid", e_score_correction_bias=bias)
-    ref_ids, _ = reference.route_reference(z, 2, True, scoring_func="sigmoid",
-                                           e_score_correction_bias=bias)
+    ref_ids, _ = reference.route_reference(
+        z, 2, True, scoring_func="sigmoid", e_score_correction_bias=bias
+    )
     np.testing.assert_array_equal(router(z).expert_ids, ref_ids)
     np.testing.assert_array_equal(ref_ids[0], [4, 0])
 
@@ -325,19 +361,19 @@ def test_values_a_few_ulps_apart_and_signed_zeros_keep_their_order(kernel_path, 
     # than that must go to the exact code, and -0.0 must tie with +0.0
     # (the smaller index first), as in the reference.
     rows = []
-    for gap in (1, 2, 7, 15, 16, 17):               # units in the last place
+    for gap in (1, 2, 7, 15, 16, 17):  # units in the last place
         z = rng.standard_normal(64).astype(np.float32) - 5
         z[40] = 3.0
         z[9] = np.float32(3.0)
-        for _ in range(gap):                         # the larger value at the larger index
+        for _ in range(gap):  # the larger value at the larger index
             z[40] = np.nextafter(z[40], np.float32(np.inf))
         rows.append(z)
     z = rng.standard_normal(64).astype(np.float32) - 5
-    z[[3, 7, 30]] = [-0.0, 0.0, -0.0]                # equal: 3, 7, 30 in that order
+    z[[3, 7, 30]] = [-0.0, 0.0, -0.0]  # equal: 3, 7, 30 in that order
     rows.append(z)
     logits = np.array(rows, np.float32)
     got = mr.route(logits, top_k, True)
     ref_ids, ref_w = reference.softmax_topk(logits, top_k, True)
     np.testing.assert_array_equal(got.expert_ids, ref_ids)
     np.testing.assert_allclose(got.expert_weights, ref_w, rtol=0, atol=2e-6)
-    assert list(got.expert_ids[-1, :min(top_k, 3)]) == [3, 7, 30][:top_k]
+    assert list(got.expert_ids[-1, : min(top_k, 3)]) == [3, 7, 30][:top_k]

@@ -18,9 +18,11 @@ from moe_router import _dispatch
 from moe_router import reference as ref
 
 TIE_TOL = 1e-5
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _keys_and_groups(z, opts):
@@ -45,9 +47,10 @@ def _keys_and_groups(z, opts):
 
 def _near_tie(row_keys, row_groups, top_k, topk_group):
     def gap_small(values, k):
-        v = np.sort(values)[::-1][:k + 1]
+        v = np.sort(values)[::-1][: k + 1]
         v = v[np.isfinite(v)]
         return len(v) > 1 and np.min(np.abs(np.diff(v))) < TIE_TOL * max(1.0, np.max(np.abs(v)))
+
     if row_groups is not None and gap_small(row_groups, topk_group):
         return True
     return gap_small(row_keys, top_k)
@@ -87,10 +90,12 @@ def assert_routes_like(z, ids, w, oracle_ids, oracle_w, top_k, norm, opts):
         keys, groups = _keys_and_groups(z, opts)
         topk_group = opts.get("topk_group") or opts.get("n_group", 1)
         for r in np.flatnonzero(~same):
-            assert _near_tie(keys[r], None if groups is None else groups[r], top_k, topk_group), \
+            assert _near_tie(keys[r], None if groups is None else groups[r], top_k, topk_group), (
                 f"row {r}: ids {ids[r]} differ from {oracle_ids[r]} without a near tie"
-        np.testing.assert_allclose(w[~same], _weights_for(z, ids, opts, norm)[~same],
-                                   rtol=0, atol=atol)
+            )
+        np.testing.assert_allclose(
+            w[~same], _weights_for(z, ids, opts, norm)[~same], rtol=0, atol=atol
+        )
 
 
 # --- the variants against the reference ------------------------------------
@@ -101,8 +106,9 @@ VARIANTS = {
     "llama4": dict(scoring_func="sigmoid", topk_on_logits=True),
     "sigmoid": dict(scoring_func="sigmoid"),
     "sigmoid_bias": dict(scoring_func="sigmoid", bias=True),
-    "deepseek_v3": dict(scoring_func="sigmoid", bias=True, n_group=8, topk_group=4,
-                        routed_scaling_factor=2.5),
+    "deepseek_v3": dict(
+        scoring_func="sigmoid", bias=True, n_group=8, topk_group=4, routed_scaling_factor=2.5
+    ),
     "sigmoid_grouped_nobias": dict(scoring_func="sigmoid", n_group=4, topk_group=2),
     "deepseek_v2_grouped": dict(n_group=4, topk_group=2, routed_scaling_factor=16.0),
     # Group counts on both sides of the kernel's limits for taking the kept
@@ -129,7 +135,9 @@ def variant_problems(draw, name):
     z = (gen.standard_normal((batch, num_experts)) * 3 * scale).astype(dtype)
     if draw(st.booleans()):  # exact ties
         z = np.round(z)
-    norm = draw(st.booleans()) or (opts.get("topk_on_logits") and opts.get("scoring_func") != "sigmoid")
+    norm = draw(st.booleans()) or (
+        opts.get("topk_on_logits") and opts.get("scoring_func") != "sigmoid"
+    )
     if opts.pop("bias", False):
         # Biases as DeepSeek-V3 learns them: often negative, larger than s.
         opts["e_score_correction_bias"] = gen.normal(-0.5, 1.0, num_experts).astype(np.float32)
@@ -150,6 +158,7 @@ def test_variant_matches_reference(kernel_path, name):
         again = mr.route(z, top_k, norm, **opts)
         np.testing.assert_array_equal(again.expert_ids, out.expert_ids)
         np.testing.assert_array_equal(again.expert_weights, out.expert_weights)
+
     check()
 
 
@@ -158,8 +167,9 @@ def test_group_masking_with_negative_biased_scores(any_path):
     # mask of 0 instead of -inf would pick experts of the dropped group 0.
     z = np.zeros((1, 8), np.float32)
     bias = np.array([-0.9, -0.9, -0.9, -0.9, -0.6, -0.7, -2.0, -3.0], np.float32)
-    router = mr.Router(8, 3, True, scoring_func="sigmoid", n_group=2, topk_group=1,
-                       e_score_correction_bias=bias)
+    router = mr.Router(
+        8, 3, True, scoring_func="sigmoid", n_group=2, topk_group=1, e_score_correction_bias=bias
+    )
     out = router(z)
     assert out.expert_ids.tolist() == [[4, 5, 6]]
     np.testing.assert_allclose(out.expert_weights, [[1 / 3] * 3], rtol=1e-6)
@@ -168,8 +178,15 @@ def test_group_masking_with_negative_biased_scores(any_path):
 def test_group_ties_keep_smaller_group(any_path):
     # Four identical groups: the kept ones are groups 0 and 1.
     z = np.tile(np.array([3.0, 1.0, 2.0, 0.0], np.float32), 4)[None]
-    out = mr.route(z, 4, True, scoring_func="sigmoid", n_group=4, topk_group=2,
-                   e_score_correction_bias=np.zeros(16))
+    out = mr.route(
+        z,
+        4,
+        True,
+        scoring_func="sigmoid",
+        n_group=4,
+        topk_group=2,
+        e_score_correction_bias=np.zeros(16),
+    )
     assert out.expert_ids.tolist() == [[0, 4, 2, 6]]
     out = mr.route(z, 2, True, n_group=4, topk_group=2)
     assert out.expert_ids.tolist() == [[0, 4]]
@@ -178,8 +195,9 @@ def test_group_ties_keep_smaller_group(any_path):
 def test_topk_group_equals_n_group_is_ungrouped(any_path, rng):
     z = rng.standard_normal((16, 64)).astype(np.float32)
     bias = rng.normal(-0.3, 0.5, 64)
-    a = mr.route(z, 6, True, scoring_func="sigmoid", n_group=8, topk_group=8,
-                 e_score_correction_bias=bias)
+    a = mr.route(
+        z, 6, True, scoring_func="sigmoid", n_group=8, topk_group=8, e_score_correction_bias=bias
+    )
     b = mr.route(z, 6, True, scoring_func="sigmoid", e_score_correction_bias=bias)
     np.testing.assert_array_equal(a.expert_ids, b.expert_ids)
     np.testing.assert_allclose(a.expert_weights, b.expert_weights, atol=1e-7)
@@ -190,11 +208,19 @@ def test_hand_computed_deepseek_v3_row(any_path):
     z = np.array([[0.0, 2.0, 1.0, -1.0]])
     bias = np.array([0.5, -1.0, 0.0, 0.0])
     s = 1 / (1 + np.exp(-z[0]))
-    c = s + bias          # [1.0, -0.119, 0.731, 0.269]
+    c = s + bias  # [1.0, -0.119, 0.731, 0.269]
     # groups: {0,1}: 1.0 - 0.119 = 0.881; {2,3}: 1.0 -> keep group 1
-    out = mr.route(z, 2, True, scoring_func="sigmoid", n_group=2, topk_group=1,
-                   routed_scaling_factor=2.0, e_score_correction_bias=bias,
-                   weights_dtype=np.float64)
+    out = mr.route(
+        z,
+        2,
+        True,
+        scoring_func="sigmoid",
+        n_group=2,
+        topk_group=1,
+        routed_scaling_factor=2.0,
+        e_score_correction_bias=bias,
+        weights_dtype=np.float64,
+    )
     assert out.expert_ids.tolist() == [[2, 3]]
     w = s[[2, 3]] / (s[2] + s[3] + 1e-20) * 2.0
     np.testing.assert_allclose(out.expert_weights[0], w, rtol=1e-12)
@@ -208,27 +234,47 @@ def test_llama4_weights_are_sigmoid_of_top_logits(any_path):
     np.testing.assert_allclose(out.expert_weights, [[1 / (1 + np.exp(-3.0))]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, exc, msg", [
-    (dict(scoring_func="tanh"), ValueError, "scoring_func must be 'softmax' or 'sigmoid'"),
-    (dict(n_group=3), ValueError, "num_experts=16 must be divisible by n_group=3"),
-    (dict(n_group=0), ValueError, "n_group must be >= 1"),
-    (dict(n_group=4, topk_group=5), ValueError, "topk_group must be <= n_group=4"),
-    (dict(n_group=4, topk_group=0), ValueError, "topk_group must be >= 1"),
-    (dict(n_group=8, topk_group=1), ValueError, "top_k=4 exceeds the 2 experts"),
-    (dict(n_group=16, topk_group=8, scoring_func="sigmoid"), ValueError, "groups need >= 2 experts"),
-    (dict(routed_scaling_factor=0.0), ValueError, "routed_scaling_factor must be finite, > 0"),
-    (dict(routed_scaling_factor=float("nan")), ValueError, "routed_scaling_factor must be finite"),
-    (dict(routed_scaling_factor="2"), TypeError, "routed_scaling_factor must be a real number"),
-    (dict(e_score_correction_bias=np.zeros(16)), ValueError, "is for scoring_func='sigmoid'"),
-    (dict(scoring_func="sigmoid", e_score_correction_bias=np.zeros(15)), ValueError,
-     r"must have shape \(16,\), got \(15,\)"),
-    (dict(scoring_func="sigmoid", e_score_correction_bias=np.full(16, np.nan)), ValueError,
-     "must be finite"),
-    (dict(scoring_func="sigmoid", e_score_correction_bias=["a"] * 16), TypeError,
-     "must be a real array"),
-    (dict(topk_on_logits=True, norm_topk_prob=False), ValueError, "always sum to 1"),
-    (dict(topk_on_logits=True, n_group=2), ValueError, "does not combine"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, msg",
+    [
+        (dict(scoring_func="tanh"), ValueError, "scoring_func must be 'softmax' or 'sigmoid'"),
+        (dict(n_group=3), ValueError, "num_experts=16 must be divisible by n_group=3"),
+        (dict(n_group=0), ValueError, "n_group must be >= 1"),
+        (dict(n_group=4, topk_group=5), ValueError, "topk_group must be <= n_group=4"),
+        (dict(n_group=4, topk_group=0), ValueError, "topk_group must be >= 1"),
+        (dict(n_group=8, topk_group=1), ValueError, "top_k=4 exceeds the 2 experts"),
+        (
+            dict(n_group=16, topk_group=8, scoring_func="sigmoid"),
+            ValueError,
+            "groups need >= 2 experts",
+        ),
+        (dict(routed_scaling_factor=0.0), ValueError, "routed_scaling_factor must be finite, > 0"),
+        (
+            dict(routed_scaling_factor=float("nan")),
+            ValueError,
+            "routed_scaling_factor must be finite",
+        ),
+        (dict(routed_scaling_factor="2"), TypeError, "routed_scaling_factor must be a real number"),
+        (dict(e_score_correction_bias=np.zeros(16)), ValueError, "is for scoring_func='sigmoid'"),
+        (
+            dict(scoring_func="sigmoid", e_score_correction_bias=np.zeros(15)),
+            ValueError,
+            r"must have shape \(16,\), got \(15,\)",
+        ),
+        (
+            dict(scoring_func="sigmoid", e_score_correction_bias=np.full(16, np.nan)),
+            ValueError,
+            "must be finite",
+        ),
+        (
+            dict(scoring_func="sigmoid", e_score_correction_bias=["a"] * 16),
+            TypeError,
+            "must be a real array",
+        ),
+        (dict(topk_on_logits=True, norm_topk_prob=False), ValueError, "always sum to 1"),
+        (dict(topk_on_logits=True, n_group=2), ValueError, "does not combine"),
+    ],
+)
 def test_invalid_configurations(kwargs, exc, msg):
     norm = kwargs.pop("norm_topk_prob", True)
     with pytest.raises(exc, match=msg):
@@ -254,32 +300,67 @@ def test_sigmoid_accepts_all_neg_inf_rows(any_path):
 
 # --- presets from Hugging Face configs --------------------------------------
 
-QWEN3 = {"model_type": "qwen3_moe", "num_experts": 128, "num_experts_per_tok": 8,
-         "norm_topk_prob": True}
+QWEN3 = {
+    "model_type": "qwen3_moe",
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "norm_topk_prob": True,
+}
 CONFIGS = {
     "mixtral": {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2},
-    "qwen2_moe": {"model_type": "qwen2_moe", "num_experts": 60, "num_experts_per_tok": 4,
-                  "norm_topk_prob": False},
+    "qwen2_moe": {
+        "model_type": "qwen2_moe",
+        "num_experts": 60,
+        "num_experts_per_tok": 4,
+        "norm_topk_prob": False,
+    },
     "qwen3_moe": QWEN3,
-    "olmoe": {"model_type": "olmoe", "num_experts": 64, "num_experts_per_tok": 8,
-              "norm_topk_prob": False},
-    "deepseek_v2_greedy": {"model_type": "deepseek_v2", "n_routed_experts": 64,
-                           "num_experts_per_tok": 6, "topk_method": "greedy",
-                           "norm_topk_prob": False, "routed_scaling_factor": 1.0},
-    "deepseek_v2_group": {"model_type": "deepseek_v2", "n_routed_experts": 160,
-                          "num_experts_per_tok": 6, "topk_method": "group_limited_greedy",
-                          "n_group": 8, "topk_group": 3, "norm_topk_prob": False,
-                          "routed_scaling_factor": 16.0},
-    "deepseek_v3": {"model_type": "deepseek_v3", "n_routed_experts": 256,
-                    "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
-                    "norm_topk_prob": True, "routed_scaling_factor": 2.5,
-                    "scoring_func": "sigmoid", "topk_method": "noaux_tc"},
-    "glm4_moe": {"model_type": "glm4_moe", "n_routed_experts": 128, "num_experts_per_tok": 8,
-                 "n_group": 1, "topk_group": 1, "norm_topk_prob": True,
-                 "routed_scaling_factor": 2.5},
+    "olmoe": {
+        "model_type": "olmoe",
+        "num_experts": 64,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": False,
+    },
+    "deepseek_v2_greedy": {
+        "model_type": "deepseek_v2",
+        "n_routed_experts": 64,
+        "num_experts_per_tok": 6,
+        "topk_method": "greedy",
+        "norm_topk_prob": False,
+        "routed_scaling_factor": 1.0,
+    },
+    "deepseek_v2_group": {
+        "model_type": "deepseek_v2",
+        "n_routed_experts": 160,
+        "num_experts_per_tok": 6,
+        "topk_method": "group_limited_greedy",
+        "n_group": 8,
+        "topk_group": 3,
+        "norm_topk_prob": False,
+        "routed_scaling_factor": 16.0,
+    },
+    "deepseek_v3": {
+        "model_type": "deepseek_v3",
+        "n_routed_experts": 256,
+        "num_experts_per_tok": 8,
+        "n_group": 8,
+        "topk_group": 4,
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
+        "scoring_func": "sigmoid",
+        "topk_method": "noaux_tc",
+    },
+    "glm4_moe": {
+        "model_type": "glm4_moe",
+        "n_routed_experts": 128,
+        "num_experts_per_tok": 8,
+        "n_group": 1,
+        "topk_group": 1,
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
+    },
     "gpt_oss": {"model_type": "gpt_oss", "num_local_experts": 32, "num_experts_per_tok": 4},
-    "llama4_text": {"model_type": "llama4_text", "num_local_experts": 16,
-                    "num_experts_per_tok": 1},
+    "llama4_text": {"model_type": "llama4_text", "num_local_experts": 16, "num_experts_per_tok": 1},
 }
 
 
@@ -348,13 +429,30 @@ def test_preset_matches_transformers_router(kernel_path, name, rng):
     router = mr.Router.from_hf_config(cfg, e_score_correction_bias=bias)
     logits = (rng.standard_normal((200, e)) * 2).astype(np.float32)
     out = router(logits)
-    ids, w = _torch_router(torch, name, cfg, torch.from_numpy(logits),
-                           None if bias is None else torch.from_numpy(bias))
-    opts = {k: getattr(router, k) for k in ("scoring_func", "topk_on_logits", "n_group",
-                                            "topk_group", "routed_scaling_factor")}
+    ids, w = _torch_router(
+        torch, name, cfg, torch.from_numpy(logits), None if bias is None else torch.from_numpy(bias)
+    )
+    opts = {
+        k: getattr(router, k)
+        for k in (
+            "scoring_func",
+            "topk_on_logits",
+            "n_group",
+            "topk_group",
+            "routed_scaling_factor",
+        )
+    }
     opts["e_score_correction_bias"] = bias
-    assert_routes_like(logits, out.expert_ids, out.expert_weights, ids.numpy(), w.numpy(),
-                       router.top_k, router.norm_topk_prob, opts)
+    assert_routes_like(
+        logits,
+        out.expert_ids,
+        out.expert_weights,
+        ids.numpy(),
+        w.numpy(),
+        router.top_k,
+        router.norm_topk_prob,
+        opts,
+    )
 
 
 def test_from_hf_config_fields():
@@ -362,10 +460,15 @@ def test_from_hf_config_fields():
     assert (r.num_experts, r.top_k, r.norm_topk_prob, r.scoring_func) == (128, 8, True, "softmax")
     bias = np.zeros(256)
     r = mr.Router.from_hf_config(CONFIGS["deepseek_v3"], e_score_correction_bias=bias)
-    assert (r.num_experts, r.top_k, r.n_group, r.topk_group, r.routed_scaling_factor,
-            r.scoring_func) == (256, 8, 8, 4, 2.5, "sigmoid")
-    r = mr.Router.from_hf_config({"model_type": "llama4",
-                                  "text_config": CONFIGS["llama4_text"]})
+    assert (
+        r.num_experts,
+        r.top_k,
+        r.n_group,
+        r.topk_group,
+        r.routed_scaling_factor,
+        r.scoring_func,
+    ) == (256, 8, 8, 4, 2.5, "sigmoid")
+    r = mr.Router.from_hf_config({"model_type": "llama4", "text_config": CONFIGS["llama4_text"]})
     assert (r.num_experts, r.top_k, r.scoring_func, r.topk_on_logits) == (16, 1, "sigmoid", True)
     r = mr.Router.from_hf_config(CONFIGS["gpt_oss"])
     assert r.topk_on_logits and r.norm_topk_prob
@@ -376,20 +479,24 @@ def test_from_hf_config_fields():
         model_type = "mixtral"
         num_local_experts = 8
         num_experts_per_tok = 2
+
     r = mr.Router.from_hf_config(Config())
     assert (r.num_experts, r.top_k, r.norm_topk_prob) == (8, 2, True)
     r = mr.Router.from_hf_config(QWEN3, num_threads=1)
     assert r.num_threads == 1
 
 
-@pytest.mark.parametrize("config, bias, msg", [
-    ({"model_type": "llama"}, None, "'llama' is not a MoE model moe_router knows"),
-    ({}, None, "None is not a MoE model"),
-    ({"model_type": "qwen3_moe", "num_experts": 8}, None, "has no num_experts_per_tok"),
-    (CONFIGS["deepseek_v3"], None, "pass Router.from_hf_config"),
-    (QWEN3, np.zeros(128), "qwen3_moe has no e_score_correction_bias"),
-    ({**CONFIGS["deepseek_v2_greedy"], "topk_method": "noaux"}, None, "not supported"),
-])
+@pytest.mark.parametrize(
+    "config, bias, msg",
+    [
+        ({"model_type": "llama"}, None, "'llama' is not a MoE model moe_router knows"),
+        ({}, None, "None is not a MoE model"),
+        ({"model_type": "qwen3_moe", "num_experts": 8}, None, "has no num_experts_per_tok"),
+        (CONFIGS["deepseek_v3"], None, "pass Router.from_hf_config"),
+        (QWEN3, np.zeros(128), "qwen3_moe has no e_score_correction_bias"),
+        ({**CONFIGS["deepseek_v2_greedy"], "topk_method": "noaux"}, None, "not supported"),
+    ],
+)
 def test_from_hf_config_errors(config, bias, msg):
     with pytest.raises(ValueError, match=msg):
         mr.Router.from_hf_config(config, e_score_correction_bias=bias)
@@ -404,10 +511,10 @@ def test_from_hf_config_errors(config, bias, msg):
 # behind the exact fallback.
 
 APPROX_SHAPES = [  # (experts, top_k, n_group, topk_group, bias)
-    (256, 8, 8, 4, True),    # DeepSeek-V3 (8 groups: the vector group step)
-    (160, 6, 8, 3, True),    # 8 groups of 20
-    (64, 4, 4, 2, False),    # grouped, no bias (the general group step)
-    (128, 8, 1, 1, True),    # biased sigmoid without groups
+    (256, 8, 8, 4, True),  # DeepSeek-V3 (8 groups: the vector group step)
+    (160, 6, 8, 3, True),  # 8 groups of 20
+    (64, 4, 4, 2, False),  # grouped, no bias (the general group step)
+    (128, 8, 1, 1, True),  # biased sigmoid without groups
 ]
 
 
@@ -426,14 +533,16 @@ def test_approximate_selection_takes_most_rows_exactly(shape, rng):
     ids, taken = core.sigmoid_topk_rows(z, k, n_group, topk_group, bias)
     # Random rows are rarely within 5e-4 of a tie: nearly all are taken.
     assert taken.mean() > 0.85, taken.mean()
-    opts = dict(scoring_func="sigmoid", n_group=n_group, topk_group=topk_group,
-                e_score_correction_bias=bias)
+    opts = dict(
+        scoring_func="sigmoid", n_group=n_group, topk_group=topk_group, e_score_correction_bias=bias
+    )
     oracle, _ = ref.route_reference(z, k, True, **opts)
     keys, groups = _keys_and_groups(z, opts)
     for r in np.flatnonzero(taken):
         if not np.array_equal(ids[r], oracle[r]):
-            assert _near_tie(keys[r], None if groups is None else groups[r], k, topk_group), \
+            assert _near_tie(keys[r], None if groups is None else groups[r], k, topk_group), (
                 f"row {r}: {ids[r]} != {oracle[r]}"
+            )
 
 
 def _biased_to(z, targets):
@@ -453,10 +562,15 @@ def test_approximate_selection_orders_close_scores_exactly(kernel_path, rng):
         targets[close] = 0.4 - 3e-5 * rng.permutation(24)
         if trial % 2:  # groups 0-5 with top-2 sums 5e-5 apart, around the kept boundary
             for g in range(6):
-                targets[32 * g:32 * g + 2] = [0.3 + 5e-5 * g, 0.3]
+                targets[32 * g : 32 * g + 2] = [0.3 + 5e-5 * g, 0.3]
         bias = _biased_to(z, targets)
-        opts = dict(scoring_func="sigmoid", n_group=8, topk_group=4,
-                    e_score_correction_bias=bias, routed_scaling_factor=2.5)
+        opts = dict(
+            scoring_func="sigmoid",
+            n_group=8,
+            topk_group=4,
+            e_score_correction_bias=bias,
+            routed_scaling_factor=2.5,
+        )
         out = mr.route(z[None], k, True, **opts)
         oracle_ids, oracle_w = ref.route_reference(z[None], k, True, **opts)
         np.testing.assert_array_equal(out.expert_ids, oracle_ids)
@@ -475,21 +589,26 @@ def test_sigmoid_rows_in_pairs_match_rows_routed_alone(kernel_path, rng, shape, 
     size = n // n_group
     kinds = [
         rng.standard_normal(n),
-        rng.integers(-3, 4, n).astype(float),                      # ties everywhere
-        np.zeros(n),                                               # one score per expert: the bias
+        rng.integers(-3, 4, n).astype(float),  # ties everywhere
+        np.zeros(n),  # one score per expert: the bias
         np.where(np.arange(n) % 7 == 3, np.inf, rng.standard_normal(n)),
         np.where(np.arange(n) % 5 == 1, -np.inf, rng.standard_normal(n)),
-        np.tile(rng.standard_normal(size), n_group),               # equal group scores
+        np.tile(rng.standard_normal(size), n_group),  # equal group scores
     ]
     rows = [kinds[i % len(kinds)] for i in range(23)] + [rng.standard_normal(n) for _ in range(48)]
     z = np.array(rows, np.float32)
-    opts = dict(scoring_func="sigmoid", n_group=n_group, topk_group=topk_group,
-                e_score_correction_bias=bias, routed_scaling_factor=2.5)
+    opts = dict(
+        scoring_func="sigmoid",
+        n_group=n_group,
+        topk_group=topk_group,
+        e_score_correction_bias=bias,
+        routed_scaling_factor=2.5,
+    )
     batch = mr.route(z, k, True, num_threads=num_threads, **opts)
     oracle = ref.route_reference(z, k, True, **opts)
     assert_routes_like(z, batch.expert_ids, batch.expert_weights, *oracle, k, True, opts)
     for r in range(len(z)):
-        alone = mr.route(z[r:r + 1], k, True, **opts)
+        alone = mr.route(z[r : r + 1], k, True, **opts)
         np.testing.assert_array_equal(batch.expert_ids[r], alone.expert_ids[0])
         np.testing.assert_array_equal(batch.expert_weights[r], alone.expert_weights[0])
 
@@ -500,13 +619,17 @@ def test_approximate_sigmoid_is_within_its_slack():
     # it on this CPU (its reciprocal estimate included) over the whole
     # range, the clamps at +-87 and the infinities, against float64.
     core = _avx2_core()
-    x = np.concatenate([np.linspace(-100, 100, 2_000_000), np.linspace(-20, 20, 1_000_000),
-                        [np.inf, -np.inf, 0.0, -0.0, 86.9, 87.0, 87.1, 88.7, 89.0, 1e30, -1e30],
-                        ]).astype(np.float32)
+    x = np.concatenate(
+        [
+            np.linspace(-100, 100, 2_000_000),
+            np.linspace(-20, 20, 1_000_000),
+            [np.inf, -np.inf, 0.0, -0.0, 86.9, 87.0, 87.1, 88.7, 89.0, 1e30, -1e30],
+        ]
+    ).astype(np.float32)
     x = np.concatenate([x, np.zeros(-len(x) % 16, np.float32)])
     out = np.empty_like(x)
     assert core.sigmoid_approx_into(x, out) is False
     err = np.abs(out.astype(np.float64) - ref.sigmoid(x.astype(np.float64)))
-    assert err.max() <= 5.2e-4 - 2e-6, err.max()   # (the exact float32 sigmoid: within 2e-6)
+    assert err.max() <= 5.2e-4 - 2e-6, err.max()  # (the exact float32 sigmoid: within 2e-6)
     x[5] = np.nan
     assert core.sigmoid_approx_into(x, out) is True

@@ -36,8 +36,11 @@ def one_input(data):
     dtype = DTYPES[fdp.ConsumeIntInRange(0, len(DTYPES) - 1)]
     values = [fdp.ConsumeFloat() for _ in range(batch * num_experts)]
     with np.errstate(over="ignore", invalid="ignore"):
-        z = np.array(values, np.float64).reshape(batch, num_experts).astype(dtype) \
-            if dtype != np.int32 else np.zeros((batch, num_experts), np.int32)
+        z = (
+            np.array(values, np.float64).reshape(batch, num_experts).astype(dtype)
+            if dtype != np.int32
+            else np.zeros((batch, num_experts), np.int32)
+        )
     if fdp.ConsumeBool() and z.ndim == 2 and z.shape[1] > 1:
         z = z[:, ::-1]  # non-contiguous
     top_k = fdp.ConsumeIntInRange(-1, num_experts + 1)
@@ -47,15 +50,23 @@ def one_input(data):
     if variant == 1:
         opts = dict(scoring_func="sigmoid")
     elif variant == 2:
-        opts = dict(n_group=fdp.ConsumeIntInRange(0, 5), topk_group=fdp.ConsumeIntInRange(0, 5),
-                    routed_scaling_factor=fdp.ConsumeFloat())
+        opts = dict(
+            n_group=fdp.ConsumeIntInRange(0, 5),
+            topk_group=fdp.ConsumeIntInRange(0, 5),
+            routed_scaling_factor=fdp.ConsumeFloat(),
+        )
     elif variant == 3:
         n_group = fdp.ConsumeIntInRange(1, 4)
-        opts = dict(scoring_func="sigmoid", n_group=n_group,
-                    topk_group=fdp.ConsumeIntInRange(1, n_group),
-                    e_score_correction_bias=[fdp.ConsumeFloat() for _ in range(num_experts)])
+        opts = dict(
+            scoring_func="sigmoid",
+            n_group=n_group,
+            topk_group=fdp.ConsumeIntInRange(1, n_group),
+            e_score_correction_bias=[fdp.ConsumeFloat() for _ in range(num_experts)],
+        )
     elif variant == 4:
-        opts = dict(topk_on_logits=True, scoring_func=["softmax", "sigmoid"][fdp.ConsumeIntInRange(0, 1)])
+        opts = dict(
+            topk_on_logits=True, scoring_func=["softmax", "sigmoid"][fdp.ConsumeIntInRange(0, 1)]
+        )
         norm = norm or opts["scoring_func"] == "softmax"
     api = fdp.ConsumeIntInRange(0, 2)
     try:
