@@ -1,4 +1,5 @@
 # Stub of the compiled kernel module; _core_avx2 and _core_avx512 share it.
+# CI checks it against the built modules with mypy.stubtest (.ci/run).
 from typing import Any
 
 import numpy as np
@@ -7,8 +8,19 @@ import numpy.typing as npt
 MAX_LIST_TOP_K: int
 PARALLEL_MIN_ROWS: int
 
+# Keys: simd (str), openmp (bool), openmp_max_threads (int), cpu_avx2, cpu_avx512 (bool).
 def build_info() -> dict[str, Any]: ...
 def set_parallel_min_rows(rows: int) -> int: ...
+def sigmoid_approx_into(
+    x: npt.NDArray[np.float32], out: npt.NDArray[np.float32]
+) -> bool | None: ...
+def sigmoid_topk_rows(
+    z: npt.NDArray[np.float32],
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    bias: npt.NDArray[np.float32] | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]: ...
 def route_rows(
     logits: object,
     top_k: int,
