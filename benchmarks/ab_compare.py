@@ -17,7 +17,7 @@ path (then the first mismatches, --max-report), and the timing table.  The
 exit status is 0 when every output agreed, 1 on a mismatch, 2 on a usage
 error.  OLD = NEW (one tree twice) is a self-check of this script: it must
 report IDENTICAL and ratios near 1.  A full run (baseline and avx2, 3000
-random cases, 30 rounds) takes about 35 s on the 2-core dev box.
+random cases, 30 rounds) takes about 30 s on the 2-core dev box.
 
 --old and --new name build trees (a directory holding moe_router/ with the
 compiled `_core_<isa>*.so` modules) or the moe_router/ directory itself.
