@@ -17,22 +17,52 @@ __all__ = ["Router", "RouterOutput", "route", "route_into", "show_config",
 
 
 def show_config(print_out=True):
-    """Report the version, the kernel path in use, the paths compiled in and OpenMP.
+    """Report the version, the kernel paths in use, the paths compiled in and OpenMP.
 
     Returns the same facts as a dict; prints them unless print_out is False.
+    Besides the active path, "kernel_paths" maps each logits dtype to the
+    path that routes it, and "path_features" gives, per path this CPU runs,
+    its SIMD name and the tuned routines compiled into it.
     """
-    info = _dispatch.kernel.build_info() if hasattr(_dispatch.kernel, "build_info") else {}
+    kernel = getattr(_dispatch, "kernel", None)
+    info = kernel.build_info() if hasattr(kernel, "build_info") else {}
+    available = _dispatch.available_paths()
+    by_dtype = getattr(_dispatch, "paths_by_dtype", None)
+    kernel_paths = (
+        dict(by_dtype) if by_dtype else {"float32": _dispatch.path, "float64": _dispatch.path}
+    )
+    path_features = {}
+    for p in available:
+        module = _dispatch.load(p)
+        p_info = module.build_info() if hasattr(module, "build_info") else {}
+        path_features[p] = {
+            "simd": p_info.get("simd", "numpy"),
+            "features": tuple(p_info.get("features", ())),
+        }
     config = {
         "version": __version__,
         "kernel_path": _dispatch.path,
+        "kernel_paths": kernel_paths,
         "simd": info.get("simd", "numpy"),
         "compiled_paths": _dispatch.compiled_paths(),
-        "available_paths": _dispatch.available_paths(),
+        "available_paths": available,
+        "path_features": path_features,
         "openmp": info.get("openmp", False),
         "default_threads": _dispatch.default_threads,
         "parallel_min_rows": PARALLEL_MIN_ROWS,
     }
     if print_out:
+        lines = []
         for key, value in config.items():
-            print(f"{key:>16}: {value}")
+            if key == "kernel_paths":
+                value = ", ".join(f"{dtype} -> {p}" for dtype, p in value.items())
+            if key == "path_features":
+                for p, facts in value.items():
+                    routines = ", ".join(facts["features"]) or "(none listed)"
+                    lines.append((f"path {p}", f"simd {facts['simd']}; features: {routines}"))
+                continue
+            lines.append((key, value))
+        width = max(len(key) for key, _ in lines)
+        for key, value in lines:
+            print(f"{key:>{width}}: {value}")
     return config
