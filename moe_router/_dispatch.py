@@ -1,17 +1,21 @@
-"""Pick the compiled kernel module for this CPU at import.
+"""Pick the compiled kernel modules for this CPU at import, one per logits dtype.
 
 setup.py compiles the same kernel source (_router_kernels.pxi) into one
 module per instruction set.  A module may only be imported once the CPU is
 known to support it (its initialisation code may already use the wider
 instructions), so the CPU is asked through the baseline module first.
 
-MOE_ROUTER_PATH=baseline|avx2|avx512 forces a path; "auto" (or unset) takes
-the best one available.
+Each logits dtype takes the first available path of its PREFERRED list, the
+order measured fastest (docs/performance.md; `moe-router bench --paths`
+measures it on any CPU).  MOE_ROUTER_PATH=baseline|avx2|avx512 forces one
+path for everything; "auto" (or unset) takes the preferred ones.
 """
 
 import importlib
 import importlib.util
 import os
+
+import numpy as np
 
 from . import _core_baseline
 
@@ -22,8 +26,18 @@ default_threads = _core_baseline.build_info()["openmp_max_threads"]
 # Batches smaller than this always run on one thread (a fact of the kernels).
 PARALLEL_MIN_ROWS = _core_baseline.PARALLEL_MIN_ROWS
 
-# Best last.
+# Widest last.
 PATHS = ("baseline", "avx2", "avx512")
+
+# Per logits dtype, the paths in the order measured fastest.  float32 stays
+# on the avx2 module: the avx512 module runs the same 256-bit float32 code
+# (its 512-bit float32 code measured 1.16-1.55x slower than avx2 on an
+# AVX-512 Xeon), and moves ahead only once measured at least as fast.
+# float64 takes the 512-bit vectors (measured 1.9x faster than avx2 there).
+PREFERRED = {
+    "float32": ("avx2", "avx512", "baseline"),
+    "float64": ("avx512", "avx2", "baseline"),
+}
 
 _cpu = _core_baseline.build_info()
 _cpu_ok = {"baseline": True, "avx2": _cpu["cpu_avx2"], "avx512": _cpu["cpu_avx512"]}
@@ -59,10 +73,10 @@ def load(path):
     return importlib.import_module(f"moe_router._core_{path}")
 
 
-def _initial_path():
+def _forced_path():
     forced = os.environ.get("MOE_ROUTER_PATH", "auto").strip().lower()
     if forced in ("", "auto"):
-        return available_paths()[-1]
+        return None
     if forced not in PATHS:
         raise ImportError(f"MOE_ROUTER_PATH={forced!r}: expected auto or one of {PATHS}")
     if forced not in available_paths():
@@ -71,14 +85,59 @@ def _initial_path():
     return forced
 
 
-# The active kernel: read by moe_router._api on every call.
-path = _initial_path()
-kernel = load(path)
+def preferred_paths():
+    """The path each logits dtype takes by default here: {"float32": ..., "float64": ...}."""
+    available = available_paths()
+    return {dtype: next(p for p in order if p in available) for dtype, order in PREFERRED.items()}
+
+
+class KernelByDtype:
+    """The kernel entry point when float32 and float64 logits take different
+    modules: route_rows sends float64 logits to one and everything else (the
+    float32 and the not-yet-converted logits) to the other."""
+
+    def __init__(self, kernel_f32, kernel_f64):
+        self.kernel_f32 = kernel_f32
+        self.kernel_f64 = kernel_f64
+        self._f64 = np.dtype(np.float64)
+
+    def route_rows(self, logits, top_k, norm_topk_prob, expert_ids, expert_weights,
+                   num_threads=1, num_experts=0, sigmoid=False, n_group=1, topk_group=1,
+                   routed_scaling_factor=1.0, bias=None):
+        kernel = (self.kernel_f64 if getattr(logits, "dtype", None) is self._f64
+                  else self.kernel_f32)
+        return kernel.route_rows(logits, top_k, norm_topk_prob, expert_ids, expert_weights,
+                                 num_threads, num_experts, sigmoid, n_group, topk_group,
+                                 routed_scaling_factor, bias)
+
+    def __getattr__(self, name):  # build_info, exp_into, ...: the float32 module's
+        return getattr(self.kernel_f32, name)
+
+
+def _use(by_dtype):
+    """Make `by_dtype` ({"float32": path, "float64": path}) the active paths."""
+    global path, paths_by_dtype, kernel
+    f32, f64 = load(by_dtype["float32"]), load(by_dtype["float64"])
+    paths_by_dtype = dict(by_dtype)
+    path = by_dtype["float32"]
+    kernel = f32 if f32 is f64 else KernelByDtype(f32, f64)
+
+
+# The active kernels: `kernel` is read by moe_router._api on every call (a
+# module, or a KernelByDtype where the dtypes take different modules);
+# `path` is the path of float32 logits.
+path = paths_by_dtype = kernel = None
+_forced = _forced_path()
+_use({"float32": _forced, "float64": _forced} if _forced else preferred_paths())
 
 
 def select(new_path):
-    """Switch the active kernel path (for tests and benchmarks); returns the old one."""
-    global path, kernel
-    module = load(new_path)
-    old, path, kernel = path, new_path, module
+    """Force one path for every dtype (for tests and benchmarks).  Takes a path,
+    "auto" (the preferred paths) or what an earlier call returned: the paths
+    before the call, {"float32": path, "float64": path}."""
+    old = paths_by_dtype
+    if isinstance(new_path, dict):
+        _use(new_path)
+    else:
+        _use(preferred_paths() if new_path == "auto" else {"float32": new_path, "float64": new_path})
     return old

@@ -1,16 +1,27 @@
-# The router kernels.  This file is the single source of the compiled core:
-# each `_core_<isa>.pyx` module includes it, and setup.py compiles those
-# modules with different instruction-set flags (see moe_router/_dispatch.py
-# for how one is picked at import).
+# The router kernels: the Cython layer of the compiled core.  Each
+# `_core_<isa>.pyx` module includes this file, and setup.py compiles those
+# modules (as C++) with different instruction-set flags; moe_router/_dispatch.py
+# picks one per logits dtype at import.
 #
-# Contract with the Python layer (moe_router/_api.py): `route_rows` routes
-# the plain case after a few C checks and returns -1 for anything else, which
-# the Python layer then validates (and converts, grows or rejects with a
-# precise message).  The kernels never raise inside `nogil` code; they count
-# bad rows (NaN, all -inf) and the Python layer turns that into an exception.
+# Layers, from the bottom:
+#   csrc/*.h, csrc/*.hpp  vector traits per instruction set, the exp, the
+#                         row operations (templates over float / double), the
+#                         AVX2+ tuned routines; csrc/kernels.hpp holds the
+#                         entry points declared below, once each
+#   this file             one row (`_route_row`: `_select_row`, then
+#                         `_weights_divisor` and `_put_weights`), two rows at
+#                         once (`_route_pair`), every row (`_route_rows`, the
+#                         OpenMP loop), and `route_rows`, the entry point
+#   moe_router/_api.py    validates, converts, allocates and raises
+#
+# Contract with the Python layer: `route_rows` routes the plain case after a
+# few C checks and returns -1 for anything else, which the Python layer then
+# validates (and converts, grows or rejects with a precise message).  The
+# kernels never raise inside `nogil` code; they count bad rows (NaN, all
+# -inf) and the Python layer turns that into an exception.
 
 from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, NAN, expf
+from libc.math cimport INFINITY, expf
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -18,59 +29,49 @@ cimport numpy as cnp
 import numpy as np
 
 cnp.import_array()
-mr_init_tables()
 
-cdef extern from "_kernels.h" nogil:
-    float mr_max_lanes_f32(const float *z, Py_ssize_t n, float *lanes, int *has_nan)
-    double mr_max_lanes_f64(const double *z, Py_ssize_t n, double *lanes, int *has_nan)
-    Py_ssize_t mr_limit_groups_f32(const float *sel, Py_ssize_t n, Py_ssize_t n_group,
-                                   Py_ssize_t topk_group, int top2_sum,
-                                   float *group_score, Py_ssize_t *kept, float *lanes)
-    Py_ssize_t mr_limit_groups_f64(const double *sel, Py_ssize_t n, Py_ssize_t n_group,
-                                   Py_ssize_t topk_group, int top2_sum,
-                                   double *group_score, Py_ssize_t *kept, double *lanes)
-    int mr_topk_groups_f32(const float *z, Py_ssize_t n, Py_ssize_t size, const Py_ssize_t *kept,
-                           Py_ssize_t n_kept, int k, const float *lanes, Py_ssize_t *idx, float m,
-                           float *e_out)
-    int mr_topk_groups_f64(const double *z, Py_ssize_t n, Py_ssize_t size, const Py_ssize_t *kept,
-                           Py_ssize_t n_kept, int k, const double *lanes, Py_ssize_t *idx, double m,
-                           double *e_out)
-    int mr_sigmoid_into_f32(const float *z, Py_ssize_t n, const float *bias, float *c)
-    float mr_abs_max_f32(const float *x, Py_ssize_t n)
-    int mr_sigmoid_approx_f32(const float *x, Py_ssize_t n, float *out)
-    int mr_sigmoid_topk_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
-                            Py_ssize_t topk_group, int k, float slack, float *c,
-                            Py_ssize_t *kept, Py_ssize_t *idx, float *e_out)
-    void mr_sigmoid_topk_pair_f32(const float *z, Py_ssize_t n, const float *bias, Py_ssize_t n_group,
-                                  Py_ssize_t topk_group, int k, float slack, float *c,
-                                  Py_ssize_t *kept, Py_ssize_t *idx, float *e_out, int *status)
-    int mr_sigmoid_into_f64(const double *z, Py_ssize_t n, const double *bias, double *c)
-    void mr_picked_exp_f32(const float *z, const Py_ssize_t *idx, int k, float m, float *out)
-    void mr_picked_exp_f64(const double *z, const Py_ssize_t *idx, int k, double m, double *out)
-    void mr_picked_sigmoid_f32(const float *z, const Py_ssize_t *idx, int k, float *out)
-    void mr_picked_sigmoid_f64(const double *z, const Py_ssize_t *idx, int k, double *out)
-    float mr_sum_exp_f32(const float *z, Py_ssize_t n, float m)
-    double mr_sum_exp_f64(const double *z, Py_ssize_t n, double m)
-    unsigned mr_block_gt_f32(const float *z, float t)
-    unsigned mr_block_gt_f64(const double *z, double t)
-    void mr_topk_pair_f32(const float *z, Py_ssize_t n, int k, Py_ssize_t *idx, float *e_out,
-                          float *m_out, int *status)
-    void mr_topk_pair_f64(const double *z, Py_ssize_t n, int k, Py_ssize_t *idx, double *e_out,
-                          double *m_out, int *status)
+cdef extern from "csrc/kernels.hpp" nogil:
+    # Row operations (csrc/row_ops.hpp); T is float or double.
+    T mr_max_lanes[T](const T* z, Py_ssize_t n, T* lanes, int* has_nan)
+    T mr_sum_exp[T](const T* z, Py_ssize_t n, T m)
+    T mr_sum_k[T](const T* x, int k)
+    T mr_abs_max[T](const T* x, Py_ssize_t n)
+    void mr_exp_short[T](const T* x, int n, T* out)
+    unsigned mr_block_gt[T](const T* z, T t)
+    int mr_sigmoid_into[T](const T* z, Py_ssize_t n, const T* bias, T* c)
+    void mr_picked_exp[T](const T* z, const Py_ssize_t* idx, int k, T m, T* out)
+    void mr_picked_sigmoid[T](const T* z, const Py_ssize_t* idx, int k, T* out)
+    Py_ssize_t mr_limit_groups[T](const T* sel, Py_ssize_t n, Py_ssize_t n_group,
+                                  Py_ssize_t topk_group, int top2_sum, T* group_score,
+                                  Py_ssize_t* kept, T* lanes)
+    int mr_topk_groups[T](const T* z, Py_ssize_t n, Py_ssize_t size, const Py_ssize_t* kept,
+                          Py_ssize_t n_kept, int k, const T* lanes, Py_ssize_t* idx, T m,
+                          T* e_out)
+    # Entry points (csrc/kernels.hpp).
+    void mr_topk_pair[T](const T* z, Py_ssize_t n, int k, Py_ssize_t* idx, T* e_out, T* m_out,
+                         int* status)
+    int mr_sigmoid_approx[T](const T* x, Py_ssize_t n, T* out)
+    int mr_sigmoid_topk[T](const T* z, Py_ssize_t n, const T* bias, Py_ssize_t n_group,
+                           Py_ssize_t topk_group, int k, T slack, T* c, Py_ssize_t* kept,
+                           Py_ssize_t* idx, T* e_out)
+    void mr_sigmoid_topk_pair[T](const T* z, Py_ssize_t n, const T* bias, Py_ssize_t n_group,
+                                 Py_ssize_t topk_group, int k, T slack, T* c, Py_ssize_t* kept,
+                                 Py_ssize_t* idx, T* e_out, int* status)
+    void mr_put8(const Py_ssize_t* idx, const float* e, float scale, float divisor,
+                 int32_t* ids_out, float* w_out)
+    # Build facts.
     enum: MR_BLOCK  # values per vector block (16), a compile-time constant
-    enum: MR_SIGMOID_PAIRS  # this build has mr_sigmoid_topk_pair (AVX2)
-    const char* mr_simd_name()
-    float mr_sum_k_f32(const float *x, int k)
-    double mr_sum_k_f64(const double *x, int k)
-    void mr_put8_f32(const Py_ssize_t *idx, const float *e, float scale, float divisor,
-                     int32_t *ids_out, float *w_out)
-    void mr_exp_short_f32(const float *x, int n, float *out)
-    void mr_exp_short_f64(const double *x, int n, double *out)
+    enum: MR_HAVE_NET8  # the AVX2 tuned routines (networks, approximate sigmoid)
     void mr_init_tables()
+    const char* mr_simd_name()
+    const char* mr_features()
+    int mr_vector_bits(int f64)
     int mr_openmp_enabled()
     int mr_openmp_max_threads()
     int mr_cpu_has_avx2()
     int mr_cpu_has_avx512()
+
+mr_init_tables()
 
 ctypedef fused floating:
     float
@@ -99,9 +100,12 @@ MAX_LIST_TOP_K = MAX_STACK_K
 
 
 def build_info():
-    """Facts about this compiled module: OpenMP, max threads, CPU features."""
+    """Facts about this compiled module: OpenMP, max threads, CPU features,
+    the tuned routines it has and its vector widths."""
     return {
         "simd": mr_simd_name().decode(),
+        "features": tuple(mr_features().decode().split()),
+        "vector_bits": {"float32": mr_vector_bits(0), "float64": mr_vector_bits(1)},
         "openmp": bool(mr_openmp_enabled()),
         "openmp_max_threads": mr_openmp_max_threads(),
         "cpu_avx2": bool(mr_cpu_has_avx2()),
@@ -109,49 +113,24 @@ def build_info():
     }
 
 
-cdef inline floating _row_max(const floating* z, Py_ssize_t n, floating* lanes,
-                              int* has_nan) noexcept nogil:
-    if floating is float:
-        return mr_max_lanes_f32(z, n, lanes, has_nan)
-    else:
-        return mr_max_lanes_f64(z, n, lanes, has_nan)
-
-
-cdef inline bint _sigmoid_into(const floating* z, Py_ssize_t n, const floating* bias,
-                               floating* c) noexcept nogil:
-    # Returns whether z holds a NaN.
-    if floating is float:
-        return mr_sigmoid_into_f32(z, n, bias, c)
-    else:
-        return mr_sigmoid_into_f64(z, n, bias, c)
-
-
-cdef inline floating _sum_k(const floating* x, int k) noexcept nogil:
-    if floating is float:
-        return mr_sum_k_f32(x, k)
-    else:
-        return mr_sum_k_f64(x, k)
-
-
-cdef inline void _exp_short(const floating* x, int n, floating* out) noexcept nogil:
-    if floating is float:
-        mr_exp_short_f32(x, n, out)
-    else:
-        mr_exp_short_f64(x, n, out)
-
-
-cdef inline floating _row_sum_exp(const floating* z, Py_ssize_t n, floating m) noexcept nogil:
-    if floating is float:
-        return mr_sum_exp_f32(z, n, m)
-    else:
-        return mr_sum_exp_f64(z, n, m)
-
-
-cdef inline bint _any_gt(const floating* z, floating t) noexcept nogil:
-    if floating is float:
-        return mr_block_gt_f32(z, t) != 0
-    else:
-        return mr_block_gt_f64(z, t) != 0
+# What a call routes: the router's settings, the shape and the scratch
+# buffers, set once per call by route_rows.
+cdef struct RouteCtx:
+    Py_ssize_t n_rows
+    Py_ssize_t n             # experts per row
+    Py_ssize_t k             # top_k
+    bint norm                # renormalise the K weights
+    bint sigmoid             # sigmoid scores (else softmax)
+    Py_ssize_t n_group       # expert groups (1: no group limit)
+    Py_ssize_t topk_group    # groups kept
+    double scale             # routed_scaling_factor
+    const void* bias         # e_score_correction_bias, logits' dtype, or NULL
+    float slack              # float32 sigmoid routers: how far mr_sigmoid_topk's
+                             # approximate scores may be from the exact ones
+    void* scratch            # per thread: scratch_per_thread values (logits' dtype)
+    Py_ssize_t scratch_per_thread
+    Py_ssize_t* kept         # per thread: 2 * n_group group indices
+    int num_threads
 
 
 cdef inline int _topk_groups(const floating* sel, Py_ssize_t n, Py_ssize_t size,
@@ -163,11 +142,7 @@ cdef inline int _topk_groups(const floating* sel, Py_ssize_t n, Py_ssize_t size,
     # also went to e_out.
     cdef Py_ssize_t idx[MR_BLOCK + 1]
     cdef Py_ssize_t j
-    cdef int r
-    if floating is float:
-        r = mr_topk_groups_f32(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
-    else:
-        r = mr_topk_groups_f64(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
+    cdef int r = mr_topk_groups(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
     if r >= 0:
         for j in range(k):
             ids_out[j] = <id_t>idx[j]
@@ -201,7 +176,7 @@ cdef inline void _topk_list(const floating* z, Py_ssize_t n, Py_ssize_t k,
     thr = vals[k - 1]
     i = k
     while i + lanes <= n:
-        if _any_gt(z + i, thr):
+        if mr_block_gt(z + i, thr) != 0:
             for j in range(i, i + lanes):
                 if z[j] > thr:
                     _insert_sorted(vals, idx, k - 1, z[j], j)
@@ -258,309 +233,326 @@ cdef inline bint _topk(const floating* z, Py_ssize_t n, Py_ssize_t k,
     return False
 
 
-# What a router computes besides top-K: set once per call by route_rows.
-cdef struct RouteCfg:
-    bint norm              # renormalise the K weights
-    bint sigmoid           # sigmoid scores (else softmax)
-    Py_ssize_t n_group     # expert groups (1: no group limit)
-    Py_ssize_t topk_group  # groups kept
-    double scale           # routed_scaling_factor
-    const void* bias       # e_score_correction_bias, logits' dtype, or NULL
-    float slack            # float32 sigmoid routers: how far mr_sigmoid_topk's
-                           # approximate scores may be from the exact ones
+cdef inline bint _topk_in_groups(const floating* sel, const RouteCtx* cx, floating* scratch,
+                                 Py_ssize_t* kept, floating* lanes, id_t* ids_out, floating m,
+                                 floating* e_want) noexcept nogil:
+    # The top-k over the best topk_group groups of sel[0..n) (group score:
+    # the sum of its two best for sigmoid routers, its best for softmax);
+    # returns whether e_want got the picked experts' exps.  A softmax
+    # group's best probability is its best logit's.  When the kept groups'
+    # two best values are at least k, they stand in for the lane maxima,
+    # and the top-k is taken straight from the kept groups: no pass over the
+    # kept scores, no copy of them.  Else the general path, on the kept
+    # groups' scores compacted into scratch.
+    cdef bint group_lanes = (cx.n_group <= MR_BLOCK and 2 * cx.topk_group + 2 <= MR_BLOCK
+                             and cx.k <= 2 * cx.topk_group)
+    cdef Py_ssize_t size = cx.n // cx.n_group
+    cdef Py_ssize_t n_kept, g, j
+    cdef int r, has_nan
+    cdef bint e_ok
+    cdef double inv_size = 1.0 / size
+    n_kept = mr_limit_groups(sel, cx.n, cx.n_group, cx.topk_group, cx.sigmoid,
+                             scratch + 2 * cx.n, kept, lanes if group_lanes else NULL)
+    if group_lanes:
+        r = _topk_groups(sel, cx.n, size, kept, n_kept, cx.k, lanes, ids_out, m, e_want)
+        if r >= 0:
+            return r == 1
+    for g in range(n_kept):
+        memcpy(scratch + g * size, sel + kept[g] * size, size * sizeof(floating))
+    if not group_lanes:
+        mr_max_lanes(<const floating*>scratch, n_kept * size, lanes, &has_nan)
+    e_ok = _topk(scratch, n_kept * size, cx.k, lanes, ids_out, m, e_want)
+    for j in range(cx.k):  # positions in the kept groups -> expert ids
+        # (p + 0.5) / size, truncated, is p // size without a 64-bit
+        # integer division.
+        g = <Py_ssize_t>((ids_out[j] + 0.5) * inv_size)
+        ids_out[j] = <id_t>(kept[g] * size + (ids_out[j] - g * size))
+    return e_ok
 
 
-cdef inline Py_ssize_t _limit_groups(const floating* sel, Py_ssize_t n, const RouteCfg* cfg,
-                                     floating* group_score, Py_ssize_t* kept, bint top2_sum,
-                                     floating* lanes) noexcept nogil:
-    # The kept groups' indices into kept (ascending), and when lanes is not
-    # NULL their two best values; returns how many: see mr_limit_groups in
-    # _kernels_row.h.
-    if floating is float:
-        return mr_limit_groups_f32(sel, n, cfg.n_group, cfg.topk_group, top2_sum,
-                                   group_score, kept, lanes)
+cdef inline int _select_row(const floating* z, const RouteCtx* cx, floating* scratch,
+                            Py_ssize_t* kept, bint approx, id_t* ids_out, floating* e_sel,
+                            floating* m_out, bint* e_ok) noexcept nogil:
+    """The top-k of one row of logits into ids_out: ROW_OK, or why the row
+    cannot be routed.
+
+    *m_out: the row max (softmax; what exps are taken relative to);
+    *e_ok: whether e_sel[0..k) got the picked experts' unnormalised weights
+    with the selection.  `scratch` holds 2 * n + n_group values and `kept`
+    n_group indices (the grouped and the biased routers only): the kept
+    groups' scores compacted, the selection scores, the group scores.
+    `approx`: try the approximate sigmoid selection first (False for a row
+    it has already declined).
+    """
+    cdef floating lanes[MR_BLOCK]
+    cdef Py_ssize_t idx[MR_BLOCK + 1]
+    cdef const floating* sel = z  # what the top-k is taken of
+    cdef floating m = 0
+    cdef floating* e_want
+    cdef int has_nan
+    cdef Py_ssize_t j
+    m_out[0] = 0
+    if cx.sigmoid and (cx.bias != NULL or cx.n_group > 1):
+        # The selection score c = sigmoid(z) (+ bias) in scratch[n:2n]; the
+        # weights, sigmoid of the picked logits, are recomputed from z.
+        # First the selection on approximate scores checked exactly (where
+        # the build has it: it gives the ids and their sigmoid); the exact
+        # pass also finds NaN rows: no pass over z is needed for it.
+        if (approx and cx.k <= MR_BLOCK
+                and mr_sigmoid_topk(z, cx.n, <const floating*>cx.bias, cx.n_group, cx.topk_group,
+                                    <int>cx.k, <floating>cx.slack, scratch + cx.n, kept, idx, e_sel)):
+            for j in range(cx.k):
+                ids_out[j] = <id_t>idx[j]
+            e_ok[0] = True
+            return ROW_OK
+        if mr_sigmoid_into(z, cx.n, <const floating*>cx.bias, scratch + cx.n):
+            return ROW_NAN
+        sel = scratch + cx.n
     else:
-        return mr_limit_groups_f64(sel, n, cfg.n_group, cfg.topk_group, top2_sum,
-                                   group_score, kept, lanes)
+        m = mr_max_lanes(z, cx.n, lanes, &has_nan)
+        if has_nan:
+            return ROW_NAN
+        if not cx.sigmoid and m == -INFINITY:
+            return ROW_ALL_NEG_INF  # the softmax of nothing but -inf is undefined
+    # (Sigmoid without bias or groups: the order of the scores is that of z.)
+    m_out[0] = m
+    # Softmax weights come with the selection when it can give them (not
+    # with +inf logits: those take the mass, see _picked_scores).
+    e_want = e_sel if not cx.sigmoid and m != INFINITY and cx.k <= MR_BLOCK else NULL
+    if cx.n_group > 1:
+        e_ok[0] = _topk_in_groups(sel, cx, scratch, kept, lanes, ids_out, m, e_want)
+    else:
+        if sel != z:
+            mr_max_lanes(sel, cx.n, lanes, &has_nan)
+        # Selecting on the logits when the order is theirs: exp and sigmoid
+        # are monotonic, and the logits keep apart values whose float32
+        # probabilities round (or underflow) to the same number.
+        e_ok[0] = _topk(sel, cx.n, cx.k, lanes, ids_out, m, e_want)
+    return ROW_OK
 
 
 cdef inline void _picked_scores(const floating* z, const id_t* ids, Py_ssize_t k,
-                                floating m, bint posinf, bint sigmoid,
-                                floating* out) noexcept nogil:
+                                floating m, bint sigmoid, floating* out) noexcept nogil:
     # out[0..k) (k <= MR_BLOCK) = the unnormalised weights of the picked
     # experts, the exps in one vector pass: exp(z - m) for softmax (with
-    # +inf logits present: 1 for each +inf, 0 for the rest), sigmoid(z).
+    # +inf logits present, m = +inf: 1 for each +inf, 0 for the rest),
+    # sigmoid(z).
     cdef Py_ssize_t j
     cdef Py_ssize_t idx[MR_BLOCK]
-    if posinf and not sigmoid:
+    if not sigmoid and m == INFINITY:
         for j in range(k):
             out[j] = 1 if z[ids[j]] == INFINITY else 0
         return
     for j in range(k):
         idx[j] = ids[j]
-    if floating is float:
-        if sigmoid:
-            mr_picked_sigmoid_f32(z, idx, <int>k, out)
-        else:
-            mr_picked_exp_f32(z, idx, <int>k, m, out)
+    if sigmoid:
+        mr_picked_sigmoid(z, idx, <int>k, out)
     else:
-        if sigmoid:
-            mr_picked_sigmoid_f64(z, idx, <int>k, out)
-        else:
-            mr_picked_exp_f64(z, idx, <int>k, m, out)
+        mr_picked_exp(z, idx, <int>k, m, out)
 
 
-cdef inline floating _weight_divisor(const RouteCfg* cfg, floating sel_sum,
-                                    floating s) noexcept nogil:
-    # What the picked experts' scores times the scaling factor are divided
-    # by: sel_sum is their sum, s the full softmax sum (unnormalised softmax
-    # only).  One rule, in the logits' precision, for every path of a row
-    # (_route_row, _route_pair), so each gives the same bits.  The top-1 of
-    # an ungrouped softmax row has e == 1, so sel_sum >= 1; DeepSeek-style
-    # routers divide by (sum + 1e-20) as their picked scores may all be 0.
-    if cfg.norm:
-        return sel_sum + (<floating>1e-20 if cfg.sigmoid or cfg.n_group > 1 else 0)
-    elif cfg.sigmoid:
-        return 1
-    else:
-        return s
-
-
-cdef int _route_row(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
-                    floating* scratch, Py_ssize_t* kept, id_t* ids_out,
-                    weight_t* w_out, bint approx) noexcept nogil:
-    """Route one row of logits: scores, (group-limited) top-k, weights.
-
-    `scratch` holds 2 * n + n_group values and `kept` n_group indices (used
-    by the grouped and the biased routers only): the kept groups' scores
-    compacted (when the general path needs them), the selection scores, the
-    group scores.  `approx`: try mr_sigmoid_topk first (False for a row it
-    has already declined).
-    """
-    cdef floating lanes[MR_BLOCK]
-    cdef floating e_sel[MR_BLOCK]
-    cdef int has_nan
-    cdef floating m = 0
-    cdef floating s = 0
-    cdef const floating* sel = z        # what the top-k is taken of
-    cdef Py_ssize_t sel_n = n
-    cdef Py_ssize_t i, j, g
-    cdef Py_ssize_t size = 0  # (used only with groups)
-    cdef floating sel_sum = 0, divisor
-    cdef double block_sums = 0  # (k > MR_BLOCK: in double, so no drift over many blocks)
-    cdef floating scale = <floating>cfg.scale
-    cdef double inv_size
-    cdef bint posinf = False
-    cdef bint group_lanes = False
-    cdef bint e_ok
-    cdef int r = -1
-    cdef Py_ssize_t n_kept
-    cdef floating* e_want
-    cdef Py_ssize_t idx[MR_BLOCK + 1]
-
-    if cfg.sigmoid and (cfg.bias != NULL or cfg.n_group > 1):
-        # The selection score c = sigmoid(z) (+ bias) in scratch[n:2n]; the
-        # weights, sigmoid of the picked logits, are recomputed from z.
-        # First the selection on approximate scores checked exactly (AVX2,
-        # float32; r = 1 when it gave the ids and their sigmoid in e_sel);
-        # the exact pass also finds NaN rows: no pass over z is needed for it.
-        if floating is float:
-            if approx and k <= MR_BLOCK and mr_sigmoid_topk_f32(
-                    z, n, <const float*>cfg.bias, cfg.n_group, cfg.topk_group, <int>k,
-                    cfg.slack, scratch + n, kept, idx, e_sel):
-                for j in range(k):
-                    ids_out[j] = <id_t>idx[j]
-                r = 1
-        if r < 0:
-            if _sigmoid_into(z, n, <const floating*>cfg.bias, scratch + n):
-                return ROW_NAN
-            sel = scratch + n
-    else:
-        m = _row_max(z, n, lanes, &has_nan)
-        if has_nan:
-            return ROW_NAN
-    if not cfg.sigmoid:
-        if m == -INFINITY:
-            return ROW_ALL_NEG_INF  # the softmax of nothing but -inf is undefined
-        posinf = m == INFINITY
-        if not cfg.norm:  # the full softmax sum is needed only unnormalised
-            if posinf:
-                for j in range(n):
-                    s += z[j] == INFINITY  # +inf logits share the mass equally
-            else:
-                s = _row_sum_exp(z, n, m)
-    # (Sigmoid without bias or groups: the order of the scores is that of z.)
-
-    e_want = e_sel if not cfg.sigmoid and not posinf and k <= MR_BLOCK else NULL
-    if cfg.n_group > 1 and r < 0:
-        # A softmax group's best probability is its best logit's.  When the
-        # kept groups' two best values are at least k, they stand in for the
-        # lane maxima, and the top-k is taken straight from the kept groups:
-        # no pass over the kept scores, no copy of them.
-        group_lanes = (cfg.n_group <= MR_BLOCK and 2 * cfg.topk_group + 2 <= MR_BLOCK
-                       and k <= 2 * cfg.topk_group)
-        size = n // cfg.n_group
-        n_kept = _limit_groups(sel, n, cfg, scratch + 2 * n, kept, cfg.sigmoid,
-                               lanes if group_lanes else NULL)
-        if group_lanes:
-            r = _topk_groups(sel, n, size, kept, n_kept, k, lanes, ids_out, m, e_want)
-        if r < 0:  # the general path, on the kept groups' scores compacted
-            for g in range(n_kept):
-                memcpy(scratch + g * size, sel + kept[g] * size, size * sizeof(floating))
-            sel = scratch
-            sel_n = n_kept * size
-    if r < 0:
-        if sel != z and not group_lanes:
-            _row_max(sel, sel_n, lanes, &has_nan)
-        # Selecting on the logits when the order is theirs: exp and sigmoid
-        # are monotonic, and the logits keep apart values whose float32
-        # probabilities round (or underflow) to the same number.  Softmax
-        # weights come with the selection when it can give them.
-        e_ok = _topk(sel, sel_n, k, lanes, ids_out, m, e_want)
-        if cfg.n_group > 1:  # positions in the kept groups -> expert ids
-            inv_size = 1.0 / size
-            for j in range(k):
-                # (p + 0.5) / size, truncated, is p // size without a 64-bit
-                # integer division (measured: 8 of them cost ~100 ns a row).
-                g = <Py_ssize_t>((ids_out[j] + 0.5) * inv_size)
-                ids_out[j] = <id_t>(kept[g] * size + (ids_out[j] - g * size))
-    else:
-        e_ok = r == 1
-
-    # MR_BLOCK picked experts at a time (one block for k <= 16).
-    if e_ok:
-        sel_sum = _sum_k(e_sel, <int>k)
-    else:
-        j = 0
-        while j < k:
-            _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
-            block_sums += _sum_k(e_sel, <int>min(MR_BLOCK, k - j))
-            j += MR_BLOCK
-        sel_sum = <floating>block_sums  # (one block: its sum, unchanged)
-    divisor = _weight_divisor(cfg, sel_sum, s)
-    j = 0
+cdef floating _picked_sum(const floating* z, const RouteCtx* cx, const id_t* ids,
+                          floating* e_sel, floating m) noexcept nogil:
+    # The sum of the picked experts' unnormalised weights, from their ids
+    # (the rows whose selection gave ids only): MR_BLOCK experts at a time,
+    # the blocks' sums in double, so no drift over many blocks (one block:
+    # its sum, unchanged).  e_sel holds the last block's scores on return.
+    cdef double block_sums = 0
+    cdef Py_ssize_t j = 0, k = cx.k
     while j < k:
-        if k > MR_BLOCK:  # the block in e_sel is the last one: recompute
-            _picked_scores(z, ids_out + j, min(MR_BLOCK, k - j), m, posinf, cfg.sigmoid, e_sel)
+        _picked_scores(z, ids + j, min(MR_BLOCK, k - j), m, cx.sigmoid, e_sel)
+        block_sums += mr_sum_k(e_sel, <int>min(MR_BLOCK, k - j))
+        j += MR_BLOCK
+    return <floating>block_sums
+
+
+cdef floating _softmax_sum(const floating* z, Py_ssize_t n, floating m) noexcept nogil:
+    # The full softmax sum of a row whose max is m.
+    cdef floating s = 0
+    cdef Py_ssize_t j
+    if m == INFINITY:
+        for j in range(n):
+            s += z[j] == INFINITY  # +inf logits share the mass equally
+        return s
+    return mr_sum_exp(z, n, m)
+
+
+cdef inline floating _weights_divisor(const floating* z, const RouteCtx* cx, floating sel_sum,
+                                      floating m) noexcept nogil:
+    # What the picked experts' scores times the scaling factor are divided
+    # by, given sel_sum, the sum of those scores (mr_sum_k, _picked_sum):
+    # that sum when renormalised, the full softmax sum when not, 1 for
+    # unnormalised sigmoid.  One rule, in the logits' precision, for every
+    # path of a row (_route_row, _route_pair), so each gives the same bits.
+    # The top-1 of an ungrouped softmax row has e == 1, so the sum is >= 1;
+    # DeepSeek-style routers divide by (sum + 1e-20) as their picked scores
+    # may all be 0.
+    if cx.norm:
+        return sel_sum + (<floating>1e-20 if cx.sigmoid or cx.n_group > 1 else 0)
+    if cx.sigmoid:
+        return 1
+    return _softmax_sum(z, cx.n, m)
+
+
+cdef void _put_weights_blocks(const floating* z, const RouteCtx* cx, const id_t* ids,
+                              floating* e_sel, floating m, floating divisor,
+                              weight_t* w_out) noexcept nogil:
+    # _put_weights for k > MR_BLOCK: the scores recomputed a block at a time.
+    cdef floating scale = <floating>cx.scale
+    cdef Py_ssize_t i, j = 0, k = cx.k
+    while j < k:
+        _picked_scores(z, ids + j, min(MR_BLOCK, k - j), m, cx.sigmoid, e_sel)
         for i in range(min(MR_BLOCK, k - j)):
             w_out[j + i] = <weight_t>((e_sel[i] * scale) / divisor)
         j += MR_BLOCK
+
+
+cdef inline void _put_weights(const floating* z, const RouteCtx* cx, const id_t* ids,
+                              floating* e_sel, floating m, floating divisor,
+                              weight_t* w_out) noexcept nogil:
+    # w_out[j] = (score_j * routed_scaling_factor) / divisor; e_sel holds
+    # the K scores (k <= MR_BLOCK).
+    cdef floating scale = <floating>cx.scale
+    cdef Py_ssize_t j
+    if cx.k > MR_BLOCK:
+        _put_weights_blocks(z, cx, ids, e_sel, m, divisor, w_out)
+        return
+    for j in range(cx.k):
+        w_out[j] = <weight_t>((e_sel[j] * scale) / divisor)
+
+
+cdef int _route_row(const floating* z, const RouteCtx* cx, floating* scratch, Py_ssize_t* kept,
+                    bint approx, id_t* ids_out, weight_t* w_out) noexcept nogil:
+    """Route one row of logits: its top-k, then its weights (_select_row)."""
+    cdef floating e_sel[MR_BLOCK]
+    cdef floating m, sel_sum
+    cdef bint e_ok
+    cdef int status = _select_row(z, cx, scratch, kept, approx, ids_out, e_sel, &m, &e_ok)
+    if status != ROW_OK:
+        return status
+    # e_ok: e_sel holds the K scores already (k <= MR_BLOCK).
+    sel_sum = mr_sum_k(&e_sel[0], <int>cx.k) if e_ok else _picked_sum(z, cx, ids_out, e_sel, m)
+    _put_weights(z, cx, ids_out, e_sel, m, _weights_divisor(z, cx, sel_sum, m), w_out)
     return ROW_OK
 
 
-cdef inline bint _pairs_apply(Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
-                              bint is_float) noexcept nogil:
+cdef inline bint _pairs_apply(const RouteCtx* cx, bint is_float) noexcept nogil:
     # The plain softmax router on rows that _topk takes the vector path for;
     # the float32 sigmoid routers with a bias or groups where this build
     # selects them on approximate scores (mr_sigmoid_topk_pair).
-    if cfg.sigmoid:
-        return (MR_SIGMOID_PAIRS and is_float and (cfg.bias != NULL or cfg.n_group > 1)
-                and k <= MR_BLOCK)
-    return cfg.n_group == 1 and cfg.bias == NULL and k <= MR_BLOCK and n >= 2 * MR_BLOCK
+    if cx.sigmoid:
+        return (MR_HAVE_NET8 and is_float and (cx.bias != NULL or cx.n_group > 1)
+                and cx.k <= MR_BLOCK)
+    return cx.n_group == 1 and cx.bias == NULL and cx.k <= MR_BLOCK and cx.n >= 2 * MR_BLOCK
 
 
-cdef inline Py_ssize_t _route_pair(const floating* z, Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
-                                   floating* scratch, Py_ssize_t* kept,
-                                   id_t* ids_out, weight_t* w_out) noexcept nogil:
+cdef inline Py_ssize_t _route_pair(const floating* z, const RouteCtx* cx, floating* scratch,
+                                   Py_ssize_t* kept, id_t* ids_out,
+                                   weight_t* w_out) noexcept nogil:
     """Route the rows z[0:n] and z[n:2n] of a router that _pairs_apply to.
 
     Their top-k is taken together (mr_topk_pair, mr_sigmoid_topk_pair: the
     two rows' dependent steps overlap); a row it cannot take is routed by
     _route_row (scratch and kept: as _route_row's, 2 * n_group for kept).
-    The weights are summed and scaled as _route_row's (_sum_k,
-    _weight_divisor), to the bit.  Returns the number of rows that could not
-    be routed.  Inline: a call per pair (its frame set up for the vector
-    locals) was 3-5% of a 128-expert pair (measured).
+    The weights are _route_row's (_weights_divisor, _put_weights), to the
+    bit.  Returns the number of rows that could not be routed.  Inline: a
+    call per pair sets up a frame for the vector locals.
     """
     cdef Py_ssize_t idx[2 * (MR_BLOCK + 1)]
     cdef floating e[2 * MR_BLOCK]
     cdef floating m[2]
     cdef int status[2]
-    cdef Py_ssize_t h, j, n_bad = 0
+    cdef Py_ssize_t h, j, n = cx.n, k = cx.k, n_bad = 0
+    cdef const floating* z_h
     cdef id_t* ids_h
+    cdef weight_t* w_h
     cdef floating* e_h
     cdef floating divisor
-    cdef floating scale = <floating>cfg.scale
     cdef bint put8 = False
     if floating is float and weight_t is float and id_t is int32_t:
         put8 = k == 8
-    if cfg.sigmoid:
-        if floating is float:  # (_pairs_apply: float only)
-            mr_sigmoid_topk_pair_f32(z, n, <const float*>cfg.bias, cfg.n_group, cfg.topk_group,
-                                     <int>k, cfg.slack, scratch, kept, idx, e, status)
+    if cx.sigmoid:
+        mr_sigmoid_topk_pair(z, n, <const floating*>cx.bias, cx.n_group, cx.topk_group, <int>k,
+                             <floating>cx.slack, scratch, kept, idx, e, status)
         m[0] = m[1] = 0
-    elif floating is float:
-        mr_topk_pair_f32(z, n, <int>k, idx, e, m, status)
     else:
-        mr_topk_pair_f64(z, n, <int>k, idx, e, m, status)
+        mr_topk_pair(z, n, <int>k, idx, e, m, status)
     for h in range(2):
+        z_h = z + h * n
         ids_h = ids_out + h * k
+        w_h = w_out + h * k
         if status[h] < 0:
             # (mr_sigmoid_topk_pair has tried the approximate selection)
-            n_bad += _route_row(z + h * n, n, k, cfg, scratch, kept, ids_h, w_out + h * k,
-                                False) != ROW_OK
+            n_bad += _route_row(z_h, cx, scratch, kept, False, ids_h, w_h) != ROW_OK
             continue
         e_h = e + h * MR_BLOCK
-        if status[h] == 0 or not put8:
+        if status[h] == 0 or not put8:  # (put8 writes the ids itself)
             for j in range(k):
                 ids_h[j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
-        if status[h] == 0:  # ids only (ties, or many candidates)
-            _picked_scores(z + h * n, ids_h, k, m[h], False, cfg.sigmoid, e_h)
-        divisor = _weight_divisor(cfg, _sum_k(e_h, <int>k),
-                                  0 if cfg.norm or cfg.sigmoid else _row_sum_exp(z + h * n, n, m[h]))
+        # status 0: ids only (ties, or many candidates)
+        divisor = _weights_divisor(z_h, cx, mr_sum_k(e_h, <int>k) if status[h] == 1
+                                   else _picked_sum(z_h, cx, ids_h, e_h, m[h]), m[h])
         if floating is float and weight_t is float and id_t is int32_t:
             if put8:  # ids and weights in a few vector operations
-                mr_put8_f32(idx + h * (MR_BLOCK + 1), e_h, scale, divisor, ids_h, w_out + h * k)
+                mr_put8(idx + h * (MR_BLOCK + 1), e_h, <float>cx.scale, divisor, ids_h, w_h)
                 continue
-        for j in range(k):
-            w_out[h * k + j] = <weight_t>((e_h[j] * scale) / divisor)
+        _put_weights(z_h, cx, ids_h, e_h, m[h], divisor, w_h)
     return n_bad
 
 
-cdef Py_ssize_t _route_rows(const floating* logits, Py_ssize_t n_rows,
-                            Py_ssize_t n, Py_ssize_t k, const RouteCfg* cfg,
-                            floating* scratch, Py_ssize_t scratch_per_thread,
-                            Py_ssize_t* kept, id_t* ids_out, weight_t* w_out,
-                            int num_threads) noexcept nogil:
-    """Route every row; returns the number of rows that could not be routed.
-
-    scratch: scratch_per_thread values and kept 2 * n_group indices per
-    thread (NULL for routers without a bias or groups).
-    """
-    cdef Py_ssize_t r, p, n_bad = 0, n_pairs = 0
-    if _pairs_apply(n, k, cfg, floating is float):
+cdef Py_ssize_t _route_rows(const floating* logits, id_t* ids_out, weight_t* w_out,
+                            const RouteCtx* cx) noexcept nogil:
+    """Route every row; returns the number of rows that could not be routed."""
+    cdef Py_ssize_t r, p, n_bad = 0, n_pairs = 0, n = cx.n, k = cx.k
+    cdef floating* scratch = <floating*>cx.scratch
+    cdef Py_ssize_t per_thread = cx.scratch_per_thread, kept_per_thread = 2 * cx.n_group
+    cdef int num_threads = cx.num_threads
+    if _pairs_apply(cx, floating is float):
         # Rows (2p, 2p + 1) in pairs whatever the thread count, the odd last
         # row alone: the same rows take the same path for any num_threads.
-        n_pairs = n_rows // 2
+        n_pairs = cx.n_rows // 2
         if num_threads > 1:
             for p in prange(n_pairs, num_threads=num_threads, schedule='static'):
-                n_bad += _route_pair(logits + 2 * p * n, n, k, cfg,
-                                     scratch + threadid() * scratch_per_thread,
-                                     kept + threadid() * 2 * cfg.n_group,
+                n_bad += _route_pair(logits + 2 * p * n, cx, scratch + threadid() * per_thread,
+                                     cx.kept + threadid() * kept_per_thread,
                                      ids_out + 2 * p * k, w_out + 2 * p * k)
         else:
             for p in range(n_pairs):
-                n_bad += _route_pair(logits + 2 * p * n, n, k, cfg, scratch, kept,
+                n_bad += _route_pair(logits + 2 * p * n, cx, scratch, cx.kept,
                                      ids_out + 2 * p * k, w_out + 2 * p * k)
-    if num_threads > 1 and n_rows - 2 * n_pairs > 1:
-        for r in prange(2 * n_pairs, n_rows, num_threads=num_threads, schedule='static'):
-            n_bad += _route_row(logits + r * n, n, k, cfg,
-                                scratch + threadid() * scratch_per_thread,
-                                kept + threadid() * 2 * cfg.n_group,
-                                ids_out + r * k, w_out + r * k, True) != ROW_OK
+    if num_threads > 1 and cx.n_rows - 2 * n_pairs > 1:
+        for r in prange(2 * n_pairs, cx.n_rows, num_threads=num_threads, schedule='static'):
+            n_bad += _route_row(logits + r * n, cx, scratch + threadid() * per_thread,
+                                cx.kept + threadid() * kept_per_thread, True,
+                                ids_out + r * k, w_out + r * k) != ROW_OK
     else:
-        for r in range(2 * n_pairs, n_rows):
-            n_bad += _route_row(logits + r * n, n, k, cfg, scratch, kept,
-                                ids_out + r * k, w_out + r * k, True) != ROW_OK
+        for r in range(2 * n_pairs, cx.n_rows):
+            n_bad += _route_row(logits + r * n, cx, scratch, cx.kept, True,
+                                ids_out + r * k, w_out + r * k) != ROW_OK
     return n_bad
 
 
+# The dtype ladder of route_rows, one level per buffer: the logits' dtype is
+# chosen by the caller, then the ids' and the weights' here.
+cdef Py_ssize_t _route_rows_w(const floating* logits, id_t* ids_out, void* w_out, bint w64,
+                              const RouteCtx* cx) noexcept nogil:
+    if w64:
+        return _route_rows(logits, ids_out, <double*>w_out, cx)
+    return _route_rows(logits, ids_out, <float*>w_out, cx)
+
+
+cdef Py_ssize_t _route_rows_typed(const floating* logits, void* ids_out, bint ids64,
+                                  void* w_out, bint w64, const RouteCtx* cx) noexcept nogil:
+    # uint32 ids are written through the int32 path: ids < 2**31 have the
+    # same bits in both.
+    if ids64:
+        return _route_rows_w(logits, <int64_t*>ids_out, w_out, w64, cx)
+    return _route_rows_w(logits, <int32_t*>ids_out, w_out, w64, cx)
+
+
 # Batches with fewer rows run on one thread whatever num_threads says: below
-# this, waking a second thread costs about what it saves.  Measured with
-# benchmarks/bench_threads.py (2-core EPYC, 128 experts, top-8, five runs):
-# 2 threads gave 0.64-0.96x at 16 rows, 0.76-1.23x at 32, 1.02-1.57x at 64,
-# 1.36-1.96x at 4096.  With the faster kernel of rows in pairs (eight runs):
-# 0.75-1.66x at 64 rows (a gain in six), 1.28-2.03x at 4096.
+# this, waking a second thread costs about what it saves
+# (benchmarks/bench_threads.py; the figures are in docs/performance.md).
 PARALLEL_MIN_ROWS = 64
 
 cdef Py_ssize_t _parallel_min_rows = PARALLEL_MIN_ROWS
@@ -585,7 +577,7 @@ cdef float _sigmoid_slack(const float* bias, Py_ssize_t n) noexcept nogil:
     # ones: 5.2e-4 from the sigmoid; adding the bias rounds both at its
     # magnitude, which 16 ulps of 1 + max|b| cover with room.  (An infinite
     # bias gives an infinite slack, which mr_sigmoid_topk declines.)
-    cdef double bias_max = mr_abs_max_f32(bias, n) if bias != NULL else 0
+    cdef double bias_max = mr_abs_max(bias, n) if bias != NULL else 0
     return <float>(5.2e-4 + 16 * 2.0 ** -23 * (1 + bias_max))
 
 
@@ -598,7 +590,7 @@ def sigmoid_approx_into(const float[::1] x, float[::1] out):
         raise ValueError(f"x and out need the same length, a multiple of 16; got {x.shape[0]}, {out.shape[0]}")
     if x.shape[0] == 0:
         return False
-    r = mr_sigmoid_approx_f32(&x[0], x.shape[0], &out[0])
+    r = mr_sigmoid_approx(&x[0], x.shape[0], &out[0])
     return None if r < 0 else bool(r)
 
 
@@ -626,7 +618,7 @@ def sigmoid_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, Py_ssize_t n_grou
     cdef Py_ssize_t[::1] kept = np.empty(n_group, np.intp)
     cdef float slack = _sigmoid_slack(bp, n)
     for r in range(rows):
-        if mr_sigmoid_topk_f32(&z[r, 0], n, bp, n_group, topk_group, <int>top_k, slack,
+        if mr_sigmoid_topk(&z[r, 0], n, bp, n_group, topk_group, <int>top_k, slack,
                                &scratch[0], &kept[0], idx, e):
             taken[r] = True
             for j in range(top_k):
@@ -657,14 +649,11 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     """
     cdef cnp.ndarray arr
     cdef int nd, lt, wt, it
-    cdef Py_ssize_t n, n_rows, n_bad = 0, per_thread = 0
-    cdef bint ids64
+    cdef Py_ssize_t n, n_bad = 0
     cdef void* lp
     cdef void* ip
     cdef void* wp
-    cdef void* scratch = NULL
-    cdef Py_ssize_t* kept = NULL
-    cdef RouteCfg cfg
+    cdef RouteCtx cx
     if not cnp.PyArray_CheckExact(logits):
         return -1
     arr = <cnp.ndarray>logits
@@ -690,72 +679,59 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
             or not cnp.PyArray_ISNOTSWAPPED(expert_ids)
             or not cnp.PyArray_ISNOTSWAPPED(expert_weights)):
         return -1
-    cfg.bias = NULL
+    cx.bias = NULL
     if bias is not None:
         if (not cnp.PyArray_CheckExact(bias) or cnp.PyArray_TYPE(<cnp.ndarray>bias) != lt
                 or cnp.PyArray_NDIM(<cnp.ndarray>bias) != 1 or cnp.PyArray_DIM(<cnp.ndarray>bias, 0) != n
                 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>bias) or not sigmoid):
             return -1
-        cfg.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
-    cfg.slack = _sigmoid_slack(<const float*>cfg.bias, n) if sigmoid and lt == cnp.NPY_FLOAT32 else 0
+        cx.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
+    cx.slack = _sigmoid_slack(<const float*>cx.bias, n) if sigmoid and lt == cnp.NPY_FLOAT32 else 0
     if (it == cnp.NPY_INT32 and n > 2147483648) or (it == cnp.NPY_UINT32 and n > 4294967296):
         return -1  # ids of this many experts do not fit the id dtype
-    n_rows = cnp.PyArray_SIZE(arr) // n
-    if (cnp.PyArray_SIZE(expert_ids) < n_rows * top_k
-            or cnp.PyArray_SIZE(expert_weights) < n_rows * top_k
+    cx.n_rows = cnp.PyArray_SIZE(arr) // n
+    if (cnp.PyArray_SIZE(expert_ids) < cx.n_rows * top_k
+            or cnp.PyArray_SIZE(expert_weights) < cx.n_rows * top_k
             or _overlap(arr, expert_ids) or _overlap(arr, expert_weights)
             or _overlap(expert_ids, expert_weights)):
         return -1
-    if n_rows == 0:
+    if cx.n_rows == 0:
         return 0
-    if n_rows < _parallel_min_rows:
+    if cx.n_rows < _parallel_min_rows:
         num_threads = 1
     elif num_threads <= 0:
         num_threads = mr_openmp_max_threads()
-    cfg.norm = norm_topk_prob
-    cfg.sigmoid = sigmoid
-    cfg.n_group = n_group
-    cfg.topk_group = topk_group
-    cfg.scale = routed_scaling_factor
-    if n_group > 1 or cfg.bias != NULL:
-        per_thread = 2 * n + n_group
-        scratch = malloc(num_threads * per_thread * cnp.PyArray_ITEMSIZE(arr))
-        kept = <Py_ssize_t*>malloc(num_threads * 2 * n_group * sizeof(Py_ssize_t))
-        if scratch == NULL or kept == NULL:
-            free(scratch)
-            free(kept)
+    cx.n = n
+    cx.k = top_k
+    cx.norm = norm_topk_prob
+    cx.sigmoid = sigmoid
+    cx.n_group = n_group
+    cx.topk_group = topk_group
+    cx.scale = routed_scaling_factor
+    cx.num_threads = num_threads
+    cx.scratch = NULL
+    cx.scratch_per_thread = 0
+    cx.kept = NULL
+    if n_group > 1 or cx.bias != NULL:
+        cx.scratch_per_thread = 2 * n + n_group
+        cx.scratch = malloc(num_threads * cx.scratch_per_thread * cnp.PyArray_ITEMSIZE(arr))
+        cx.kept = <Py_ssize_t*>malloc(num_threads * 2 * n_group * sizeof(Py_ssize_t))
+        if cx.scratch == NULL or cx.kept == NULL:
+            free(cx.scratch)
+            free(cx.kept)
             raise MemoryError()
-    ids64 = it == cnp.NPY_INT64
     lp = cnp.PyArray_DATA(arr)
     ip = cnp.PyArray_DATA(expert_ids)
     wp = cnp.PyArray_DATA(expert_weights)
-    # uint32 ids are written through the int32 path: ids < 2**31 have the
-    # same bits in both.
     with nogil:
         if lt == cnp.NPY_FLOAT32:
-            if not ids64:
-                if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, kept, <int32_t*>ip, <float*>wp, num_threads)
-                else:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, kept, <int32_t*>ip, <double*>wp, num_threads)
-            else:
-                if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, kept, <int64_t*>ip, <float*>wp, num_threads)
-                else:
-                    n_bad = _route_rows(<const float*>lp, n_rows, n, top_k, &cfg, <float*>scratch, per_thread, kept, <int64_t*>ip, <double*>wp, num_threads)
+            n_bad = _route_rows_typed(<const float*>lp, ip, it == cnp.NPY_INT64, wp,
+                                      wt == cnp.NPY_FLOAT64, &cx)
         else:
-            if not ids64:
-                if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, kept, <int32_t*>ip, <float*>wp, num_threads)
-                else:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, kept, <int32_t*>ip, <double*>wp, num_threads)
-            else:
-                if wt == cnp.NPY_FLOAT32:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, kept, <int64_t*>ip, <float*>wp, num_threads)
-                else:
-                    n_bad = _route_rows(<const double*>lp, n_rows, n, top_k, &cfg, <double*>scratch, per_thread, kept, <int64_t*>ip, <double*>wp, num_threads)
-    free(scratch)
-    free(kept)
+            n_bad = _route_rows_typed(<const double*>lp, ip, it == cnp.NPY_INT64, wp,
+                                      wt == cnp.NPY_FLOAT64, &cx)
+    free(cx.scratch)
+    free(cx.kept)
     return n_bad
 
 
@@ -831,5 +807,5 @@ def exp_into(const floating[::1] x, floating[::1] out):
         raise ValueError(f"out has {out.shape[0]} elements, x has {n}")
     with nogil:
         while i < n:
-            _exp_short(&x[i], <int>min(block, n - i), &out[i])
+            mr_exp_short(&x[i], <int>min(block, n - i), &out[i])
             i += block
