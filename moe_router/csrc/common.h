@@ -66,6 +66,17 @@
 #define MR_HOT inline
 #endif
 
+/* The placement of mr_topk_pair's lane maxima (stored as vectors, reloaded
+ * by the threshold network) on a cache line, in the builds whose frames are
+ * realigned anyway (AVX2 and wider).  Without it the AVX2 pair kernel
+ * measured up to 1.2x slower in some builds and not others; in the SSE2
+ * build the realigned frame measured slower (docs/performance.md). */
+#if MR_HAVE_AVX2
+#define MR_STACK_LINE alignas(64)
+#else
+#define MR_STACK_LINE
+#endif
+
 /* Values per block: every row loop steps MR_BLOCK values at a time, whatever
  * the vector width, so the per-lane summation order is the same on every
  * path. */

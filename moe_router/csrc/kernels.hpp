@@ -34,7 +34,7 @@ namespace {
  * ids at idx + h * (MR_BLOCK + 1), weights at e_out + h * MR_BLOCK; ok[h]
  * (the caller's) says whether they were written. */
 #define MR_SIG_STEPS(EACH, ROWS)                                                                              \
-    float lanes[ROWS][MR_BLOCK];                                                                          \
+    float lanes[ROWS][MR_BLOCK];                                                                                               \
     MrCand<float> cd[ROWS];                                                                                   \
     Py_ssize_t n_kept[ROWS];                                                                                  \
     __m256 ga[ROWS][8], gb[ROWS][8];                                                                          \
@@ -122,7 +122,7 @@ static inline void mr_sigmoid_topk_pair(const T *z, Py_ssize_t n, const T *bias,
 template <class T>
 static inline void mr_topk_pair(const T *z, Py_ssize_t n, int k, Py_ssize_t *idx, T *e_out, T *m_out, int *status)
 {
-    T lanes[2][MR_BLOCK];
+    MR_STACK_LINE T lanes[2][MR_BLOCK];
     MrCand<T> cd[2];
     int has_nan[2], ok[2], general[2] = {1, 1}, late = 1;
     MR_PAIR(h, m_out[h] = mr_max_lanes(z + h * n, n, lanes[h], &has_nan[h]))
