@@ -34,8 +34,9 @@ def _env_flag(name, default="0"):
 SANITIZE = _env_flag("MOE_ROUTER_SANITIZE")
 DEBUG = _env_flag("MOE_ROUTER_DEBUG") or SANITIZE
 WANT_OPENMP = _env_flag("MOE_ROUTER_OPENMP", "1")
-ONLY_ISAS = {isa.strip() for isa in os.environ.get("MOE_ROUTER_ISA", "").lower().split(",")
-             if isa.strip()}
+ONLY_ISAS = {
+    isa.strip() for isa in os.environ.get("MOE_ROUTER_ISA", "").lower().split(",") if isa.strip()
+}
 
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
@@ -46,12 +47,19 @@ ISA_VARIANTS = {"baseline": []}
 if X86_64:
     ISA_VARIANTS["avx2"] = ["-mavx2", "-mfma", "-mpopcnt"]
     ISA_VARIANTS["avx512"] = [
-        "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
-        "-mavx2", "-mfma", "-mpopcnt", "-mprefer-vector-width=512",
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512dq",
+        "-mavx512vl",
+        "-mavx2",
+        "-mfma",
+        "-mpopcnt",
+        "-mprefer-vector-width=512",
     ]
 if ONLY_ISAS:
-    ISA_VARIANTS = {isa: flags for isa, flags in ISA_VARIANTS.items()
-                    if isa == "baseline" or isa in ONLY_ISAS}
+    ISA_VARIANTS = {
+        isa: flags for isa, flags in ISA_VARIANTS.items() if isa == "baseline" or isa in ONLY_ISAS
+    }
 
 COMPILER_DIRECTIVES = {
     "language_level": 3,
@@ -71,8 +79,7 @@ def _can_compile(compiler, flags, source="int main(void) { return 0; }\n"):
             f.write(source)
         try:
             objs = compiler.compile([path], output_dir=tmp, extra_postargs=flags)
-            compiler.link_executable(objs, os.path.join(tmp, "probe"),
-                                     extra_postargs=flags)
+            compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=flags)
         except Exception:
             return False
     return True
@@ -98,9 +105,11 @@ class BuildExt(build_ext):
         if WANT_OPENMP and unix_like and _can_compile(self.compiler, ["-fopenmp"], OPENMP_PROBE):
             openmp = ["-fopenmp"]
         elif WANT_OPENMP:
-            print("WARNING: moe_router: the C compiler has no usable OpenMP; "
-                  "building the serial kernels (num_threads is then ignored).",
-                  file=sys.stderr)
+            print(
+                "WARNING: moe_router: the C compiler has no usable OpenMP; "
+                "building the serial kernels (num_threads is then ignored).",
+                file=sys.stderr,
+            )
         # -fno-trapping-math lets gcc if-convert the float compares of the
         # kernels (we never rely on FP exceptions); results are unchanged.
         opt = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-fno-trapping-math"]
@@ -113,15 +122,20 @@ class BuildExt(build_ext):
         if unix_like and _can_compile(self.compiler, ["-Werror"] + no_memcpy):
             opt += no_memcpy
         if SANITIZE:
-            opt += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
-                    "-fno-sanitize-recover=undefined"]
+            opt += [
+                "-fsanitize=address,undefined",
+                "-fno-omit-frame-pointer",
+                "-fno-sanitize-recover=undefined",
+            ]
         kept = []
         for ext in self.extensions:
             isa = ext.name.rsplit("_", 1)[-1]
             isa_flags = ISA_VARIANTS.get(isa, [])
             if isa != "baseline" and not (unix_like and _can_compile(self.compiler, isa_flags)):
-                print(f"WARNING: moe_router: compiler lacks {isa_flags}; skipping {ext.name}",
-                      file=sys.stderr)
+                print(
+                    f"WARNING: moe_router: compiler lacks {isa_flags}; skipping {ext.name}",
+                    file=sys.stderr,
+                )
                 continue
             ext.extra_compile_args = (std + opt + isa_flags + openmp) if unix_like else []
             ext.extra_link_args = (openmp + (opt if SANITIZE else [])) if unix_like else []
@@ -132,22 +146,26 @@ class BuildExt(build_ext):
 
 # Everything each _core_<isa> module is built from besides its own .pyx.
 KERNEL_SOURCES = ["moe_router/_router_kernels.pxi"] + sorted(
-    glob.glob("moe_router/csrc/*.h") + glob.glob("moe_router/csrc/*.hpp"))
+    glob.glob("moe_router/csrc/*.h") + glob.glob("moe_router/csrc/*.hpp")
+)
 
 
 def _extensions():
     exts = []
     for isa in ISA_VARIANTS:
-        exts.append(Extension(
-            f"moe_router._core_{isa}",
-            [f"moe_router/_core_{isa}.pyx"],
-            include_dirs=[np.get_include(), "moe_router"],
-            depends=KERNEL_SOURCES,
-            language="c++",
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        ))
-    return cythonize(exts, compiler_directives=COMPILER_DIRECTIVES,
-                     include_path=["moe_router"], quiet=True)
+        exts.append(
+            Extension(
+                f"moe_router._core_{isa}",
+                [f"moe_router/_core_{isa}.pyx"],
+                include_dirs=[np.get_include(), "moe_router"],
+                depends=KERNEL_SOURCES,
+                language="c++",
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            )
+        )
+    return cythonize(
+        exts, compiler_directives=COMPILER_DIRECTIVES, include_path=["moe_router"], quiet=True
+    )
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})

@@ -32,8 +32,10 @@ def main():
     args = parser.parse_args()
     kernel = _dispatch.kernel
     threads = _dispatch.default_threads
-    print(f"kernel path {_dispatch.path}, {threads} OpenMP threads, "
-          f"{args.experts} experts, top-{args.top_k}; PARALLEL_MIN_ROWS={mr.PARALLEL_MIN_ROWS}")
+    print(
+        f"kernel path {_dispatch.path}, {threads} OpenMP threads, "
+        f"{args.experts} experts, top-{args.top_k}; PARALLEL_MIN_ROWS={mr.PARALLEL_MIN_ROWS}"
+    )
     print(f"{'batch':>7} | {'1 thread':>12} | {f'{threads} threads':>12} | speed-up")
     rng = np.random.default_rng(0)
     old = kernel.set_parallel_min_rows(1)
@@ -43,8 +45,9 @@ def main():
             ids = np.empty(batch * args.top_k, np.int32)
             w = np.empty(batch * args.top_k, np.float32)
             t1 = time_call(lambda: kernel.route_rows(z, args.top_k, True, ids, w, 1), args.min_time)
-            tn = time_call(lambda: kernel.route_rows(z, args.top_k, True, ids, w, threads),
-                           args.min_time)
+            tn = time_call(
+                lambda: kernel.route_rows(z, args.top_k, True, ids, w, threads), args.min_time
+            )
             print(f"{batch:>7} | {t1 * 1e6:>9.1f} us | {tn * 1e6:>9.1f} us | {t1 / tn:6.2f}x")
     finally:
         kernel.set_parallel_min_rows(old)

@@ -13,6 +13,7 @@ from moe_router import _dispatch
 def torch():
     """torch with one intra-op thread, or skip."""
     from moe_router._bench import import_torch
+
     mod = import_torch()
     if mod is None:
         pytest.skip("PyTorch not installed (pip install torch==2.13.0)")

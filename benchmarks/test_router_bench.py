@@ -46,8 +46,11 @@ def shape(request, benchmark):
     logits = rng.standard_normal((batch, e)).astype(dtype)
     options = {}
     if kind == "deepseek_v3":
-        options = {key: v for key, v in DEEPSEEK_V3.items()
-                   if key not in ("num_experts", "top_k", "norm_topk_prob")}
+        options = {
+            key: v
+            for key, v in DEEPSEEK_V3.items()
+            if key not in ("num_experts", "top_k", "norm_topk_prob")
+        }
         options["e_score_correction_bias"] = rng.normal(-0.5, 1.0, e).astype(np.float32)
     return kind, logits, k, norm, options
 

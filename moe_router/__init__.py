@@ -12,8 +12,15 @@ from ._api import PARALLEL_MIN_ROWS, Router, RouterOutput, route, route_into
 
 __version__ = "0.1.0"
 
-__all__ = ["Router", "RouterOutput", "route", "route_into", "show_config",
-           "PARALLEL_MIN_ROWS", "__version__"]
+__all__ = [
+    "Router",
+    "RouterOutput",
+    "route",
+    "route_into",
+    "show_config",
+    "PARALLEL_MIN_ROWS",
+    "__version__",
+]
 
 
 def show_config(print_out=True):

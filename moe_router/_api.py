@@ -32,7 +32,7 @@ def _dtype_names(dtypes):
 
 
 def check_int(value, name, low=None, high=None, high_name=None):
-    """`value` as an int; TypeError unless an integer (bool rejected), ValueError if out of range."""
+    """`value` as an int: TypeError unless an integer (bool rejected), ValueError out of range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     value = operator.index(value)
@@ -55,11 +55,14 @@ def as_logits(logits):
         else:
             raise TypeError(
                 f"logits must be a floating-point array (float16, float32 or float64), "
-                f"got dtype {dt}")
+                f"got dtype {dt}"
+            )
     if arr.ndim == 0:
         raise ValueError("logits must have shape [..., num_experts], got a 0-d array")
     if arr.shape[-1] == 0:
-        raise ValueError(f"num_experts (logits.shape[-1]) must be >= 1, got logits of shape {arr.shape}")
+        raise ValueError(
+            f"num_experts (logits.shape[-1]) must be >= 1, got logits of shape {arr.shape}"
+        )
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
     return arr
@@ -71,7 +74,9 @@ def _check_buffer(arr, name, dtypes):
     if arr.dtype not in dtypes:
         raise TypeError(f"{name} must have dtype {_dtype_names(dtypes)}, got {arr.dtype}")
     if not arr.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous, got strides {arr.strides} for shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be C-contiguous, got strides {arr.strides} for shape {arr.shape}"
+        )
     if not arr.flags.writeable:
         raise ValueError(f"{name} must be writeable, got a read-only array")
 
@@ -88,8 +93,16 @@ class RouterOutput:
     them and raises ValueError when they are too small.
     """
 
-    __slots__ = ("_ids", "_weights", "_owns", "_logits_shape", "_batch", "_top_k",
-                 "expert_ids", "expert_weights")
+    __slots__ = (
+        "_ids",
+        "_weights",
+        "_owns",
+        "_logits_shape",
+        "_batch",
+        "_top_k",
+        "expert_ids",
+        "expert_weights",
+    )
 
     def __init__(self, expert_ids: np.ndarray, expert_weights: np.ndarray) -> None:
         _check_buffer(expert_ids, "expert_ids", ID_DTYPES)
@@ -98,7 +111,8 @@ class RouterOutput:
             raise ValueError(
                 f"expert_ids and expert_weights must have the same size, got "
                 f"{expert_ids.size} (shape {expert_ids.shape}) and "
-                f"{expert_weights.size} (shape {expert_weights.shape})")
+                f"{expert_weights.size} (shape {expert_weights.shape})"
+            )
         if np.may_share_memory(expert_ids, expert_weights):
             raise ValueError("expert_ids and expert_weights must not overlap in memory")
         self._owns = False
@@ -115,14 +129,17 @@ class RouterOutput:
             self._batch = 0
 
     @classmethod
-    def empty(cls, ids_dtype: npt.DTypeLike = np.int32,
-              weights_dtype: npt.DTypeLike = np.float32) -> RouterOutput:
+    def empty(
+        cls, ids_dtype: npt.DTypeLike = np.int32, weights_dtype: npt.DTypeLike = np.float32
+    ) -> RouterOutput:
         """An owning, zero-capacity output; `route_into` grows it on demand."""
         ids_dtype, weights_dtype = np.dtype(ids_dtype), np.dtype(weights_dtype)
         if ids_dtype not in ID_DTYPES:
             raise TypeError(f"ids_dtype must be {_dtype_names(ID_DTYPES)}, got {ids_dtype}")
         if weights_dtype not in WEIGHT_DTYPES:
-            raise TypeError(f"weights_dtype must be {_dtype_names(WEIGHT_DTYPES)}, got {weights_dtype}")
+            raise TypeError(
+                f"weights_dtype must be {_dtype_names(WEIGHT_DTYPES)}, got {weights_dtype}"
+            )
         self = cls.__new__(cls)
         self._owns = True
         self._ids = np.empty(0, ids_dtype)
@@ -144,7 +161,7 @@ class RouterOutput:
 
     @property
     def capacity(self) -> int:
-        """Elements each buffer holds: routing fits without reallocating while batch * top_k <= capacity."""
+        """Elements each buffer holds: no reallocation while batch * top_k <= capacity."""
         return self._ids.size
 
     @property
@@ -157,8 +174,10 @@ class RouterOutput:
         yield self.expert_weights
 
     def __repr__(self):
-        return (f"RouterOutput(batch={self._batch}, top_k={self._top_k}, "
-                f"expert_ids={self.expert_ids!r}, expert_weights={self.expert_weights!r})")
+        return (
+            f"RouterOutput(batch={self._batch}, top_k={self._top_k}, "
+            f"expert_ids={self.expert_ids!r}, expert_weights={self.expert_weights!r})"
+        )
 
     def reset(self, batch: int | tuple[int, ...], top_k: int) -> RouterOutput:
         """Shape the output for `batch` tokens (an int or a tuple of leading dims) x `top_k`.
@@ -183,7 +202,8 @@ class RouterOutput:
                 raise ValueError(
                     f"out holds {self._ids.size} elements per buffer, routing {n_tokens} "
                     f"tokens x top_k={top_k} needs {n}; a RouterOutput wrapping your "
-                    f"arrays never reallocates them")
+                    f"arrays never reallocates them"
+                )
             # Amortised growth, as the seed's Vec::resize: continuous batching
             # settles on its largest batch after a few reallocations.
             cap = max(n, 2 * self._ids.size)
@@ -227,67 +247,109 @@ def _raise_bad_rows(flat, batch_shape, sigmoid=False):
         where += f" (index {tuple(int(i) for i in np.unravel_index(r, batch_shape))})"
     if nan_rows[r]:
         raise ValueError(f"logits {where} contains NaN ({bad.size} bad row(s) in all)")
-    raise ValueError(f"logits {where} is all -inf: no expert can be selected "
-                     f"({bad.size} bad row(s) in all)")
+    raise ValueError(
+        f"logits {where} is all -inf: no expert can be selected ({bad.size} bad row(s) in all)"
+    )
 
 
 class _Variant:
     """A validated router variant: what the kernel needs besides top_k and the buffers."""
 
-    __slots__ = ("sigmoid", "n_group", "topk_group", "scale", "bias32", "bias64",
-                 "plain", "scoring_func", "topk_on_logits", "norm_topk_prob")
+    __slots__ = (
+        "sigmoid",
+        "n_group",
+        "topk_group",
+        "scale",
+        "bias32",
+        "bias64",
+        "plain",
+        "scoring_func",
+        "topk_on_logits",
+        "norm_topk_prob",
+    )
 
-    def __init__(self, num_experts, top_k, norm_topk_prob=True, scoring_func="softmax",
-                 topk_on_logits=False, n_group=1, topk_group=None, routed_scaling_factor=1.0,
-                 e_score_correction_bias=None):
+    def __init__(
+        self,
+        num_experts,
+        top_k,
+        norm_topk_prob=True,
+        scoring_func="softmax",
+        topk_on_logits=False,
+        n_group=1,
+        topk_group=None,
+        routed_scaling_factor=1.0,
+        e_score_correction_bias=None,
+    ):
         if scoring_func not in ("softmax", "sigmoid"):
             raise ValueError(f"scoring_func must be 'softmax' or 'sigmoid', got {scoring_func!r}")
         n_group = check_int(n_group, "n_group", low=1, high=num_experts, high_name="num_experts")
         if num_experts % n_group:
             raise ValueError(f"num_experts={num_experts} must be divisible by n_group={n_group}")
-        topk_group = n_group if topk_group is None else check_int(
-            topk_group, "topk_group", low=1, high=n_group, high_name="n_group")
+        topk_group = (
+            n_group
+            if topk_group is None
+            else check_int(topk_group, "topk_group", low=1, high=n_group, high_name="n_group")
+        )
         group_size = num_experts // n_group
         if topk_group * group_size < top_k:
-            raise ValueError(f"top_k={top_k} exceeds the {topk_group * group_size} experts of "
-                             f"the topk_group={topk_group} kept groups of {group_size}")
+            raise ValueError(
+                f"top_k={top_k} exceeds the {topk_group * group_size} experts of "
+                f"the topk_group={topk_group} kept groups of {group_size}"
+            )
         if n_group > 1 and scoring_func == "sigmoid" and group_size < 2:
-            raise ValueError(f"sigmoid group scores sum each group's two best experts: "
-                             f"groups need >= 2 experts, got num_experts/n_group={group_size}")
-        if isinstance(routed_scaling_factor, bool) or not isinstance(routed_scaling_factor, numbers.Real):
-            raise TypeError(f"routed_scaling_factor must be a real number, got "
-                            f"{type(routed_scaling_factor).__name__}")
+            raise ValueError(
+                f"sigmoid group scores sum each group's two best experts: "
+                f"groups need >= 2 experts, got num_experts/n_group={group_size}"
+            )
+        if isinstance(routed_scaling_factor, bool) or not isinstance(
+            routed_scaling_factor, numbers.Real
+        ):
+            raise TypeError(
+                f"routed_scaling_factor must be a real number, got "
+                f"{type(routed_scaling_factor).__name__}"
+            )
         scale = float(routed_scaling_factor)
         if not (np.isfinite(scale) and 0 < scale <= 1e38):
             # Weights are <= 1 before scaling: this keeps them finite in float32.
-            raise ValueError(f"routed_scaling_factor must be finite, > 0 and <= 1e38 "
-                             f"(weights stay finite in float32), got {scale}")
+            raise ValueError(
+                f"routed_scaling_factor must be finite, > 0 and <= 1e38 "
+                f"(weights stay finite in float32), got {scale}"
+            )
         self.bias32 = self.bias64 = None
         if e_score_correction_bias is not None:
             if scoring_func != "sigmoid":
                 raise ValueError("e_score_correction_bias is for scoring_func='sigmoid' routers")
             bias = np.asarray(e_score_correction_bias)
             if bias.dtype.kind not in "fiu":
-                raise TypeError(f"e_score_correction_bias must be a real array, got dtype {bias.dtype}")
+                raise TypeError(
+                    f"e_score_correction_bias must be a real array, got dtype {bias.dtype}"
+                )
             if bias.shape != (num_experts,):
-                raise ValueError(f"e_score_correction_bias must have shape ({num_experts},), "
-                                 f"got {bias.shape}")
+                raise ValueError(
+                    f"e_score_correction_bias must have shape ({num_experts},), got {bias.shape}"
+                )
             if not np.isfinite(bias).all():
                 raise ValueError("e_score_correction_bias must be finite (it has NaN or inf)")
             with np.errstate(over="ignore"):
                 self.bias32 = np.ascontiguousarray(bias, dtype=np.float32)
             if not np.isfinite(self.bias32).all():
-                raise ValueError("e_score_correction_bias must be finite in float32 "
-                                 "(|bias| <= 3.4e38): it is added to float32 scores")
+                raise ValueError(
+                    "e_score_correction_bias must be finite in float32 "
+                    "(|bias| <= 3.4e38): it is added to float32 scores"
+                )
             self.bias64 = np.ascontiguousarray(bias, dtype=np.float64)
         if topk_on_logits:
             if n_group > 1 or self.bias32 is not None:
-                raise ValueError("topk_on_logits takes the top-K of the raw logits: it does not "
-                                 "combine with n_group > 1 or e_score_correction_bias")
+                raise ValueError(
+                    "topk_on_logits takes the top-K of the raw logits: it does not "
+                    "combine with n_group > 1 or e_score_correction_bias"
+                )
             if scoring_func == "softmax" and not norm_topk_prob:
-                raise ValueError("topk_on_logits with softmax scoring is a softmax over the K "
-                                 "picked logits: its weights always sum to 1 "
-                                 "(norm_topk_prob=False contradicts it)")
+                raise ValueError(
+                    "topk_on_logits with softmax scoring is a softmax over the K "
+                    "picked logits: its weights always sum to 1 "
+                    "(norm_topk_prob=False contradicts it)"
+                )
         self.scoring_func = scoring_func
         self.topk_on_logits = bool(topk_on_logits)
         self.norm_topk_prob = bool(norm_topk_prob)
@@ -307,13 +369,19 @@ class _Variant:
         return self.bias64 if dtype == _F64 else self.bias32
 
 
-_DEFAULT_VARIANT_OPTIONS = dict(scoring_func="softmax", topk_on_logits=False, n_group=1,
-                                topk_group=None, routed_scaling_factor=1.0,
-                                e_score_correction_bias=None)
+_DEFAULT_VARIANT_OPTIONS = dict(
+    scoring_func="softmax",
+    topk_on_logits=False,
+    n_group=1,
+    topk_group=None,
+    routed_scaling_factor=1.0,
+    e_score_correction_bias=None,
+)
 
 
-def _route_checked(logits, top_k, out, norm_topk_prob, num_threads, num_experts=None,
-                   variant=None, options=None):
+def _route_checked(
+    logits, top_k, out, norm_topk_prob, num_threads, num_experts=None, variant=None, options=None
+):
     """The validating path: explain what is wrong, or convert / grow and route.
 
     `variant` is a validated _Variant (a Router's), or None to build one from
@@ -321,22 +389,36 @@ def _route_checked(logits, top_k, out, norm_topk_prob, num_threads, num_experts=
     """
     arr = as_logits(logits)
     if num_experts is not None and arr.shape[-1] != num_experts:
-        raise ValueError(f"logits must have shape [..., num_experts={num_experts}], "
-                         f"got {arr.shape}")
+        raise ValueError(
+            f"logits must have shape [..., num_experts={num_experts}], got {arr.shape}"
+        )
     top_k = check_int(top_k, "top_k", low=1, high=arr.shape[-1], high_name="num_experts")
     if variant is None:
         variant = _Variant(arr.shape[-1], top_k, norm_topk_prob, **(options or {}))
     threads = _threads_arg(num_threads)
     id_limit = int(np.iinfo(out._ids.dtype).max) + 1
     if arr.shape[-1] > id_limit:
-        raise ValueError(f"expert_ids of dtype {out._ids.dtype} hold ids below {id_limit}, "
-                         f"but num_experts={arr.shape[-1]}: use int64 ids")
+        raise ValueError(
+            f"expert_ids of dtype {out._ids.dtype} hold ids below {id_limit}, "
+            f"but num_experts={arr.shape[-1]}: use int64 ids"
+        )
     out._prepare(arr.shape, top_k)
     if np.may_share_memory(arr, out._ids) or np.may_share_memory(arr, out._weights):
         raise ValueError("out's buffers must not overlap the logits")
     n_bad = _dispatch.kernel.route_rows(
-        arr, top_k, variant.norm_topk_prob, out._ids, out._weights, threads, 0, variant.sigmoid,
-        variant.n_group, variant.topk_group, variant.scale, variant.bias_for(arr.dtype))
+        arr,
+        top_k,
+        variant.norm_topk_prob,
+        out._ids,
+        out._weights,
+        threads,
+        0,
+        variant.sigmoid,
+        variant.n_group,
+        variant.topk_group,
+        variant.scale,
+        variant.bias_for(arr.dtype),
+    )
     if n_bad < 0:  # every precondition of the kernel was checked above
         raise RuntimeError("moe_router: the kernel refused validated input (a bug; please report)")
     if n_bad:
@@ -344,9 +426,16 @@ def _route_checked(logits, top_k, out, norm_topk_prob, num_threads, num_experts=
     return out
 
 
-def route(logits: npt.ArrayLike, top_k: int, norm_topk_prob: bool = True, *,
-          num_threads: int | None = None, ids_dtype: npt.DTypeLike = np.int32,
-          weights_dtype: npt.DTypeLike = np.float32, **variant_options) -> RouterOutput:
+def route(
+    logits: npt.ArrayLike,
+    top_k: int,
+    norm_topk_prob: bool = True,
+    *,
+    num_threads: int | None = None,
+    ids_dtype: npt.DTypeLike = np.int32,
+    weights_dtype: npt.DTypeLike = np.float32,
+    **variant_options,
+) -> RouterOutput:
     """Route tokens to their top-K experts; allocates a new RouterOutput.
 
     logits: [..., num_experts] floating array (anything numpy converts).
@@ -360,19 +449,27 @@ def route(logits: npt.ArrayLike, top_k: int, norm_topk_prob: bool = True, *,
     """
     _check_options(variant_options)
     out = RouterOutput.empty(ids_dtype, weights_dtype)
-    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads,
-                          options=variant_options)
+    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads, options=variant_options)
 
 
 def _check_options(options):
     unknown = set(options) - set(_DEFAULT_VARIANT_OPTIONS)
     if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; router options are "
-                        f"{sorted(_DEFAULT_VARIANT_OPTIONS)}")
+        raise TypeError(
+            f"unexpected keyword argument(s) {sorted(unknown)}; router options are "
+            f"{sorted(_DEFAULT_VARIANT_OPTIONS)}"
+        )
 
 
-def route_into(logits: npt.ArrayLike, top_k: int, out: RouterOutput, norm_topk_prob: bool = True,
-               *, num_threads: int | None = None, **variant_options) -> RouterOutput:
+def route_into(
+    logits: npt.ArrayLike,
+    top_k: int,
+    out: RouterOutput,
+    norm_topk_prob: bool = True,
+    *,
+    num_threads: int | None = None,
+    **variant_options,
+) -> RouterOutput:
     """Route into `out` (a RouterOutput), reusing its memory; returns `out`.
 
     Takes the same router options as `route` (validated on every call: for a
@@ -382,18 +479,24 @@ def route_into(logits: npt.ArrayLike, top_k: int, out: RouterOutput, norm_topk_p
     """
     if type(out) is not RouterOutput and not isinstance(out, RouterOutput):
         raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
-    if (not variant_options and type(top_k) is int
-            and (num_threads is None or (type(num_threads) is int and num_threads >= 1))):
+    if (
+        not variant_options
+        and type(top_k) is int
+        and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
+    ):
         # The plain case in a few C checks; anything else takes the validating path.
-        if _dispatch.kernel.route_rows(logits, top_k, norm_topk_prob, out._ids, out._weights,
-                                       num_threads or 0) == 0:
+        if (
+            _dispatch.kernel.route_rows(
+                logits, top_k, norm_topk_prob, out._ids, out._weights, num_threads or 0
+            )
+            == 0
+        ):
             shape = logits.shape  # type: ignore[union-attr]  # an ndarray here
             if out._logits_shape != shape or out._top_k != top_k:  # skip a call when unchanged
                 out._set_view(shape, top_k)
             return out
     _check_options(variant_options)
-    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads,
-                          options=variant_options)
+    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads, options=variant_options)
 
 
 class Router:
@@ -416,18 +519,37 @@ class Router:
     `Router.from_hf_config(config)` sets all of these from a model's config.
     """
 
-    def __init__(self, num_experts: int, top_k: int, norm_topk_prob: bool = True, *,
-                 scoring_func: str = "softmax", topk_on_logits: bool = False, n_group: int = 1,
-                 topk_group: int | None = None, routed_scaling_factor: float = 1.0,
-                 e_score_correction_bias: npt.ArrayLike | None = None,
-                 num_threads: int | None = None, ids_dtype: npt.DTypeLike = np.int32,
-                 weights_dtype: npt.DTypeLike = np.float32) -> None:
+    def __init__(
+        self,
+        num_experts: int,
+        top_k: int,
+        norm_topk_prob: bool = True,
+        *,
+        scoring_func: str = "softmax",
+        topk_on_logits: bool = False,
+        n_group: int = 1,
+        topk_group: int | None = None,
+        routed_scaling_factor: float = 1.0,
+        e_score_correction_bias: npt.ArrayLike | None = None,
+        num_threads: int | None = None,
+        ids_dtype: npt.DTypeLike = np.int32,
+        weights_dtype: npt.DTypeLike = np.float32,
+    ) -> None:
         self.num_experts = check_int(num_experts, "num_experts", low=1)
-        self.top_k = check_int(top_k, "top_k", low=1, high=self.num_experts,
-                               high_name="num_experts")
-        self._variant = _Variant(self.num_experts, self.top_k, norm_topk_prob, scoring_func,
-                                 topk_on_logits, n_group, topk_group, routed_scaling_factor,
-                                 e_score_correction_bias)
+        self.top_k = check_int(
+            top_k, "top_k", low=1, high=self.num_experts, high_name="num_experts"
+        )
+        self._variant = _Variant(
+            self.num_experts,
+            self.top_k,
+            norm_topk_prob,
+            scoring_func,
+            topk_on_logits,
+            n_group,
+            topk_group,
+            routed_scaling_factor,
+            e_score_correction_bias,
+        )
         self.num_threads = num_threads
         self._threads = _threads_arg(num_threads)
         self._dtypes = (np.dtype(ids_dtype), np.dtype(weights_dtype))
@@ -445,8 +567,9 @@ class Router:
     e_score_correction_bias = property(lambda self: self._variant.bias64)
 
     @classmethod
-    def from_hf_config(cls, config, e_score_correction_bias: npt.ArrayLike | None = None,
-                       **overrides) -> Router:
+    def from_hf_config(
+        cls, config, e_score_correction_bias: npt.ArrayLike | None = None, **overrides
+    ) -> Router:
         """A Router for the MoE layers of a Hugging Face model config.
 
         `config`: a dict (a model's config.json) or an object with those
@@ -455,18 +578,26 @@ class Router:
         have one (deepseek_v3, glm4_moe).  `overrides` go to Router().
         """
         from ._presets import router_kwargs_from_config
+
         kwargs = router_kwargs_from_config(config, e_score_correction_bias)
         kwargs.update(overrides)
         return cls(**kwargs)
 
     def __repr__(self):
         v = self._variant
-        extra = "" if v.plain and not v.topk_on_logits else (
-            f", scoring_func={v.scoring_func!r}, topk_on_logits={v.topk_on_logits}, "
-            f"n_group={v.n_group}, topk_group={v.topk_group}, "
-            f"routed_scaling_factor={v.scale}, bias={v.bias32 is not None}")
-        return (f"Router(num_experts={self.num_experts}, top_k={self.top_k}, "
-                f"norm_topk_prob={v.norm_topk_prob}{extra})")
+        extra = (
+            ""
+            if v.plain and not v.topk_on_logits
+            else (
+                f", scoring_func={v.scoring_func!r}, topk_on_logits={v.topk_on_logits}, "
+                f"n_group={v.n_group}, topk_group={v.topk_group}, "
+                f"routed_scaling_factor={v.scale}, bias={v.bias32 is not None}"
+            )
+        )
+        return (
+            f"Router(num_experts={self.num_experts}, top_k={self.top_k}, "
+            f"norm_topk_prob={v.norm_topk_prob}{extra})"
+        )
 
     def __call__(self, logits: npt.ArrayLike, out: RouterOutput | None = None) -> RouterOutput:
         if out is None:
@@ -479,17 +610,35 @@ class Router:
         v = self._variant
         # The plain case in a few C checks; anything else takes the validating path.
         if v.plain:
-            rc = _dispatch.kernel.route_rows(logits, self.top_k, v.norm_topk_prob, out._ids,
-                                             out._weights, self._threads, self.num_experts)
+            rc = _dispatch.kernel.route_rows(
+                logits,
+                self.top_k,
+                v.norm_topk_prob,
+                out._ids,
+                out._weights,
+                self._threads,
+                self.num_experts,
+            )
         else:
             rc = _dispatch.kernel.route_rows(
-                logits, self.top_k, v.norm_topk_prob, out._ids, out._weights, self._threads,
-                self.num_experts, v.sigmoid, v.n_group, v.topk_group, v.scale,
-                None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)))
+                logits,
+                self.top_k,
+                v.norm_topk_prob,
+                out._ids,
+                out._weights,
+                self._threads,
+                self.num_experts,
+                v.sigmoid,
+                v.n_group,
+                v.topk_group,
+                v.scale,
+                None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)),
+            )
         if rc == 0:
             shape = logits.shape  # type: ignore[union-attr]  # an ndarray here
             if out._logits_shape != shape or out._top_k != self.top_k:  # skip a call when unchanged
                 out._set_view(shape, self.top_k)
             return out
-        return _route_checked(logits, self.top_k, out, v.norm_topk_prob, self.num_threads,
-                              self.num_experts, variant=v)
+        return _route_checked(
+            logits, self.top_k, out, v.norm_topk_prob, self.num_threads, self.num_experts, variant=v
+        )

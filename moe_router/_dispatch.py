@@ -80,8 +80,9 @@ def _forced_path():
     if forced not in PATHS:
         raise ImportError(f"MOE_ROUTER_PATH={forced!r}: expected auto or one of {PATHS}")
     if forced not in available_paths():
-        raise ImportError(f"MOE_ROUTER_PATH={forced!r} is not available here; "
-                          f"available: {available_paths()}")
+        raise ImportError(
+            f"MOE_ROUTER_PATH={forced!r} is not available here; available: {available_paths()}"
+        )
     return forced
 
 
@@ -101,14 +102,36 @@ class KernelByDtype:
         self.kernel_f64 = kernel_f64
         self._f64 = np.dtype(np.float64)
 
-    def route_rows(self, logits, top_k, norm_topk_prob, expert_ids, expert_weights,
-                   num_threads=1, num_experts=0, sigmoid=False, n_group=1, topk_group=1,
-                   routed_scaling_factor=1.0, bias=None):
-        kernel = (self.kernel_f64 if getattr(logits, "dtype", None) is self._f64
-                  else self.kernel_f32)
-        return kernel.route_rows(logits, top_k, norm_topk_prob, expert_ids, expert_weights,
-                                 num_threads, num_experts, sigmoid, n_group, topk_group,
-                                 routed_scaling_factor, bias)
+    def route_rows(
+        self,
+        logits,
+        top_k,
+        norm_topk_prob,
+        expert_ids,
+        expert_weights,
+        num_threads=1,
+        num_experts=0,
+        sigmoid=False,
+        n_group=1,
+        topk_group=1,
+        routed_scaling_factor=1.0,
+        bias=None,
+    ):
+        kernel = self.kernel_f64 if getattr(logits, "dtype", None) is self._f64 else self.kernel_f32
+        return kernel.route_rows(
+            logits,
+            top_k,
+            norm_topk_prob,
+            expert_ids,
+            expert_weights,
+            num_threads,
+            num_experts,
+            sigmoid,
+            n_group,
+            topk_group,
+            routed_scaling_factor,
+            bias,
+        )
 
     def __getattr__(self, name):  # build_info, exp_into, ...: the float32 module's
         return getattr(self.kernel_f32, name)
@@ -139,5 +162,7 @@ def select(new_path):
     if isinstance(new_path, dict):
         _use(new_path)
     else:
-        _use(preferred_paths() if new_path == "auto" else {"float32": new_path, "float64": new_path})
+        _use(
+            preferred_paths() if new_path == "auto" else {"float32": new_path, "float64": new_path}
+        )
     return old

@@ -24,15 +24,20 @@ def _need(get, model_type, *keys):
 
 
 def _softmax_topk(get, model_type, experts_key, norm_default):
-    return dict(num_experts=_need(get, model_type, experts_key),
-                top_k=_need(get, model_type, "num_experts_per_tok"),
-                norm_topk_prob=bool(get("norm_topk_prob", norm_default)))
+    return dict(
+        num_experts=_need(get, model_type, experts_key),
+        top_k=_need(get, model_type, "num_experts_per_tok"),
+        norm_topk_prob=bool(get("norm_topk_prob", norm_default)),
+    )
 
 
 def _mixtral(get, model_type, bias):
     # MixtralSparseMoeBlock: softmax, topk, always renormalised.
-    return dict(num_experts=_need(get, model_type, "num_local_experts"),
-                top_k=_need(get, model_type, "num_experts_per_tok"), norm_topk_prob=True)
+    return dict(
+        num_experts=_need(get, model_type, "num_local_experts"),
+        top_k=_need(get, model_type, "num_experts_per_tok"),
+        norm_topk_prob=True,
+    )
 
 
 def _qwen_olmoe(get, model_type, bias):
@@ -47,15 +52,21 @@ def _deepseek_v2(get, model_type, bias):
     top_k = _need(get, model_type, "num_experts_per_tok")
     method = get("topk_method", "greedy")
     if method not in ("greedy", "group_limited_greedy"):
-        raise ValueError(f"deepseek_v2 topk_method {method!r} is not supported "
-                         f"(greedy, group_limited_greedy)")
-    kwargs = dict(num_experts=_need(get, model_type, "n_routed_experts"), top_k=top_k,
-                  norm_topk_prob=bool(get("norm_topk_prob", False)) and top_k > 1,
-                  scoring_func=get("scoring_func", "softmax"),
-                  routed_scaling_factor=float(get("routed_scaling_factor", 1.0)))
+        raise ValueError(
+            f"deepseek_v2 topk_method {method!r} is not supported (greedy, group_limited_greedy)"
+        )
+    kwargs = dict(
+        num_experts=_need(get, model_type, "n_routed_experts"),
+        top_k=top_k,
+        norm_topk_prob=bool(get("norm_topk_prob", False)) and top_k > 1,
+        scoring_func=get("scoring_func", "softmax"),
+        routed_scaling_factor=float(get("routed_scaling_factor", 1.0)),
+    )
     if method == "group_limited_greedy":
-        kwargs.update(n_group=_need(get, model_type, "n_group"),
-                      topk_group=_need(get, model_type, "topk_group"))
+        kwargs.update(
+            n_group=_need(get, model_type, "n_group"),
+            topk_group=_need(get, model_type, "topk_group"),
+        )
     return kwargs
 
 
@@ -65,30 +76,42 @@ def _deepseek_v3(get, model_type, bias):
     # topk_group groups, top-k, weights = unbiased scores, renormalise
     # (+1e-20), scale.
     if bias is None:
-        raise ValueError(f"{model_type} routes with e_score_correction_bias, a weight of the "
-                         f"gate, not a config field: pass "
-                         f"Router.from_hf_config(config, e_score_correction_bias=...)")
-    return dict(num_experts=_need(get, model_type, "n_routed_experts"),
-                top_k=_need(get, model_type, "num_experts_per_tok"),
-                norm_topk_prob=bool(get("norm_topk_prob", True)),
-                scoring_func=get("scoring_func", "sigmoid"),
-                n_group=get("n_group", 1) or 1, topk_group=get("topk_group", None),
-                routed_scaling_factor=float(get("routed_scaling_factor", 1.0)),
-                e_score_correction_bias=bias)
+        raise ValueError(
+            f"{model_type} routes with e_score_correction_bias, a weight of the "
+            f"gate, not a config field: pass "
+            f"Router.from_hf_config(config, e_score_correction_bias=...)"
+        )
+    return dict(
+        num_experts=_need(get, model_type, "n_routed_experts"),
+        top_k=_need(get, model_type, "num_experts_per_tok"),
+        norm_topk_prob=bool(get("norm_topk_prob", True)),
+        scoring_func=get("scoring_func", "sigmoid"),
+        n_group=get("n_group", 1) or 1,
+        topk_group=get("topk_group", None),
+        routed_scaling_factor=float(get("routed_scaling_factor", 1.0)),
+        e_score_correction_bias=bias,
+    )
 
 
 def _gpt_oss(get, model_type, bias):
     # GptOssTopKRouter: top-k of the (biased) logits, softmax over those k.
-    return dict(num_experts=_need(get, model_type, "num_local_experts"),
-                top_k=_need(get, model_type, "num_experts_per_tok", "experts_per_token"),
-                norm_topk_prob=True, topk_on_logits=True)
+    return dict(
+        num_experts=_need(get, model_type, "num_local_experts"),
+        top_k=_need(get, model_type, "num_experts_per_tok", "experts_per_token"),
+        norm_topk_prob=True,
+        topk_on_logits=True,
+    )
 
 
 def _llama4(get, model_type, bias):
     # Llama4TextMoe: top-k of the logits, sigmoid of each, no renormalisation.
-    return dict(num_experts=_need(get, model_type, "num_local_experts"),
-                top_k=_need(get, model_type, "num_experts_per_tok"), norm_topk_prob=False,
-                scoring_func="sigmoid", topk_on_logits=True)
+    return dict(
+        num_experts=_need(get, model_type, "num_local_experts"),
+        top_k=_need(get, model_type, "num_experts_per_tok"),
+        norm_topk_prob=False,
+        scoring_func="sigmoid",
+        topk_on_logits=True,
+    )
 
 
 PRESETS = {
@@ -114,8 +137,10 @@ def router_kwargs_from_config(config, e_score_correction_bias=None):
             raise ValueError("llama4 config has no text_config")
         return router_kwargs_from_config(text, e_score_correction_bias)
     if model_type not in PRESETS:
-        raise ValueError(f"model_type {model_type!r} is not a MoE model moe_router knows; "
-                         f"known: {sorted(PRESETS)} (or build a Router(...) directly)")
+        raise ValueError(
+            f"model_type {model_type!r} is not a MoE model moe_router knows; "
+            f"known: {sorted(PRESETS)} (or build a Router(...) directly)"
+        )
     if e_score_correction_bias is not None and PRESETS[model_type] is not _deepseek_v3:
         raise ValueError(f"{model_type} has no e_score_correction_bias")
     return PRESETS[model_type](get, model_type, e_score_correction_bias)

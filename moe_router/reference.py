@@ -99,9 +99,18 @@ def _kept_experts(score, n_group, topk_group, top2_sum):
     return np.repeat(keep, n // n_group, axis=1)
 
 
-def route_reference(logits, top_k, norm_topk_prob=True, *, scoring_func="softmax",
-                    topk_on_logits=False, n_group=1, topk_group=None,
-                    routed_scaling_factor=1.0, e_score_correction_bias=None):
+def route_reference(
+    logits,
+    top_k,
+    norm_topk_prob=True,
+    *,
+    scoring_func="softmax",
+    topk_on_logits=False,
+    n_group=1,
+    topk_group=None,
+    routed_scaling_factor=1.0,
+    e_score_correction_bias=None,
+):
     """(expert_ids int64, expert_weights float64), both shaped [..., top_k]."""
     z, flat = _rows(logits)
     n = flat.shape[1]
@@ -120,8 +129,11 @@ def route_reference(logits, top_k, norm_topk_prob=True, *, scoring_func="softmax
         if e_score_correction_bias is None and not grouped:
             key = flat
         else:
-            key = weights_of if e_score_correction_bias is None else \
-                weights_of + np.asarray(e_score_correction_bias, np.float64)
+            key = (
+                weights_of
+                if e_score_correction_bias is None
+                else weights_of + np.asarray(e_score_correction_bias, np.float64)
+            )
     else:
         raise ValueError(f"unknown scoring_func {scoring_func!r}")
     if grouped:
@@ -145,35 +157,62 @@ def softmax_topk(logits, top_k, norm_topk_prob=True):
     return route_reference(logits, top_k, norm_topk_prob)
 
 
-def route_rows(logits, top_k, norm_topk_prob, expert_ids, expert_weights, num_threads=1,
-               num_experts=0, sigmoid=False, n_group=1, topk_group=1,
-               routed_scaling_factor=1.0, bias=None):
+def route_rows(
+    logits,
+    top_k,
+    norm_topk_prob,
+    expert_ids,
+    expert_weights,
+    num_threads=1,
+    num_experts=0,
+    sigmoid=False,
+    n_group=1,
+    topk_group=1,
+    routed_scaling_factor=1.0,
+    bias=None,
+):
     """Kernel-compatible entry (see the compiled route_rows): fill the flat
     output buffers and return the bad-row count, or -1 for anything but the
     plain case, which the public API then validates and converts."""
-    if (type(logits) is not np.ndarray or logits.ndim == 0
-            or logits.dtype not in (np.float32, np.float64) or not logits.flags.c_contiguous):
+    if (
+        type(logits) is not np.ndarray
+        or logits.ndim == 0
+        or logits.dtype not in (np.float32, np.float64)
+        or not logits.flags.c_contiguous
+    ):
         return -1
     n = logits.shape[-1]
     n_rows = logits.size // n if n else 0
-    if (n == 0 or (num_experts > 0 and n != num_experts) or not 1 <= top_k <= n
-            or n % n_group or not 1 <= topk_group <= n_group
-            or topk_group * (n // n_group) < top_k
-            or (bias is not None and (not sigmoid or bias.shape != (n,)))
-            or expert_ids.size < n_rows * top_k or expert_weights.size < n_rows * top_k
-            or not expert_ids.flags.writeable or not expert_weights.flags.writeable
-            or np.may_share_memory(logits, expert_ids)
-            or np.may_share_memory(logits, expert_weights)):
+    if (
+        n == 0
+        or (num_experts > 0 and n != num_experts)
+        or not 1 <= top_k <= n
+        or n % n_group
+        or not 1 <= topk_group <= n_group
+        or topk_group * (n // n_group) < top_k
+        or (bias is not None and (not sigmoid or bias.shape != (n,)))
+        or expert_ids.size < n_rows * top_k
+        or expert_weights.size < n_rows * top_k
+        or not expert_ids.flags.writeable
+        or not expert_weights.flags.writeable
+        or np.may_share_memory(logits, expert_ids)
+        or np.may_share_memory(logits, expert_weights)
+    ):
         return -1
     flat = logits.reshape(-1, n).astype(np.float64)
     bad = _bad_rows(flat, softmax_scoring=not sigmoid)
     if bad.any():
         return int(bad.sum())
-    ids, w = route_reference(flat, top_k, norm_topk_prob,
-                             scoring_func="sigmoid" if sigmoid else "softmax",
-                             n_group=n_group, topk_group=topk_group,
-                             routed_scaling_factor=routed_scaling_factor,
-                             e_score_correction_bias=bias)
-    expert_ids[:ids.size] = ids.reshape(-1)
-    expert_weights[:ids.size] = w.reshape(-1)
+    ids, w = route_reference(
+        flat,
+        top_k,
+        norm_topk_prob,
+        scoring_func="sigmoid" if sigmoid else "softmax",
+        n_group=n_group,
+        topk_group=topk_group,
+        routed_scaling_factor=routed_scaling_factor,
+        e_score_correction_bias=bias,
+    )
+    expert_ids[: ids.size] = ids.reshape(-1)
+    expert_weights[: ids.size] = w.reshape(-1)
     return 0

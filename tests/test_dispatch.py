@@ -58,11 +58,21 @@ def test_split_dtypes_route_each_dtype_to_its_module(dtype):
         logits = np.random.default_rng(3).standard_normal((33, 64)).astype(dtype)
         bias = np.linspace(-1, 1, 64)
         plain = mr.Router(top_k=6, num_experts=64)
-        deepseek = mr.Router(top_k=6, num_experts=64, scoring_func="sigmoid", n_group=8,
-                             topk_group=4, e_score_correction_bias=bias)
-        for router, kwargs in ((plain, {}),
-                               (deepseek, dict(scoring_func="sigmoid", n_group=8, topk_group=4,
-                                               e_score_correction_bias=bias))):
+        deepseek = mr.Router(
+            top_k=6,
+            num_experts=64,
+            scoring_func="sigmoid",
+            n_group=8,
+            topk_group=4,
+            e_score_correction_bias=bias,
+        )
+        for router, kwargs in (
+            (plain, {}),
+            (
+                deepseek,
+                dict(scoring_func="sigmoid", n_group=8, topk_group=4, e_score_correction_bias=bias),
+            ),
+        ):
             out = router(logits)
             want_ids, want_w = ref.route_reference(logits.astype(np.float64), 6, **kwargs)
             np.testing.assert_array_equal(out.expert_ids, want_ids)

@@ -33,20 +33,20 @@ namespace {
  * h at z + h * n, its scores at c + h * n, its groups at kept + h * n_group,
  * ids at idx + h * (MR_BLOCK + 1), weights at e_out + h * MR_BLOCK; ok[h]
  * (the caller's) says whether they were written. */
-#define MR_SIG_STEPS(EACH, ROWS)                                                                              \
-    float lanes[ROWS][MR_BLOCK];                                                                                               \
-    MrCand<float> cd[ROWS];                                                                                   \
-    Py_ssize_t n_kept[ROWS];                                                                                  \
-    __m256 ga[ROWS][8], gb[ROWS][8];                                                                          \
-    const int applies = mr_sig_applies(n, n_group, topk_group, k, slack);                                     \
-    const int g8 = mr_sig_groups8(n, n_group);                                                                \
-    EACH(h, ok[h] = applies && mr_sig_scores(z + h * n, n, bias, c + h * n, g8 ? ga[h] : NULL, gb[h]))        \
-    EACH(h, ok[h] = ok[h] && mr_sig_groups(c + h * n, n, n_group, topk_group, slack, ga[h], gb[h],            \
-                                           kept + h * n_group, lanes[h], &n_kept[h]))                         \
+#define MR_SIG_STEPS(EACH, ROWS)                                                                             \
+    float lanes[ROWS][MR_BLOCK];                                                                             \
+    MrCand<float> cd[ROWS];                                                                                  \
+    Py_ssize_t n_kept[ROWS];                                                                                 \
+    __m256 ga[ROWS][8], gb[ROWS][8];                                                                         \
+    const int applies = mr_sig_applies(n, n_group, topk_group, k, slack);                                    \
+    const int g8 = mr_sig_groups8(n, n_group);                                                               \
+    EACH(h, ok[h] = applies && mr_sig_scores(z + h * n, n, bias, c + h * n, g8 ? ga[h] : NULL, gb[h]))       \
+    EACH(h, ok[h] = ok[h] && mr_sig_groups(c + h * n, n, n_group, topk_group, slack, ga[h], gb[h],           \
+                                           kept + h * n_group, lanes[h], &n_kept[h]))                        \
     EACH(h, ok[h] = ok[h] && mr_cand_gather<float>(c + h * n, n, n / n_group, kept + h * n_group, n_kept[h], \
-                                                   k, lanes[h], 2 * slack, &cd[h]) == 0)                      \
-    EACH(h, if (ok[h]) mr_sig_exact(z + h * n, bias, &cd[h]))                                                 \
-    EACH(h, if (ok[h]) mr_cand_select<float>(&cd[h], k, idx + h * (MR_BLOCK + 1), 0, NULL, 1))                \
+                                                   k, lanes[h], 2 * slack, &cd[h]) == 0)                     \
+    EACH(h, if (ok[h]) mr_sig_exact(z + h * n, bias, &cd[h]))                                                \
+    EACH(h, if (ok[h]) mr_cand_select<float>(&cd[h], k, idx + h * (MR_BLOCK + 1), 0, NULL, 1))               \
     EACH(h, if (ok[h]) mr_picked_sigmoid<float>(z + h * n, idx + h * (MR_BLOCK + 1), k, e_out + h * MR_BLOCK))
 #endif
 
@@ -71,8 +71,9 @@ template <class T> static inline int mr_sigmoid_approx(const T *x, Py_ssize_t n,
  * the weights before scaling; e_out holds MR_BLOCK), 0 when the row is left
  * to the exact path (always, where there is no approximate selection). */
 template <class T>
-static inline int mr_sigmoid_topk(const T *z, Py_ssize_t n, const T *bias, Py_ssize_t n_group, Py_ssize_t topk_group,
-                                  int k, T slack, T *c, Py_ssize_t *kept, Py_ssize_t *idx, T *e_out)
+static inline int mr_sigmoid_topk(const T *z, Py_ssize_t n, const T *bias, Py_ssize_t n_group,
+                                  Py_ssize_t topk_group, int k, T slack, T *c, Py_ssize_t *kept,
+                                  Py_ssize_t *idx, T *e_out)
 {
 #if MR_HAVE_NET8
     if constexpr (mr_is_f32<T>) {
@@ -120,7 +121,8 @@ static inline void mr_sigmoid_topk_pair(const T *z, Py_ssize_t n, const T *bias,
  * (-1 also for a row with a NaN or an infinite max: the general path's).
  */
 template <class T>
-static inline void mr_topk_pair(const T *z, Py_ssize_t n, int k, Py_ssize_t *idx, T *e_out, T *m_out, int *status)
+static inline void mr_topk_pair(const T *z, Py_ssize_t n, int k, Py_ssize_t *idx, T *e_out, T *m_out,
+                                int *status)
 {
     MR_STACK_LINE T lanes[2][MR_BLOCK];
     MrCand<T> cd[2];
@@ -152,12 +154,10 @@ static inline void mr_topk_pair(const T *z, Py_ssize_t n, int k, Py_ssize_t *idx
         }
     }
 #endif
-    MR_PAIR(h, if (general[h]) status[h] = ok[h] && mr_cand_gather(z + h * n, n, n, NULL, 1, k, lanes[h], (T)0,
-                                                                   &cd[h]) == 0
-                                               ? 0
-                                               : -1)
-    MR_PAIR(h, if (general[h] && status[h] == 0) status[h] = mr_cand_select(&cd[h], k, idx + h * (MR_BLOCK + 1),
-                                                                            m_out[h], e_out + h * MR_BLOCK, late))
+    MR_PAIR(h, if (general[h]) status[h] =
+                   ok[h] && mr_cand_gather(z + h * n, n, n, NULL, 1, k, lanes[h], (T)0, &cd[h]) == 0 ? 0 : -1)
+    MR_PAIR(h, if (general[h] && status[h] == 0) status[h] =
+                   mr_cand_select(&cd[h], k, idx + h * (MR_BLOCK + 1), m_out[h], e_out + h * MR_BLOCK, late))
 }
 
 #undef MR_PAIR
@@ -169,8 +169,8 @@ static inline void mr_topk_pair(const T *z, Py_ssize_t n, int k, Py_ssize_t *idx
  * vector form (networks_avx2.hpp) where the build has it, else these
  * loops, which give the same values. */
 #if !MR_HAVE_NET8
-static inline void mr_put8(const Py_ssize_t *idx, const float *e, float scale, float divisor, int32_t *ids_out,
-                           float *w_out)
+static inline void mr_put8(const Py_ssize_t *idx, const float *e, float scale, float divisor,
+                           int32_t *ids_out, float *w_out)
 {
     for (int j = 0; j < 8; j++) {
         ids_out[j] = (int32_t)idx[j];
@@ -199,10 +199,7 @@ static inline const char *mr_features(void)
 }
 
 /* Vector width in bits for float32 (f64 = 0) or float64 (f64 = 1). */
-static inline int mr_vector_bits(int f64)
-{
-    return f64 ? Vec<double>::W * 64 : Vec<float>::W * 32;
-}
+static inline int mr_vector_bits(int f64) { return f64 ? Vec<double>::W * 64 : Vec<float>::W * 32; }
 
 }  // namespace
 
@@ -224,7 +221,8 @@ static inline int mr_openmp_max_threads(void) { return 1; }
 static inline int mr_cpu_has_avx2(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("popcnt");
 }
 static inline int mr_cpu_has_avx512(void)
 {

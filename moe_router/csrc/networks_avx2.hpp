@@ -35,7 +35,10 @@ namespace {
  * callers must leave to exact code (vi_net_close); equal values order by
  * slot, which is index order.
  */
-static MR_HOT __m256i vi_swap(__m256i v, int j) { return _mm256_castps_si256(Avx2F32::swap(_mm256_castsi256_ps(v), j)); }
+static MR_HOT __m256i vi_swap(__m256i v, int j)
+{
+    return _mm256_castps_si256(Avx2F32::swap(_mm256_castsi256_ps(v), j));
+}
 /* The max of the 8 lanes, in every lane. */
 static MR_HOT __m256i vi_hmax(__m256i v)
 {
@@ -48,29 +51,30 @@ static MR_HOT __m256i vi_hmax(__m256i v)
  * immediate in place of a variable blend (blendv) on a constant mask
  * (docs/performance.md). */
 #define MR_NET_KM(l, J, KK) ((((((l) & (J)) != 0) == (((l) & (KK)) == 0))) << (l))
-#define MR_NET_IMM(J, KK) (MR_NET_KM(0, J, KK) | MR_NET_KM(1, J, KK) | MR_NET_KM(2, J, KK) | MR_NET_KM(3, J, KK) \
-                           | MR_NET_KM(4, J, KK) | MR_NET_KM(5, J, KK) | MR_NET_KM(6, J, KK) | MR_NET_KM(7, J, KK))
-#define MR_NET_STEP_FN(J, KK)                                                                        \
-static MR_HOT __m256i vi_net_step_##J##_##KK(__m256i v)                                              \
-{                                                                                                    \
-    const __m256i p = vi_swap(v, J);                                                                 \
-    return _mm256_blend_epi32(_mm256_max_epi32(v, p), _mm256_min_epi32(v, p), MR_NET_IMM(J, KK));   \
-}                                                                                                    \
-static MR_HOT __m256i vi_net_astep_##J##_##KK(__m256i v)  /* every pair the other way */            \
-{                                                                                                    \
-    const __m256i p = vi_swap(v, J);                                                                 \
-    return _mm256_blend_epi32(_mm256_min_epi32(v, p), _mm256_max_epi32(v, p), MR_NET_IMM(J, KK));   \
-}                                                                                                    \
-static MR_HOT __m256 vf_net_step_##J##_##KK(__m256 v)  /* on floats (no NaN) */                      \
-{                                                                                                    \
-    const __m256 p = Avx2F32::swap(v, J);                                                                  \
-    return _mm256_blend_ps(_mm256_max_ps(v, p), _mm256_min_ps(v, p), MR_NET_IMM(J, KK));             \
-}                                                                                                    \
-static MR_HOT __m256 vf_net_astep_##J##_##KK(__m256 v)                                               \
-{                                                                                                    \
-    const __m256 p = Avx2F32::swap(v, J);                                                                  \
-    return _mm256_blend_ps(_mm256_min_ps(v, p), _mm256_max_ps(v, p), MR_NET_IMM(J, KK));             \
-}
+#define MR_NET_IMM(J, KK)                                                                    \
+    (MR_NET_KM(0, J, KK) | MR_NET_KM(1, J, KK) | MR_NET_KM(2, J, KK) | MR_NET_KM(3, J, KK) | \
+     MR_NET_KM(4, J, KK) | MR_NET_KM(5, J, KK) | MR_NET_KM(6, J, KK) | MR_NET_KM(7, J, KK))
+#define MR_NET_STEP_FN(J, KK)                                                                         \
+    static MR_HOT __m256i vi_net_step_##J##_##KK(__m256i v)                                           \
+    {                                                                                                 \
+        const __m256i p = vi_swap(v, J);                                                              \
+        return _mm256_blend_epi32(_mm256_max_epi32(v, p), _mm256_min_epi32(v, p), MR_NET_IMM(J, KK)); \
+    }                                                                                                 \
+    static MR_HOT __m256i vi_net_astep_##J##_##KK(__m256i v) /* every pair the other way */           \
+    {                                                                                                 \
+        const __m256i p = vi_swap(v, J);                                                              \
+        return _mm256_blend_epi32(_mm256_min_epi32(v, p), _mm256_max_epi32(v, p), MR_NET_IMM(J, KK)); \
+    }                                                                                                 \
+    static MR_HOT __m256 vf_net_step_##J##_##KK(__m256 v) /* on floats (no NaN) */                    \
+    {                                                                                                 \
+        const __m256 p = Avx2F32::swap(v, J);                                                         \
+        return _mm256_blend_ps(_mm256_max_ps(v, p), _mm256_min_ps(v, p), MR_NET_IMM(J, KK));          \
+    }                                                                                                 \
+    static MR_HOT __m256 vf_net_astep_##J##_##KK(__m256 v)                                            \
+    {                                                                                                 \
+        const __m256 p = Avx2F32::swap(v, J);                                                         \
+        return _mm256_blend_ps(_mm256_min_ps(v, p), _mm256_max_ps(v, p), MR_NET_IMM(J, KK));          \
+    }
 MR_NET_STEP_FN(1, 2)
 MR_NET_STEP_FN(2, 4)
 MR_NET_STEP_FN(1, 4)
@@ -84,9 +88,13 @@ MR_NET_STEP_FN(1, 8)
  * every pair kept the other way, so that a merge needs no lane reversal, a
  * 3-cycle permute on the chain), and its last three steps alone, which
  * sort a bitonic sequence (a merge's), for keys and for floats. */
-#define MR_NET_SORT_FN(NAME, STEP) static MR_HOT __m256i NAME(__m256i v) \
-{ return STEP##_1_8(STEP##_2_8(STEP##_4_8(STEP##_1_4(STEP##_2_4(STEP##_1_2(v)))))); }
-#define MR_NET_BITONIC_FN(NAME, T, STEP) static MR_HOT T NAME(T v) { return STEP##_1_8(STEP##_2_8(STEP##_4_8(v))); }
+#define MR_NET_SORT_FN(NAME, STEP)                                                        \
+    static MR_HOT __m256i NAME(__m256i v)                                                 \
+    {                                                                                     \
+        return STEP##_1_8(STEP##_2_8(STEP##_4_8(STEP##_1_4(STEP##_2_4(STEP##_1_2(v)))))); \
+    }
+#define MR_NET_BITONIC_FN(NAME, T, STEP) \
+    static MR_HOT T NAME(T v) { return STEP##_1_8(STEP##_2_8(STEP##_4_8(v))); }
 MR_NET_SORT_FN(vi_net_sort8, vi_net_step)
 MR_NET_SORT_FN(vi_net_sort8_asc, vi_net_astep)
 MR_NET_BITONIC_FN(vi_net_bitonic8, __m256i, vi_net_step)
@@ -97,9 +105,9 @@ MR_NET_BITONIC_FN(vf_net_bitonic8, __m256, vf_net_step)
  * descending, into *top; with next, the 9th largest into *next (all lanes). */
 static MR_HOT void vi_net_merge8(__m256i a, __m256i rb, __m256i *top, __m256i *next)
 {
-    if (next)  /* the 8 smallest: their max is the 9th */
+    if (next) /* the 8 smallest: their max is the 9th */
         *next = vi_hmax(_mm256_min_epi32(a, rb));
-    const __m256i t = _mm256_max_epi32(a, rb);  /* the 8 largest, bitonic */
+    const __m256i t = _mm256_max_epi32(a, rb); /* the 8 largest, bitonic */
     *top = vi_net_bitonic8(t);
 }
 static MR_HOT __m256i vi_order(__m256 v)
@@ -115,14 +123,20 @@ static MR_HOT float vf_net_kth16(const float *x, int k)
     /* The two sorts step by step side by side: gcc keeps this order, which
      * two sort calls in turn lose. */
     __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
-    a = vf_net_step_1_2(a); b = vf_net_astep_1_2(b);
-    a = vf_net_step_2_4(a); b = vf_net_astep_2_4(b);
-    a = vf_net_step_1_4(a); b = vf_net_astep_1_4(b);
-    a = vf_net_step_4_8(a); b = vf_net_astep_4_8(b);
-    a = vf_net_step_2_8(a); b = vf_net_astep_2_8(b);
-    a = vf_net_step_1_8(a); b = vf_net_astep_1_8(b);
-    __m256 top = _mm256_max_ps(a, b);  /* the 8 largest, bitonic */
-    if (k == 8) {  /* the smallest of the 8 largest: no need to sort them */
+    a = vf_net_step_1_2(a);
+    b = vf_net_astep_1_2(b);
+    a = vf_net_step_2_4(a);
+    b = vf_net_astep_2_4(b);
+    a = vf_net_step_1_4(a);
+    b = vf_net_astep_1_4(b);
+    a = vf_net_step_4_8(a);
+    b = vf_net_astep_4_8(b);
+    a = vf_net_step_2_8(a);
+    b = vf_net_astep_2_8(b);
+    a = vf_net_step_1_8(a);
+    b = vf_net_astep_1_8(b);
+    __m256 top = _mm256_max_ps(a, b); /* the 8 largest, bitonic */
+    if (k == 8) {                     /* the smallest of the 8 largest: no need to sort them */
         top = _mm256_min_ps(top, Avx2F32::swap(top, 4));
         top = _mm256_min_ps(top, Avx2F32::swap(top, 2));
         top = _mm256_min_ps(top, Avx2F32::swap(top, 1));
@@ -134,7 +148,9 @@ static MR_HOT float vf_net_kth16(const float *x, int k)
 }
 /* Keys of the 8 values v, low = 15 - slot per lane. */
 static MR_HOT __m256i vi_net_key(__m256 v, __m256i low)
-{ return _mm256_or_si256(_mm256_andnot_si256(_mm256_set1_epi32(15), vi_order(v)), low); }
+{
+    return _mm256_or_si256(_mm256_andnot_si256(_mm256_set1_epi32(15), vi_order(v)), low);
+}
 /* The 8 largest keys of the 16 values (v0: slots 0-7, v1: slots 8-15),
  * sorted descending, into *top; the 9th largest key into *next (all lanes). */
 static MR_HOT void vi_net_top8(__m256 v0, __m256 v1, __m256i *top, __m256i *next)
@@ -145,7 +161,9 @@ static MR_HOT void vi_net_top8(__m256 v0, __m256 v1, __m256i *top, __m256i *next
 /* The slots of keys (15 - their low 4 bits), and the values v0 (slots
  * 0-7) and v1 (slots 8-15) in the order of those slots. */
 static MR_HOT __m256i vi_net_slot(__m256i key)
-{ return _mm256_sub_epi32(_mm256_set1_epi32(15), _mm256_and_si256(key, _mm256_set1_epi32(15))); }
+{
+    return _mm256_sub_epi32(_mm256_set1_epi32(15), _mm256_and_si256(key, _mm256_set1_epi32(15)));
+}
 static MR_HOT __m256 vf_by_slot(__m256 v0, __m256 v1, __m256i slot)
 {
     return _mm256_blendv_ps(_mm256_permutevar8x32_ps(v0, slot), _mm256_permutevar8x32_ps(v1, slot),
@@ -167,15 +185,17 @@ static MR_HOT unsigned vi_net_close(__m256i top, __m256i next, int k, __m256 v0,
     after = _mm256_blend_epi32(after, next, 0x80);
     const __m256i hi = _mm256_set1_epi32(~15);
     const __m256i eq = _mm256_cmpeq_epi32(_mm256_and_si256(top, hi), _mm256_and_si256(after, hi));
-    const __m256 ne = _mm256_cmp_ps(vf_by_slot(v0, v1, vi_net_slot(top)), vf_by_slot(v0, v1, vi_net_slot(after)),
-                                    _CMP_NEQ_UQ);
+    const __m256 ne = _mm256_cmp_ps(vf_by_slot(v0, v1, vi_net_slot(top)),
+                                    vf_by_slot(v0, v1, vi_net_slot(after)), _CMP_NEQ_UQ);
     const unsigned same_run = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(eq));
     const unsigned differ = (unsigned)_mm256_movemask_ps(_mm256_and_ps(_mm256_castsi256_ps(eq), ne));
     return (differ & ((1u << (k - 1)) - 1u)) | (same_run & (1u << (k - 1)));
 }
 /* Lanes l < k set. */
 static MR_HOT __m256i vi_first_k(int k)
-{ return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
 /* mr_sum_k<float> for k <= 8, x holding 8 readable values (the lanes past k
  * are masked off; the tree's adds of 0 are exact, so k <= 4 takes one
  * 4-lane vector: (x0 + x2) + (x1 + x3)). */
@@ -186,9 +206,9 @@ static MR_HOT float mr_sum8(const float *x, int k)
         s = _mm_and_ps(_mm_loadu_ps(x), _mm_castsi128_ps(_mm256_castsi256_si128(vi_first_k(k))));
     } else {
         const __m256 v = _mm256_and_ps(_mm256_loadu_ps(x), _mm256_castsi256_ps(vi_first_k(k)));
-        s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  /* x0 + x4, ... */
+        s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* x0 + x4, ... */
     }
-    s = _mm_add_ps(s, _mm_permute_ps(s, 0x4E));  /* + (x2 + x6), ... */
+    s = _mm_add_ps(s, _mm_permute_ps(s, 0x4E)); /* + (x2 + x6), ... */
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_permute_ps(s, 0xB1)));
 }
 /* A row's output for k == 8, float32 weights and 32-bit ids: ids_out[j] =
@@ -196,12 +216,14 @@ static MR_HOT float mr_sum8(const float *x, int k)
  * _put_weights writes them for other k (a masked store for k < 8 is
  * slower than those loops). */
 static MR_HOT void mr_put8(const Py_ssize_t *idx, const float *e, float scale, float divisor,
-                               int32_t *ids_out, float *w_out)
+                           int32_t *ids_out, float *w_out)
 {
-    const __m256i low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);  /* the low halves of int64 */
-    _mm256_storeu_si256((__m256i *)ids_out, _mm256_blend_epi32(
-        _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)idx), low),
-        _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(idx + 4)), low), 0xF0));
+    const __m256i low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6); /* the low halves of int64 */
+    _mm256_storeu_si256(
+        (__m256i *)ids_out,
+        _mm256_blend_epi32(_mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)idx), low),
+                           _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(idx + 4)), low),
+                           0xF0));
     _mm256_storeu_ps(w_out, _mm256_div_ps(_mm256_mul_ps(_mm256_loadu_ps(e), _mm256_set1_ps(scale)),
                                           _mm256_set1_ps(divisor)));
 }
@@ -236,11 +258,12 @@ static MR_HOT void mr_net8_put(__m256i ids, __m256i slot, __m256 e0, __m256 e1, 
  * stores waits for those stores to reach the cache (store forwarding
  * fails).  `late`: enough work ran since the compress for its stores to
  * have reached the cache (mr_topk_pair), so two vector loads do. */
-static MR_HOT int mr_cand_net8(const MrCand<float> *cd, int k, Py_ssize_t *idx, float m, float *e_out, int late)
+static MR_HOT int mr_cand_net8(const MrCand<float> *cd, int k, Py_ssize_t *idx, float m, float *e_out,
+                               int late)
 {
     const float *cv = cd->v;
-    const __m256 v0 = late ? _mm256_loadu_ps(cv)
-                           : _mm256_setr_ps(cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7]);
+    const __m256 v0 =
+        late ? _mm256_loadu_ps(cv) : _mm256_setr_ps(cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7]);
     const __m256 v1 = late ? _mm256_loadu_ps(cv + 8)
                            : _mm256_setr_ps(cv[8], cv[9], cv[10], cv[11], cv[12], cv[13], cv[14], cv[15]);
     __m256i top, next;
@@ -274,16 +297,16 @@ static MR_HOT size_t mr_ids8_put(const float *v, __m256 vt, uint64_t first, uint
 static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t *ids8)
 {
     const __m256 vt = _mm256_set1_ps(t);
-    const uint64_t step = 0x0808080808080808ull;  /* + 8 in every byte */
-    uint64_t first = 0;  /* the vector's first id, in every byte */
+    const uint64_t step = 0x0808080808080808ull; /* + 8 in every byte */
+    uint64_t first = 0;                          /* the vector's first id, in every byte */
     size_t c = 0;
     Py_ssize_t i = 0;
-    memset(ids8, 0, 16);  /* (bytes past c are read, never used) */
+    memset(ids8, 0, 16); /* (bytes past c are read, never used) */
     /* Two vectors a step: one loop overhead and one id update per 16
      * experts. */
     for (; i + 16 <= n; i += 16, first += 2 * step)
         c = mr_ids8_put(z + i + 8, vt, first + step, ids8, mr_ids8_put(z + i, vt, first, ids8, c));
-    if (i < n)  /* n % 16 == 8 */
+    if (i < n) /* n % 16 == 8 */
         c = mr_ids8_put(z + i, vt, first, ids8, c);
     return (int)c;
 }
@@ -294,16 +317,18 @@ static MR_HOT int mr_ids8_gather(const float *z, Py_ssize_t n, float t, uint8_t 
  * (vi_net_close) it returns 0 with the candidates in *cd, one padded block
  * as mr_cand_gather leaves them, for mr_cand_rank_block (not gathered
  * again: rows of bfloat16 logits send many ties that way). */
-static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k, Py_ssize_t *idx,
-                               float m, float *e_out, MrCand<float> *cd)
+static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k, Py_ssize_t *idx, float m,
+                               float *e_out, MrCand<float> *cd)
 {
     const __m128i b = _mm_loadu_si128((const __m128i *)ids8);
     const __m256i i0 = _mm256_cvtepu8_epi32(b), i1 = _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8));
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), vc = _mm256_set1_epi32(c);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    const __m256 v0 = _mm256_mask_i32gather_ps(ninf, z, i0, _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, lane)), 4);
+    const __m256 v0 =
+        _mm256_mask_i32gather_ps(ninf, z, i0, _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, lane)), 4);
     const __m256 v1 = _mm256_mask_i32gather_ps(
-        ninf, z, i1, _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, _mm256_add_epi32(lane, _mm256_set1_epi32(8)))), 4);
+        ninf, z, i1,
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(vc, _mm256_add_epi32(lane, _mm256_set1_epi32(8)))), 4);
     __m256i top, next;
     __m256 e0, e1;
     mr_net8_exp(v0, v1, m, e_out != NULL, &e0, &e1);
@@ -317,8 +342,8 @@ static MR_HOT int mr_ids8_net8(const float *z, const uint8_t *ids8, int c, int k
         return 0;
     }
     const __m256i slot = vi_net_slot(top);
-    mr_net8_put(_mm256_castps_si256(vf_by_slot(_mm256_castsi256_ps(i0), _mm256_castsi256_ps(i1), slot)),
-                slot, e0, e1, idx, e_out);
+    mr_net8_put(_mm256_castps_si256(vf_by_slot(_mm256_castsi256_ps(i0), _mm256_castsi256_ps(i1), slot)), slot,
+                e0, e1, idx, e_out);
     return 1;
 }
 

@@ -33,9 +33,11 @@ template <class T> static inline void mr_exp_block(T *x)
 template <class T> static inline void mr_exp_short(const T *x, int len, T *out)
 {
     T buf[MR_BLOCK];
-    for (int l = 0; l < MR_BLOCK; l++) buf[l] = l < len ? x[l] : 0;
+    for (int l = 0; l < MR_BLOCK; l++)
+        buf[l] = l < len ? x[l] : 0;
     mr_exp_block(buf);
-    for (int l = 0; l < len; l++) out[l] = buf[l];
+    for (int l = 0; l < len; l++)
+        out[l] = buf[l];
 }
 
 /*
@@ -54,7 +56,8 @@ template <class T> static MR_HOT T mr_max_lanes(const T *z, Py_ssize_t n, T *lan
     N nan_acc = S::nan_init();
     Py_ssize_t i = 0;
     int nan_tail = 0;
-    for (int j = 0; j < MR_NV; j++) acc[j] = S::set(-INFINITY);
+    for (int j = 0; j < MR_NV; j++)
+        acc[j] = S::set(-INFINITY);
     for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
         V v[MR_NV];
         for (int j = 0; j < MR_NV; j++) {
@@ -65,18 +68,22 @@ template <class T> static MR_HOT T mr_max_lanes(const T *z, Py_ssize_t n, T *lan
         for (int j = 0; j < MR_NV; j += 2)
             nan_acc = S::nan_acc(nan_acc, v[j], v[j + 1 < MR_NV ? j + 1 : j]);
     }
-    for (int j = 0; j < MR_NV; j++) S::store(lanes + j * S::W, acc[j]);
+    for (int j = 0; j < MR_NV; j++)
+        S::store(lanes + j * S::W, acc[j]);
     if (i < n) {
         for (int l = 0; i < n; i++, l++) {
             lanes[l] = z[i] > lanes[l] ? z[i] : lanes[l];
             nan_tail |= z[i] != z[i];
         }
-        for (int j = 0; j < MR_NV; j++) acc[j] = S::load(lanes + j * S::W);
+        for (int j = 0; j < MR_NV; j++)
+            acc[j] = S::load(lanes + j * S::W);
     }
     /* The max of the lanes by a tree of lane swaps (no NaN is left here). */
     V mv = acc[0];
-    for (int j = 1; j < MR_NV; j++) mv = S::max(mv, acc[j]);
-    for (int s = S::W / 2; s >= 1; s /= 2) mv = S::max(mv, S::swap(mv, s));
+    for (int j = 1; j < MR_NV; j++)
+        mv = S::max(mv, acc[j]);
+    for (int s = S::W / 2; s >= 1; s /= 2)
+        mv = S::max(mv, S::swap(mv, s));
     T ml[S::W];
     S::store(ml, mv);
     *has_nan = S::nan_any(nan_acc) | nan_tail;
@@ -138,7 +145,8 @@ template <class T> static inline int mr_sigmoid_into(const T *z, Py_ssize_t n, c
     if (i < n) {
         T buf[MR_BLOCK];
         int len = (int)(n - i);
-        for (int l = 0; l < MR_BLOCK; l++) buf[l] = l < len ? z[i + l] : 0;
+        for (int l = 0; l < MR_BLOCK; l++)
+            buf[l] = l < len ? z[i + l] : 0;
         mr_sigmoid_block(buf);
         for (int l = 0; l < len; l++) {
             c[i + l] = buf[l] + (bias ? bias[i + l] : 0);
@@ -159,10 +167,11 @@ template <class T> static inline T mr_abs_max(const T *x, Py_ssize_t n)
     Py_ssize_t i = 0;
     for (; i + S::W <= n; i += S::W) {
         const V v = S::load(x + i);
-        acc = S::max(S::max(v, S::sub(zero, v)), acc);  /* (a NaN v keeps acc) */
+        acc = S::max(S::max(v, S::sub(zero, v)), acc); /* (a NaN v keeps acc) */
     }
     S::store(lanes, acc);
-    for (int l = 0; l < S::W; l++) m = lanes[l] > m ? lanes[l] : m;
+    for (int l = 0; l < S::W; l++)
+        m = lanes[l] > m ? lanes[l] : m;
     for (; i < n; i++) {
         const T a = x[i] < 0 ? -x[i] : x[i];
         m = a > m ? a : m;
@@ -189,7 +198,8 @@ template <class T> static MR_HOT T mr_sum_k(const T *x, int k)
     T s = 0;
     for (int b = 0; b < k; b += 8) {
         T t[8];
-        for (int l = 0; l < 8; l++) t[l] = b + l < k ? x[b + l] : 0;
+        for (int l = 0; l < 8; l++)
+            t[l] = b + l < k ? x[b + l] : 0;
         const T block = ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]));
         s = b == 0 ? block : s + block;
     }
@@ -214,19 +224,23 @@ template <class T> static inline T mr_sum_exp(const T *z, Py_ssize_t n, T m)
     Py_ssize_t i = 0;
     typename S::Wide total = S::Wide::zero();
     while (i + MR_BLOCK <= n) {
-        for (int j = 0; j < MR_NV; j++) acc[j] = S::set(0);
+        for (int j = 0; j < MR_NV; j++)
+            acc[j] = S::set(0);
         for (int b = 0; b < 8 && i + MR_BLOCK <= n; b++, i += MR_BLOCK)
             for (int j = 0; j < MR_NV; j++)
                 acc[j] = S::add(acc[j], mr_exp_v<S>(S::sub(S::load(z + i + j * S::W), vm)));
         total.add(acc);
     }
-    if (i < n) {  /* the tail (< MR_BLOCK values) through one padded block */
+    if (i < n) { /* the tail (< MR_BLOCK values) through one padded block */
         T e[MR_BLOCK];
         int len = (int)(n - i);
-        for (int l = 0; l < MR_BLOCK; l++) e[l] = l < len ? z[i + l] - m : 0;
+        for (int l = 0; l < MR_BLOCK; l++)
+            e[l] = l < len ? z[i + l] - m : 0;
         mr_exp_short(e, len, e);
-        for (int l = len; l < MR_BLOCK; l++) e[l] = 0;
-        for (int j = 0; j < MR_NV; j++) acc[j] = S::load(e + j * S::W);
+        for (int l = len; l < MR_BLOCK; l++)
+            e[l] = 0;
+        for (int j = 0; j < MR_NV; j++)
+            acc[j] = S::load(e + j * S::W);
         total.add(acc);
     }
     return (T)total.total();
@@ -284,8 +298,8 @@ template <class T> static inline void mr_top2(const T *x, Py_ssize_t len, T *top
  * branched on the data.)
  */
 template <class T> static inline Py_ssize_t mr_limit_groups(const T *sel, Py_ssize_t n, Py_ssize_t n_group,
-                                                 Py_ssize_t topk_group, int top2_sum,
-                                                 T *group_score, Py_ssize_t *kept, T *lanes)
+                                                            Py_ssize_t topk_group, int top2_sum,
+                                                            T *group_score, Py_ssize_t *kept, T *lanes)
 {
     const Py_ssize_t size = n / n_group;
     Py_ssize_t n_kept = 0;
@@ -304,12 +318,15 @@ template <class T> static inline Py_ssize_t mr_limit_groups(const T *sel, Py_ssi
         }
     }
     if (lanes)
-        for (int l = 0; l < MR_BLOCK; l++) lanes[l] = -INFINITY;
+        for (int l = 0; l < MR_BLOCK; l++)
+            lanes[l] = -INFINITY;
     for (Py_ssize_t g = 0; g < n_group; g++) {
         const T sg = group_score[g];
         Py_ssize_t rank = 0;
-        for (Py_ssize_t h = 0; h < g; h++) rank += group_score[h] >= sg;
-        for (Py_ssize_t h = g + 1; h < n_group; h++) rank += group_score[h] > sg;
+        for (Py_ssize_t h = 0; h < g; h++)
+            rank += group_score[h] >= sg;
+        for (Py_ssize_t h = g + 1; h < n_group; h++)
+            rank += group_score[h] > sg;
         /* The slot is capped at topk_group: with finite scores the ranks
          * are a permutation and n_kept never passes it, but a NaN group
          * score (a non-finite bias given to the kernel directly) ranks 0
@@ -323,7 +340,7 @@ template <class T> static inline Py_ssize_t mr_limit_groups(const T *sel, Py_ssi
         }
         n_kept += rank < topk_group;
     }
-    if (lanes) {  /* the last dropped group's pair, if any, is past the kept */
+    if (lanes) { /* the last dropped group's pair, if any, is past the kept */
         const Py_ssize_t slot = n_kept < topk_group ? n_kept : topk_group;
         lanes[2 * slot] = -INFINITY;
         lanes[2 * slot + 1] = -INFINITY;
@@ -357,17 +374,20 @@ template <class T> static inline unsigned mr_block_eq(const T *z, T t)
  * vector, added at the end: one running count made a chain of 16 dependent
  * adds (the lane ranks were latency-bound).
  */
-template <class T> static inline void mr_rank_gt(const T *v, const typename Vec<T>::V *vv, typename Vec<T>::V *rank)
+template <class T> static inline void mr_rank_gt(const T *v, const typename Vec<T>::V *vv,
+                                                 typename Vec<T>::V *rank)
 {
     using S = Vec<T>;
     typedef typename S::V V;
     V acc[4][MR_NV];
     for (int a = 0; a < 4; a++)
-        for (int j = 0; j < MR_NV; j++) acc[a][j] = S::set(0);
+        for (int j = 0; j < MR_NV; j++)
+            acc[a][j] = S::set(0);
     for (int q = 0; q < MR_BLOCK; q += 4)
         for (int a = 0; a < 4; a++) {
             const V vq = S::set(v[q + a]);
-            for (int j = 0; j < MR_NV; j++) acc[a][j] = S::count_gt(acc[a][j], vq, vv[j]);
+            for (int j = 0; j < MR_NV; j++)
+                acc[a][j] = S::count_gt(acc[a][j], vq, vv[j]);
         }
     for (int j = 0; j < MR_NV; j++)
         rank[j] = S::add(S::add(acc[0][j], acc[1][j]), S::add(acc[2][j], acc[3][j]));
@@ -405,12 +425,15 @@ template <class T> static MR_HOT T mr_kth_lane(const T *lanes, int k)
     T tl[S::W];
     T t = INFINITY;
     const V vk = S::set((T)k);
-    for (int j = 0; j < MR_NV; j++) lv[j] = S::load(lanes + j * S::W);
+    for (int j = 0; j < MR_NV; j++)
+        lv[j] = S::load(lanes + j * S::W);
     mr_rank_gt(lanes, lv, rank);
     V tv = S::keep_lt(lv[0], rank[0], vk);
-    for (int j = 1; j < MR_NV; j++) tv = S::min(tv, S::keep_lt(lv[j], rank[j], vk));
+    for (int j = 1; j < MR_NV; j++)
+        tv = S::min(tv, S::keep_lt(lv[j], rank[j], vk));
     S::store(tl, tv);
-    for (int l = 0; l < S::W; l++) t = tl[l] < t ? tl[l] : t;
+    for (int l = 0; l < S::W; l++)
+        t = tl[l] < t ? tl[l] : t;
     return t;
 }
 
@@ -421,14 +444,14 @@ template <class T> static MR_HOT T mr_kth_lane(const T *lanes, int k)
  * -inf, or more than MR_MAX_CAND candidates: many ties); the caller then
  * takes the general path. */
 template <class T> static MR_HOT int mr_cand_gather(const T *z, Py_ssize_t n, Py_ssize_t size,
-                                                const Py_ssize_t *kept, Py_ssize_t n_kept, int k,
-                                                const T *lanes, T slack, MrCand<T> *cd)
+                                                    const Py_ssize_t *kept, Py_ssize_t n_kept, int k,
+                                                    const T *lanes, T slack, MrCand<T> *cd)
 {
     using S = Vec<T>;
     T *cv = cd->v;
     int32_t *ci = cd->i;
     int c = 0;
-    if (k > MR_BLOCK || n > INT32_MAX)  /* ids are int32 */
+    if (k > MR_BLOCK || n > INT32_MAX) /* ids are int32 */
         return -1;
     const T t = mr_kth_lane(lanes, k) - slack;
     if (t == -INFINITY)
@@ -445,13 +468,13 @@ template <class T> static MR_HOT int mr_cand_gather(const T *z, Py_ssize_t n, Py
         }
         if (c > MR_MAX_CAND)
             return -1;
-        for (; i < size; i++) {  /* fewer than MR_BLOCK */
+        for (; i < size; i++) { /* fewer than MR_BLOCK */
             cv[c] = zg[i];
             ci[c] = (int32_t)(base + i);
             c += zg[i] >= t;
         }
     }
-    for (int j = 0; j < MR_NV; j++)  /* pads the last block: below every candidate */
+    for (int j = 0; j < MR_NV; j++) /* pads the last block: below every candidate */
         S::store(cv + c + j * S::W, S::set(-INFINITY));
     memset(ci + c, 0, MR_BLOCK * sizeof(int32_t));
     cd->c = c;
@@ -459,8 +482,8 @@ template <class T> static MR_HOT int mr_cand_gather(const T *z, Py_ssize_t n, Py
 }
 /* mr_cand_select for at most MR_BLOCK candidates (the cases
  * mr_cand_net8 leaves: see vi_net_close; k > 8). */
-template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int k, Py_ssize_t *idx,
-                                             T m, T *e_out)
+template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int k, Py_ssize_t *idx, T m,
+                                                        T *e_out)
 {
     using S = Vec<T>;
     typedef typename S::V V;
@@ -473,7 +496,8 @@ template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int
     V cvv[MR_NV], pos[MR_NV], rank[MR_NV];
     T pos_l[MR_BLOCK], rank_l[MR_BLOCK], ev[MR_BLOCK];
     int unique = 1;
-    for (int j = 0; j < MR_NV; j++) cvv[j] = S::load(cv + j * S::W);
+    for (int j = 0; j < MR_NV; j++)
+        cvv[j] = S::load(cv + j * S::W);
     mr_rank_gt(cv, cvv, rank);
     /* rank = how many candidates are greater.  When exactly one
      * candidate has rank r for each r < k, those are the top k in
@@ -505,7 +529,8 @@ template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int
         return e_out != NULL;
     /* Equal candidates: equal values rank by position, that is by
      * expert index. */
-    for (int l = 0; l < MR_BLOCK; l++) pos_l[l] = (T)l;
+    for (int l = 0; l < MR_BLOCK; l++)
+        pos_l[l] = (T)l;
     for (int j = 0; j < MR_NV; j++) {
         pos[j] = S::load(pos_l + j * S::W);
         rank[j] = S::set(0);
@@ -517,7 +542,8 @@ template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int
             rank[j] = S::count_eq_before(rank[j], vq, cvv[j], pq, pos[j]);
         }
     }
-    for (int j = 0; j < MR_NV; j++) S::store(rank_l + j * S::W, rank[j]);
+    for (int j = 0; j < MR_NV; j++)
+        S::store(rank_l + j * S::W, rank[j]);
     for (int j = 0; j < c; j++) {
         int r = (int)rank_l[j];
         idx[r < k ? r : k] = ci[j];
@@ -529,13 +555,13 @@ template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int
  * e_out MR_BLOCK (they may be written past k).  Returns 1 when it also wrote exp(z[idx[j]] - m) into
  * e_out (the common case: no ties among the candidates), 0 when it did not
  * (or e_out is NULL). */
-template <class T> static MR_HOT int mr_cand_select(const MrCand<T> *cd, int k, Py_ssize_t *idx,
-                                         T m, T *e_out, int late)
+template <class T> static MR_HOT int mr_cand_select(const MrCand<T> *cd, int k, Py_ssize_t *idx, T m,
+                                                    T *e_out, int late)
 {
     const T *cv = cd->v;
     const int32_t *ci = cd->i;
     const int c = cd->c;
-    const int nb = (c + MR_BLOCK - 1) / MR_BLOCK;  /* candidate blocks */
+    const int nb = (c + MR_BLOCK - 1) / MR_BLOCK; /* candidate blocks */
 
     if (c <= MR_BLOCK) {
 #if MR_HAVE_NET8
@@ -557,7 +583,7 @@ template <class T> static MR_HOT int mr_cand_select(const MrCand<T> *cd, int k, 
         for (int b = 0; b < nb; b++) {
             unsigned gt = mr_block_gt(cv + b * MR_BLOCK, v);
             unsigned eq = mr_block_eq(cv + b * MR_BLOCK, v);
-            int before = j - b * MR_BLOCK;  /* positions of this block before j */
+            int before = j - b * MR_BLOCK; /* positions of this block before j */
             unsigned below = before <= 0 ? 0u : before >= MR_BLOCK ? ~0u : (1u << before) - 1u;
             rank += mr_popcount(gt) + mr_popcount(eq & below);
         }
@@ -570,8 +596,8 @@ template <class T> static MR_HOT int mr_cand_select(const MrCand<T> *cd, int k, 
  * size n) the whole row: -1 (not applicable), 0 or 1 as mr_cand_select;
  * ids are positions in z. */
 template <class T> static inline int mr_topk_groups(const T *z, Py_ssize_t n, Py_ssize_t size,
-                                         const Py_ssize_t *kept, Py_ssize_t n_kept, int k,
-                                         const T *lanes, Py_ssize_t *idx, T m, T *e_out)
+                                                    const Py_ssize_t *kept, Py_ssize_t n_kept, int k,
+                                                    const T *lanes, Py_ssize_t *idx, T m, T *e_out)
 {
     MrCand<T> cd;
     if (mr_cand_gather(z, n, size, kept, n_kept, k, lanes, (T)0, &cd))

@@ -47,9 +47,9 @@ static MR_HOT __m256 vf_sigmoid_approx(__m256 x)
     /* 1.5 * 2^23 + 127: t's low bits are n + 127, 2^n's exponent field */
     const __m256 magic = _mm256_set1_ps(12583039.0f);
     const __m256 xc = _mm256_min_ps(_mm256_set1_ps(87.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
-    const __m256 t = _mm256_fnmadd_ps(xc, log2e, magic);  /* magic + round(-x log2 e) */
+    const __m256 t = _mm256_fnmadd_ps(xc, log2e, magic); /* magic + round(-x log2 e) */
     const __m256 nn = _mm256_sub_ps(t, magic);
-    const __m256 f = _mm256_fnmsub_ps(xc, log2e, nn);      /* -x log2 e - n, |f| <= 1/2 */
+    const __m256 f = _mm256_fnmsub_ps(xc, log2e, nn); /* -x log2 e - n, |f| <= 1/2 */
     __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.05517167f), f, _mm256_set1_ps(0.24261114f));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69326097f));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.99992806f));
@@ -71,8 +71,8 @@ static MR_HOT void vf_top2_merge(__m256 a1, __m256 b1, __m256 a2, __m256 b2, __m
  * Also returns the lowest kept and the highest dropped group score, with
  * none of mr_limit_groups' per-group horizontal merges and scalar ranking.
  */
-static MR_HOT Py_ssize_t vf_groups8_top2(__m256 *a, __m256 *b, Py_ssize_t topk_group,
-                                         Py_ssize_t *kept, float *lanes, float *lo, float *hi)
+static MR_HOT Py_ssize_t vf_groups8_top2(__m256 *a, __m256 *b, Py_ssize_t topk_group, Py_ssize_t *kept,
+                                         float *lanes, float *lo, float *hi)
 {
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     __m256 a1[4], b1[4], a2[2], b2[2], a3, b3;
@@ -81,14 +81,16 @@ static MR_HOT Py_ssize_t vf_groups8_top2(__m256 *a, __m256 *b, Py_ssize_t topk_g
      * (28 shuffles; two 8x8 transposes took 48): first the 128-bit halves,
      * groups g and g + 4 side by side ... */
     for (int g = 0; g < 4; g++)
-        vf_top2_merge(_mm256_permute2f128_ps(a[g], a[g + 4], 0x20), _mm256_permute2f128_ps(b[g], b[g + 4], 0x20),
-                      _mm256_permute2f128_ps(a[g], a[g + 4], 0x31), _mm256_permute2f128_ps(b[g], b[g + 4], 0x31),
-                      &a1[g], &b1[g]);
+        vf_top2_merge(_mm256_permute2f128_ps(a[g], a[g + 4], 0x20),
+                      _mm256_permute2f128_ps(b[g], b[g + 4], 0x20),
+                      _mm256_permute2f128_ps(a[g], a[g + 4], 0x31),
+                      _mm256_permute2f128_ps(b[g], b[g + 4], 0x31), &a1[g], &b1[g]);
     /* ... then lane pairs: each half holds groups g, g + 1 (2 lanes each) ... */
     for (int g = 0; g < 2; g++)
-        vf_top2_merge(_mm256_shuffle_ps(a1[2 * g], a1[2 * g + 1], 0x44), _mm256_shuffle_ps(b1[2 * g], b1[2 * g + 1], 0x44),
-                      _mm256_shuffle_ps(a1[2 * g], a1[2 * g + 1], 0xEE), _mm256_shuffle_ps(b1[2 * g], b1[2 * g + 1], 0xEE),
-                      &a2[g], &b2[g]);
+        vf_top2_merge(_mm256_shuffle_ps(a1[2 * g], a1[2 * g + 1], 0x44),
+                      _mm256_shuffle_ps(b1[2 * g], b1[2 * g + 1], 0x44),
+                      _mm256_shuffle_ps(a1[2 * g], a1[2 * g + 1], 0xEE),
+                      _mm256_shuffle_ps(b1[2 * g], b1[2 * g + 1], 0xEE), &a2[g], &b2[g]);
     /* ... then single lanes: lane g is group g. */
     vf_top2_merge(_mm256_shuffle_ps(a2[0], a2[1], 0x88), _mm256_shuffle_ps(b2[0], b2[1], 0x88),
                   _mm256_shuffle_ps(a2[0], a2[1], 0xDD), _mm256_shuffle_ps(b2[0], b2[1], 0xDD), &a3, &b3);
@@ -97,7 +99,8 @@ static MR_HOT Py_ssize_t vf_groups8_top2(__m256 *a, __m256 *b, Py_ssize_t topk_g
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i rank = _mm256_setzero_si256();
     for (int r = 1; r < 8; r++) {
-        const __m256i perm = _mm256_and_si256(_mm256_add_epi32(lane, _mm256_set1_epi32(r)), _mm256_set1_epi32(7));
+        const __m256i perm =
+            _mm256_and_si256(_mm256_add_epi32(lane, _mm256_set1_epi32(r)), _mm256_set1_epi32(7));
         const __m256 other = _mm256_permutevar8x32_ps(score, perm);
         /* lanes g < 8 - r compare with h = g + r > g */
         const __m256 after = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8 - r), lane));
@@ -124,12 +127,11 @@ static MR_HOT Py_ssize_t vf_groups8_top2(__m256 *a, __m256 *b, Py_ssize_t topk_g
 }
 
 /* Whether mr_sigmoid_topk can take rows of this shape at all. */
-static inline int mr_sig_applies(Py_ssize_t n, Py_ssize_t n_group, Py_ssize_t topk_group, int k,
-                                 float slack)
+static inline int mr_sig_applies(Py_ssize_t n, Py_ssize_t n_group, Py_ssize_t topk_group, int k, float slack)
 {
-    return n % 16 == 0 && k <= MR_BLOCK && slack < 0.01f  /* (an infinite bias: slack is inf) */
-        && (n_group == 1 || (n_group <= MR_BLOCK && 2 * topk_group + 2 <= MR_BLOCK
-                             && k <= 2 * topk_group));
+    return n % 16 == 0 && k <= MR_BLOCK && slack < 0.01f /* (an infinite bias: slack is inf) */
+           &&
+           (n_group == 1 || (n_group <= MR_BLOCK && 2 * topk_group + 2 <= MR_BLOCK && k <= 2 * topk_group));
 }
 
 /* Whether vf_groups8_top2 takes these groups: 8 of a multiple of 16. */
@@ -138,8 +140,8 @@ static inline int mr_sig_groups8(Py_ssize_t n, Py_ssize_t n_group) { return n_gr
 /* Step 1: c[0..n) = the approximate scores; 0 when there is a NaN.  With
  * ga, gb (mr_sig_groups8): each group's per-lane two best as well, taken
  * while the scores are in registers. */
-static MR_HOT int mr_sig_scores(const float *z, Py_ssize_t n, const float *bias, float *c,
-                                __m256 *ga, __m256 *gb)
+static MR_HOT int mr_sig_scores(const float *z, Py_ssize_t n, const float *bias, float *c, __m256 *ga,
+                                __m256 *gb)
 {
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     const int parts = ga ? 8 : 1;

@@ -33,20 +33,34 @@ namespace {
 
 template <class T> struct VecOf;
 #if MR_HAVE_AVX2
-template <> struct VecOf<float> { typedef Avx2F32 type; };
+template <> struct VecOf<float> {
+    typedef Avx2F32 type;
+};
 #elif MR_HAVE_SSE2
-template <> struct VecOf<float> { typedef Sse2F32 type; };
+template <> struct VecOf<float> {
+    typedef Sse2F32 type;
+};
 #else
-template <> struct VecOf<float> { typedef ScalarF32 type; };
+template <> struct VecOf<float> {
+    typedef ScalarF32 type;
+};
 #endif
 #if MR_HAVE_AVX512
-template <> struct VecOf<double> { typedef Avx512F64 type; };
+template <> struct VecOf<double> {
+    typedef Avx512F64 type;
+};
 #elif MR_HAVE_AVX2
-template <> struct VecOf<double> { typedef Avx2F64 type; };
+template <> struct VecOf<double> {
+    typedef Avx2F64 type;
+};
 #elif MR_HAVE_SSE2
-template <> struct VecOf<double> { typedef Sse2F64 type; };
+template <> struct VecOf<double> {
+    typedef Sse2F64 type;
+};
 #else
-template <> struct VecOf<double> { typedef ScalarF64 type; };
+template <> struct VecOf<double> {
+    typedef ScalarF64 type;
+};
 #endif
 
 /* The name show_config() reports: the widest vectors of the build. */

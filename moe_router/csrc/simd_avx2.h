@@ -53,7 +53,8 @@ struct Avx2F32 {
     }
     static inline V count_eq_before(V cnt, V a, V b, V qa, V qb)
     {
-        return _mm256_add_ps(cnt, _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ), _mm256_cmp_ps(qa, qb, _CMP_LT_OQ)),
+        return _mm256_add_ps(cnt, _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ),
+                                                              _mm256_cmp_ps(qa, qb, _CMP_LT_OQ)),
                                                 _mm256_set1_ps(1.0f)));
     }
     static inline V count_gt(V cnt, V a, V b)
@@ -67,13 +68,17 @@ struct Avx2F32 {
     static inline N nan_init(void) { return _mm256_setzero_ps(); }
     static inline N nan_acc(N acc, V a, V b) { return _mm256_or_ps(acc, _mm256_cmp_ps(a, b, _CMP_UNORD_Q)); }
     static inline int nan_any(N acc) { return _mm256_movemask_ps(acc) != 0; }
-    static inline V zero_if_lt(V x, V lo, V y) { return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y); }
+    static inline V zero_if_lt(V x, V lo, V y)
+    {
+        return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y);
+    }
     static inline int gt_bits(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
     static inline int ge_bits(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
     static inline int eq_bits(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
     static inline V pow2i(V t)
     {
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127)), 23));
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127)), 23));
     }
     static inline void store(float *p, V a) { _mm256_storeu_ps(p, a); }
     /* A permutation from the lookup table moves the kept lanes to the
@@ -84,7 +89,8 @@ struct Avx2F32 {
         const int m = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(t), _CMP_GE_OQ));
         const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mr_pack_lut[m]));
         _mm256_storeu_ps(cv, _mm256_permutevar8x32_ps(v, perm));
-        _mm256_storeu_si256((__m256i *)ci, _mm256_add_epi32(perm, _mm256_set1_epi32(base))); /* lane = id - base */
+        _mm256_storeu_si256((__m256i *)ci,
+                            _mm256_add_epi32(perm, _mm256_set1_epi32(base))); /* lane = id - base */
         return _mm_popcnt_u32((unsigned)m);
     }
     /* The 16 lane totals in four double vectors: the low and high halves of
@@ -137,10 +143,14 @@ struct Avx2F64 {
     {
         return _mm256_setr_pd(MR_G(0), MR_G(1), MR_G(2), MR_G(3));
     }
-    static inline V swap(V v, int s) { return s == 2 ? _mm256_permute2f128_pd(v, v, 1) : _mm256_permute_pd(v, 0x5); }
+    static inline V swap(V v, int s)
+    {
+        return s == 2 ? _mm256_permute2f128_pd(v, v, 1) : _mm256_permute_pd(v, 0x5);
+    }
     static inline V count_eq_before(V cnt, V a, V b, V qa, V qb)
     {
-        return _mm256_add_pd(cnt, _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ), _mm256_cmp_pd(qa, qb, _CMP_LT_OQ)),
+        return _mm256_add_pd(cnt, _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ),
+                                                              _mm256_cmp_pd(qa, qb, _CMP_LT_OQ)),
                                                 _mm256_set1_pd(1.0)));
     }
     static inline V count_gt(V cnt, V a, V b)
@@ -154,13 +164,17 @@ struct Avx2F64 {
     static inline N nan_init(void) { return _mm256_setzero_pd(); }
     static inline N nan_acc(N acc, V a, V b) { return _mm256_or_pd(acc, _mm256_cmp_pd(a, b, _CMP_UNORD_Q)); }
     static inline int nan_any(N acc) { return _mm256_movemask_pd(acc) != 0; }
-    static inline V zero_if_lt(V x, V lo, V y) { return _mm256_andnot_pd(_mm256_cmp_pd(x, lo, _CMP_LT_OQ), y); }
+    static inline V zero_if_lt(V x, V lo, V y)
+    {
+        return _mm256_andnot_pd(_mm256_cmp_pd(x, lo, _CMP_LT_OQ), y);
+    }
     static inline int gt_bits(V a, V b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)); }
     static inline int ge_bits(V a, V b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GE_OQ)); }
     static inline int eq_bits(V a, V b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ)); }
     static inline V pow2i(V t)
     {
-        return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x(1023)), 52));
+        return _mm256_castsi256_pd(
+            _mm256_slli_epi64(_mm256_add_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x(1023)), 52));
     }
     static inline void store(double *p, V a) { _mm256_storeu_pd(p, a); }
     static inline int compress_ge(const double *src, double t, int32_t base, double *cv, int32_t *ci)

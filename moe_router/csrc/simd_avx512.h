@@ -46,8 +46,9 @@ struct Avx512F64 {
     }
     static inline V count_eq_before(V cnt, V a, V b, V qa, V qb)
     {
-        return _mm512_mask_add_pd(cnt, _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ) & _mm512_cmp_pd_mask(qa, qb, _CMP_LT_OQ), cnt,
-                                  _mm512_set1_pd(1.0));
+        return _mm512_mask_add_pd(
+            cnt, _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ) & _mm512_cmp_pd_mask(qa, qb, _CMP_LT_OQ), cnt,
+            _mm512_set1_pd(1.0));
     }
     static inline V count_gt(V cnt, V a, V b)
     {
@@ -60,13 +61,17 @@ struct Avx512F64 {
     static inline N nan_init(void) { return 0; }
     static inline N nan_acc(N acc, V a, V b) { return acc | _mm512_cmp_pd_mask(a, b, _CMP_UNORD_Q); }
     static inline int nan_any(N acc) { return acc != 0; }
-    static inline V zero_if_lt(V x, V lo, V y) { return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, lo, _CMP_NLT_UQ), y); }
+    static inline V zero_if_lt(V x, V lo, V y)
+    {
+        return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, lo, _CMP_NLT_UQ), y);
+    }
     static inline int gt_bits(V a, V b) { return (int)_mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
     static inline int ge_bits(V a, V b) { return (int)_mm512_cmp_pd_mask(a, b, _CMP_GE_OQ); }
     static inline int eq_bits(V a, V b) { return (int)_mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
     static inline V pow2i(V t)
     {
-        return _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(_mm512_castpd_si512(t), _mm512_set1_epi64(1023)), 52));
+        return _mm512_castsi512_pd(
+            _mm512_slli_epi64(_mm512_add_epi64(_mm512_castpd_si512(t), _mm512_set1_epi64(1023)), 52));
     }
     static inline void store(double *p, V a) { _mm512_storeu_pd(p, a); }
     /* The compress instructions; may write 8 values and 8 ids. */
@@ -76,7 +81,8 @@ struct Avx512F64 {
         const __mmask8 m = _mm512_cmp_pd_mask(v, _mm512_set1_pd(t), _CMP_GE_OQ);
         const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         _mm512_storeu_pd(cv, _mm512_maskz_compress_pd(m, v));
-        _mm256_storeu_si256((__m256i *)ci, _mm256_maskz_compress_epi32(m, _mm256_add_epi32(_mm256_set1_epi32(base), iota)));
+        _mm256_storeu_si256((__m256i *)ci,
+                            _mm256_maskz_compress_epi32(m, _mm256_add_epi32(_mm256_set1_epi32(base), iota)));
         return _mm_popcnt_u32(m);
     }
 };

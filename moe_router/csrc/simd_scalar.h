@@ -40,7 +40,7 @@ template <class TT> struct ScalarVec {
     static inline V min(V a, V b) { return a < b ? a : b; }
     static inline V div(V a, V b) { return a / b; }
     static inline V gather(const T *z, const Py_ssize_t *idx, int k, T off, T pad) { return MR_G(0); }
-    static MR_HOT V swap(V v, int s)  /* one lane: never called */
+    static MR_HOT V swap(V v, int s) /* one lane: never called */
     {
         (void)s;
         return v;

@@ -27,12 +27,19 @@ struct Sse2F32 {
     {
         return _mm_setr_ps(MR_G(0), MR_G(1), MR_G(2), MR_G(3));
     }
-    static MR_HOT V swap(V v, int s) { return s == 2 ? _mm_shuffle_ps(v, v, 0x4E) : _mm_shuffle_ps(v, v, 0xB1); }
+    static MR_HOT V swap(V v, int s)
+    {
+        return s == 2 ? _mm_shuffle_ps(v, v, 0x4E) : _mm_shuffle_ps(v, v, 0xB1);
+    }
     static inline V count_eq_before(V cnt, V a, V b, V qa, V qb)
     {
-        return _mm_add_ps(cnt, _mm_and_ps(_mm_and_ps(_mm_cmpeq_ps(a, b), _mm_cmplt_ps(qa, qb)), _mm_set1_ps(1.0f)));
+        return _mm_add_ps(
+            cnt, _mm_and_ps(_mm_and_ps(_mm_cmpeq_ps(a, b), _mm_cmplt_ps(qa, qb)), _mm_set1_ps(1.0f)));
     }
-    static inline V count_gt(V cnt, V a, V b) { return _mm_add_ps(cnt, _mm_and_ps(_mm_cmpgt_ps(a, b), _mm_set1_ps(1.0f))); }
+    static inline V count_gt(V cnt, V a, V b)
+    {
+        return _mm_add_ps(cnt, _mm_and_ps(_mm_cmpgt_ps(a, b), _mm_set1_ps(1.0f)));
+    }
     static inline V keep_lt(V x, V a, V b)
     {
         __m128 m = _mm_cmplt_ps(a, b);
@@ -119,9 +126,13 @@ struct Sse2F64 {
     }
     static inline V count_eq_before(V cnt, V a, V b, V qa, V qb)
     {
-        return _mm_add_pd(cnt, _mm_and_pd(_mm_and_pd(_mm_cmpeq_pd(a, b), _mm_cmplt_pd(qa, qb)), _mm_set1_pd(1.0)));
+        return _mm_add_pd(cnt,
+                          _mm_and_pd(_mm_and_pd(_mm_cmpeq_pd(a, b), _mm_cmplt_pd(qa, qb)), _mm_set1_pd(1.0)));
     }
-    static inline V count_gt(V cnt, V a, V b) { return _mm_add_pd(cnt, _mm_and_pd(_mm_cmpgt_pd(a, b), _mm_set1_pd(1.0))); }
+    static inline V count_gt(V cnt, V a, V b)
+    {
+        return _mm_add_pd(cnt, _mm_and_pd(_mm_cmpgt_pd(a, b), _mm_set1_pd(1.0)));
+    }
     static inline V keep_lt(V x, V a, V b)
     {
         __m128d m = _mm_cmplt_pd(a, b);
@@ -136,7 +147,8 @@ struct Sse2F64 {
     static inline int eq_bits(V a, V b) { return _mm_movemask_pd(_mm_cmpeq_pd(a, b)); }
     static inline V pow2i(V t)
     {
-        return _mm_castsi128_pd(_mm_slli_epi64(_mm_add_epi64(_mm_castpd_si128(t), _mm_set1_epi64x(1023)), 52));
+        return _mm_castsi128_pd(
+            _mm_slli_epi64(_mm_add_epi64(_mm_castpd_si128(t), _mm_set1_epi64x(1023)), 52));
     }
     static inline void store(double *p, V a) { _mm_storeu_pd(p, a); }
     /* As Sse2F32's: may write 2 values and 2 ids. */
