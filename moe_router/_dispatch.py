@@ -14,6 +14,7 @@ path for everything; "auto" (or unset) takes the preferred ones.
 import importlib
 import importlib.util
 import os
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,9 @@ def _use(by_dtype):
 # The active kernels: `kernel` is read by moe_router._api on every call (a
 # module, or a KernelByDtype where the dtypes take different modules);
 # `path` is the path of float32 logits.
-path = paths_by_dtype = kernel = None
+path: str
+paths_by_dtype: dict[str, str]
+kernel: Any  # a _core_<isa> module or a KernelByDtype
 _forced = _forced_path()
 _use({"float32": _forced, "float64": _forced} if _forced else preferred_paths())
 
