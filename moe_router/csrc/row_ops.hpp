@@ -104,7 +104,7 @@ template <class T> static inline void mr_sigmoid_block(T *x)
  * mr_picked_sigmoid: sigmoid(z[idx[j]]).  The weights of the K picked
  * experts.  The vectors are built from scalar loads in registers: a block
  * written with scalar stores and reloaded as vectors stalls on store
- * forwarding (measured: about a tenth of the 8-expert router).
+ * forwarding.
  */
 template <class T> static inline void mr_picked_exp(const T *z, const Py_ssize_t *idx, int k, T m, T *out)
 {
@@ -181,12 +181,12 @@ template <class T> static inline T mr_abs_max(const T *x, Py_ssize_t n)
 
 /*
  * Sum of x[0..k), k <= MR_BLOCK, in the row's precision: the divisor of the
- * weights (x holds at least 8 readable values: the AVX2 form loads them).  Each block of 8 (zero-padded) is added as a tree,
+ * weights (x holds at least 8 readable values: the AVX2 form loads them).
+ * Each block of 8 (zero-padded) is added as a tree,
  * ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)), the blocks in order.
- * One order for every path of a row (mr_sum8_f32 is the vector form of the
- * same adds), so a row's weights do not depend on which path routed it; a
- * tree, not a running sum: this sits on the row's critical path (a double
- * sum and divide there cost about 7% of the 128-expert row, measured).
+ * One order for every path of a row (mr_sum8 is the vector form of the same
+ * adds), so a row's weights do not depend on which path routed it; a tree,
+ * not a running sum: this sits on the row's critical path.
  */
 template <class T> static MR_HOT T mr_sum_k(const T *x, int k)
 {
@@ -210,10 +210,9 @@ template <class T> static MR_HOT T mr_sum_k(const T *x, int k)
  * Sum of exp(z[i] - m).  A NaN anywhere in z makes the sum NaN: that is how
  * the kernels find NaN rows without a pass of their own.  The lanes add at
  * most 8 blocks in the row's precision before they are carried into double
- * (a float32 lane adding every block of a 2048-expert row drifted by about
- * 8e-6, measured; a carry every 4 blocks cost the SSE2 128-expert row 9%),
- * and are added in a fixed order, so the sum does not depend on the thread
- * count.
+ * (a float32 lane adding every block of a 2048-expert row drifts by about
+ * 8e-6, past the precision contract; S::Wide holds the carries), and are
+ * added in a fixed order, so the sum does not depend on the thread count.
  */
 template <class T> static inline T mr_sum_exp(const T *z, Py_ssize_t n, T m)
 {
@@ -249,8 +248,8 @@ template <class T> static inline T mr_sum_exp(const T *z, Py_ssize_t n, T m)
 /*
  * The two largest of x[0..len) (NaN-free, len >= 1; top2 is -inf when
  * len == 1): per-lane running top-2 in vectors, then the lanes' (top1,
- * top2) pairs merged as a tree of lane swaps (a scalar merge through memory
- * was most of the group-limited routers' group scoring: measured).
+ * top2) pairs merged as a tree of lane swaps (not a scalar merge through
+ * memory).
  */
 template <class T> static inline void mr_top2(const T *x, Py_ssize_t len, T *top1, T *top2)
 {
@@ -419,8 +418,7 @@ template <class T> static MR_HOT T mr_kth_lane(const T *lanes, int k)
 #endif
     /* rank[l] = number of lanes above lane l, for all l at once; the
      * answer is the smallest lane ranked < k.  All vector operations: a
-     * scalar loop here compiled to data-dependent branches (measured:
-     * 95 ns/row). */
+     * scalar loop here compiles to data-dependent branches. */
     V lv[MR_NV], rank[MR_NV];
     T tl[S::W];
     T t = INFINITY;
@@ -504,11 +502,11 @@ template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int
      * order: equal values would share a rank r < k (and leave r + 1
      * empty).  Ties further down do not matter.  Each winner is found
      * with a vector compare per rank (scattering every candidate to
-     * its rank through memory made the reads of the result wait on
-     * stores to late-known addresses: measured slower).  With e_out,
+     * its rank through memory makes the reads of the result wait on
+     * stores to late-known addresses).  With e_out,
      * exp(value - m) of the picked comes from the candidates still in
      * registers (gathering them from z into a block through memory
-     * stalled on store forwarding: measured). */
+     * stalls on store forwarding). */
     if (e_out) {
         const V vm = S::set(m);
         for (int j = 0; j < MR_NV; j++)
