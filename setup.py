@@ -38,6 +38,7 @@ ONLY_ISAS = {
     isa.strip() for isa in os.environ.get("MOE_ROUTER_ISA", "").lower().split(",") if isa.strip()
 }
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 # Instruction-set variants: module suffix -> extra compiler flags (gcc/clang).
@@ -57,6 +58,11 @@ if X86_64:
         "-mprefer-vector-width=512",
     ]
 if ONLY_ISAS:
+    _unknown = ONLY_ISAS - set(ISA_VARIANTS)
+    if _unknown:
+        raise SystemExit(
+            f"MOE_ROUTER_ISA: unknown {sorted(_unknown)}; expected some of {sorted(ISA_VARIANTS)}"
+        )
     ISA_VARIANTS = {
         isa: flags for isa, flags in ISA_VARIANTS.items() if isa == "baseline" or isa in ONLY_ISAS
     }
@@ -146,7 +152,8 @@ class BuildExt(build_ext):
 
 # Everything each _core_<isa> module is built from besides its own .pyx.
 KERNEL_SOURCES = ["moe_router/_router_kernels.pxi"] + sorted(
-    glob.glob("moe_router/csrc/*.h") + glob.glob("moe_router/csrc/*.hpp")
+    glob.glob("moe_router/csrc/*.h", root_dir=HERE)
+    + glob.glob("moe_router/csrc/*.hpp", root_dir=HERE)
 )
 
 

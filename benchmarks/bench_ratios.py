@@ -70,7 +70,7 @@ def main():
     torch = import_torch()
     rng = np.random.default_rng(0)
     print(
-        f"moe_router {mr.__version__}, kernel path {_dispatch.path}; "
+        f"moe_router {mr.__version__}, kernel paths {_dispatch.paths_by_dtype}; "
         f"{args.rounds} interleaved rounds; ratios of minima"
     )
 

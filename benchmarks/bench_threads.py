@@ -33,7 +33,7 @@ def main():
     kernel = _dispatch.kernel
     threads = _dispatch.default_threads
     print(
-        f"kernel path {_dispatch.path}, {threads} OpenMP threads, "
+        f"kernel paths {_dispatch.paths_by_dtype}, {threads} OpenMP threads, "
         f"{args.experts} experts, top-{args.top_k}; PARALLEL_MIN_ROWS={mr.PARALLEL_MIN_ROWS}"
     )
     print(f"{'batch':>7} | {'1 thread':>12} | {f'{threads} threads':>12} | speed-up")

@@ -126,7 +126,8 @@ def main(batches=DEFAULT_BATCHES, min_time=0.2):
     torch = import_torch()
     rng = np.random.default_rng(0)
     print(
-        f"moe_router {__import__('moe_router').__version__}: kernel path {_dispatch.path}, "
+        f"moe_router {__import__('moe_router').__version__}: "
+        f"kernel paths {_dispatch.paths_by_dtype}, "
         f"{platform.machine()}, {platform.processor() or platform.platform()}"
     )
     print(

@@ -30,11 +30,11 @@ PARALLEL_MIN_ROWS = _core_baseline.PARALLEL_MIN_ROWS
 # Widest last.
 PATHS = ("baseline", "avx2", "avx512")
 
-# Per logits dtype, the paths in the order measured fastest.  float32 stays
-# on the avx2 module: the avx512 module runs the same 256-bit float32 code
-# (its 512-bit float32 code measured 1.16-1.55x slower than avx2 on an
-# AVX-512 Xeon), and moves ahead only once measured at least as fast.
-# float64 takes the 512-bit vectors (measured 1.9x faster than avx2 there).
+# Per logits dtype, the paths in the order measured fastest
+# (docs/performance.md).  float32 stays on the avx2 module: the avx512 module
+# runs the same 256-bit float32 code, and moves ahead only once measured at
+# least as fast on an AVX-512 CPU (`moe-router bench --paths`).  float64 takes
+# the 512-bit vectors.
 PREFERRED = {
     "float32": ("avx2", "avx512", "baseline"),
     "float64": ("avx512", "avx2", "baseline"),
@@ -101,38 +101,19 @@ class KernelByDtype:
     def __init__(self, kernel_f32, kernel_f64):
         self.kernel_f32 = kernel_f32
         self.kernel_f64 = kernel_f64
+        # The canonical float64 dtype: what the API's conversions produce.
+        # Another float64 dtype object (with metadata) takes the float32
+        # module, with the same results.
         self._f64 = np.dtype(np.float64)
 
-    def route_rows(
-        self,
-        logits,
-        top_k,
-        norm_topk_prob,
-        expert_ids,
-        expert_weights,
-        num_threads=1,
-        num_experts=0,
-        sigmoid=False,
-        n_group=1,
-        topk_group=1,
-        routed_scaling_factor=1.0,
-        bias=None,
-    ):
+    def route_rows(self, logits, *args):
         kernel = self.kernel_f64 if getattr(logits, "dtype", None) is self._f64 else self.kernel_f32
-        return kernel.route_rows(
-            logits,
-            top_k,
-            norm_topk_prob,
-            expert_ids,
-            expert_weights,
-            num_threads,
-            num_experts,
-            sigmoid,
-            n_group,
-            topk_group,
-            routed_scaling_factor,
-            bias,
-        )
+        return kernel.route_rows(logits, *args)
+
+    def set_parallel_min_rows(self, rows):
+        """Set the threshold on both modules; returns the float32 module's old one."""
+        self.kernel_f64.set_parallel_min_rows(rows)
+        return self.kernel_f32.set_parallel_min_rows(rows)
 
     def __getattr__(self, name):  # build_info, exp_into, ...: the float32 module's
         return getattr(self.kernel_f32, name)

@@ -37,7 +37,7 @@ cdef extern from "csrc/kernels.hpp" nogil:
     T mr_sum_k[T](const T* x, int k)
     T mr_abs_max[T](const T* x, Py_ssize_t n)
     void mr_exp_short[T](const T* x, int n, T* out)
-    unsigned mr_block_gt[T](const T* z, T t)
+    unsigned mr_block_bits[T](const T* z, T t, int eq)
     int mr_sigmoid_into[T](const T* z, Py_ssize_t n, const T* bias, T* c)
     void mr_picked_exp[T](const T* z, const Py_ssize_t* idx, int k, T m, T* out)
     void mr_picked_sigmoid[T](const T* z, const Py_ssize_t* idx, int k, T* out)
@@ -176,7 +176,7 @@ cdef inline void _topk_list(const floating* z, Py_ssize_t n, Py_ssize_t k,
     thr = vals[k - 1]
     i = k
     while i + lanes <= n:
-        if mr_block_gt(z + i, thr) != 0:
+        if mr_block_bits(z + i, thr, 0) != 0:
             for j in range(i, i + lanes):
                 if z[j] > thr:
                     _insert_sorted(vals, idx, k - 1, z[j], j)

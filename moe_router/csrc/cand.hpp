@@ -14,9 +14,7 @@
 namespace {
 
 /* A block adds at most MR_BLOCK candidates (and may write that many past
- * the count), so the buffers hold MR_MAX_CAND + 2 blocks.  Cache-line
- * aligned: the candidates are stored in pieces and read back as vectors,
- * and a vector load across two lines costs more than one within a line. */
+ * the count), so the buffers hold MR_MAX_CAND + 2 blocks. */
 template <class T> struct MrCand {
     T v[MR_MAX_CAND + 2 * MR_BLOCK];
     int32_t i[MR_MAX_CAND + 2 * MR_BLOCK];

@@ -47,14 +47,20 @@
 #else
 #define MR_HAVE_FMA 0
 #endif
+#if defined(__POPCNT__)
+#define MR_HAVE_POPCNT 1
+#else
+#define MR_HAVE_POPCNT 0
+#endif
 #if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
 #define MR_HAVE_AVX512 1
 #else
 #define MR_HAVE_AVX512 0
 #endif
-/* The AVX2 tuned routines (networks_avx2.hpp, sigmoid_approx_avx2.hpp):
- * every build that has AVX2, the AVX-512 one included. */
-#define MR_HAVE_NET8 MR_HAVE_AVX2
+/* The AVX2 tuned routines (networks_avx2.hpp, sigmoid_approx_avx2.hpp; they
+ * use FMA and POPCNT too): every build that has them, the AVX-512 one
+ * included. */
+#define MR_HAVE_NET8 (MR_HAVE_AVX2 && MR_HAVE_FMA && MR_HAVE_POPCNT)
 
 /* Always inlined: the kernels are small steps that must be inlined to keep
  * vectors in registers; in a module as large as the Cython one gcc stops
@@ -68,9 +74,8 @@
 
 /* The placement of mr_topk_pair's lane maxima (stored as vectors, reloaded
  * by the threshold network) on a cache line, in the builds whose frames are
- * realigned anyway (AVX2 and wider).  Without it the AVX2 pair kernel
- * measured up to 1.2x slower in some builds and not others; in the SSE2
- * build the realigned frame measured slower (docs/performance.md). */
+ * realigned anyway (AVX2 and wider); not in the SSE2 build, where it would
+ * realign the frame (docs/performance.md has the measurements). */
 #if MR_HAVE_AVX2
 #define MR_STACK_LINE alignas(64)
 #else
@@ -109,7 +114,7 @@ static inline uint64_t mr_bits_from_f64(double f)
 
 #if defined(__GNUC__) || defined(__clang__)
 static inline int mr_ctz(unsigned x) { return __builtin_ctz(x); }
-#if defined(__POPCNT__)
+#if MR_HAVE_POPCNT
 static inline int mr_popcount(unsigned x) { return __builtin_popcount(x); }
 #else
 /* Without the instruction, __builtin_popcount is a call into libgcc, which
@@ -170,9 +175,10 @@ static inline int mr_compress_ge_bits(const typename S::T *src, typename S::T t,
 }
 
 /*
- * The double-precision lane totals of a float32 row sum (mr_sum_exp): each
- * of the MR_BLOCK lanes carried into its own double.  The traits that have
- * no vector form of it use this one through memory.
+ * The double-precision lane totals of a row sum (mr_sum_exp): each of the
+ * MR_BLOCK lanes carried into its own double, then added in lane order.  The
+ * traits without a vector form of it (the double ones, the scalar ones) use
+ * this one, through memory.
  */
 template <class S> struct MrWideLanes {
     double t[MR_BLOCK];

@@ -50,6 +50,11 @@ namespace {
     EACH(h, if (ok[h]) mr_picked_sigmoid<float>(z + h * n, idx + h * (MR_BLOCK + 1), k, e_out + h * MR_BLOCK))
 #endif
 
+/* The arguments of the sigmoid selections where there is none to run. */
+#define MR_UNUSED_SIG_ARGS                                                                        \
+    (void)z, (void)n, (void)bias, (void)n_group, (void)topk_group, (void)k, (void)slack, (void)c, \
+        (void)kept, (void)idx, (void)e_out;
+
 /* For tests: out[0..n) = mr_sigmoid_topk's approximate scores of x (no
  * bias; n a multiple of 16).  Returns -1 where there are none (double, or a
  * build without MR_HAVE_NET8; nothing written), else whether x holds a
@@ -66,6 +71,28 @@ template <class T> static inline int mr_sigmoid_approx(const T *x, Py_ssize_t n,
     return -1;
 }
 
+/*
+ * The top-k of c = sigmoid(z) + bias (bias may be NULL) over the best
+ * topk_group of n_group groups (group score: the sum of its two best c),
+ * for k <= MR_BLOCK: the selection of the biased, grouped sigmoid routers
+ * (DeepSeek-V3).  Writes the expert ids, in order, to idx[0..k) (idx holds
+ * MR_BLOCK + 1) and returns 1; returns 0 when the row is left to the exact
+ * path (_select_row): a NaN, a group choice or a candidate set it cannot
+ * be sure of.
+ *
+ * Select on cheap scores, decide on exact ones.  c~ (in c[0..n)) is within
+ * `slack` of the exact c that _select_row computes (mr_sigmoid_into): a
+ * degree-3 polynomial for 2^f in the exp and the reciprocal estimate in
+ * place of the divide.  Then, exactly as the exact path would decide:
+ * - the groups: kept from c~; certain when every kept group's score is more
+ *   than 5 * slack above every dropped one's (a group score, a sum of two
+ *   values, is within 2 * slack plus its rounding); else the exact path.
+ * - the experts: every expert whose exact c is among the k best, or ties
+ *   with the k-th, has c~ >= (k-th best c~) - 2 * slack, so those
+ *   candidates hold the answer.  Their exact c, recomputed from z and the
+ *   bias with the exact path's own operations (the same bits), is what
+ *   mr_cand_select ranks, so the ids and their order are the exact path's.
+ */
 /* The approximate selection for one row: 1 when idx[0..k) holds the ids
  * (idx holds MR_BLOCK + 1) and e_out[0..k) their sigmoid (mr_picked_sigmoid:
  * the weights before scaling; e_out holds MR_BLOCK), 0 when the row is left
@@ -82,8 +109,7 @@ static inline int mr_sigmoid_topk(const T *z, Py_ssize_t n, const T *bias, Py_ss
         return ok[0];
     }
 #endif
-    (void)z, (void)n, (void)bias, (void)n_group, (void)topk_group, (void)k, (void)slack;
-    (void)c, (void)kept, (void)idx, (void)e_out;
+    MR_UNUSED_SIG_ARGS
     return 0;
 }
 
@@ -106,8 +132,7 @@ static inline void mr_sigmoid_topk_pair(const T *z, Py_ssize_t n, const T *bias,
         return;
     }
 #endif
-    (void)z, (void)n, (void)bias, (void)n_group, (void)topk_group, (void)k, (void)slack;
-    (void)c, (void)kept, (void)idx, (void)e_out;
+    MR_UNUSED_SIG_ARGS
     status[0] = status[1] = -1;
 }
 
@@ -163,7 +188,7 @@ static inline void mr_topk_pair(const T *z, Py_ssize_t n, int k, Py_ssize_t *idx
 #undef MR_PAIR
 #undef MR_ONE
 #undef MR_SIG_STEPS
-#undef MR_NV
+#undef MR_UNUSED_SIG_ARGS
 
 /* ids_out[j] = idx[j], w_out[j] = (e[j] * scale) / divisor for j < 8: the
  * vector form (networks_avx2.hpp) where the build has it, else these

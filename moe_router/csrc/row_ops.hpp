@@ -347,23 +347,17 @@ template <class T> static inline Py_ssize_t mr_limit_groups(const T *sel, Py_ssi
     return n_kept < topk_group ? n_kept : topk_group;
 }
 
-/* Bit l set where z[l] > t (gt) or == t (eq), over one block of MR_BLOCK values. */
-template <class T> static inline unsigned mr_block_gt(const T *z, T t)
+/* Bit l set where z[l] == t (eq) or z[l] > t (not eq), over one block of
+ * MR_BLOCK values. */
+template <class T> static inline unsigned mr_block_bits(const T *z, T t, int eq)
 {
     using S = Vec<T>;
     const typename S::V vt = S::set(t);
     unsigned bits = 0;
-    for (int j = 0; j < MR_NV; j++)
-        bits |= (unsigned)S::gt_bits(S::load(z + j * S::W), vt) << (j * S::W);
-    return bits;
-}
-template <class T> static inline unsigned mr_block_eq(const T *z, T t)
-{
-    using S = Vec<T>;
-    const typename S::V vt = S::set(t);
-    unsigned bits = 0;
-    for (int j = 0; j < MR_NV; j++)
-        bits |= (unsigned)S::eq_bits(S::load(z + j * S::W), vt) << (j * S::W);
+    for (int j = 0; j < MR_NV; j++) {
+        const typename S::V v = S::load(z + j * S::W);
+        bits |= (unsigned)(eq ? S::eq_bits(v, vt) : S::gt_bits(v, vt)) << (j * S::W);
+    }
     return bits;
 }
 
@@ -400,9 +394,10 @@ template <class T> static inline void mr_rank_gt(const T *v, const typename Vec<
  * 1. mr_cand_gather: t = the k-th largest lane maximum (`lanes`, from
  *    mr_max_lanes): at least k elements are >= t.  The elements >= t
  *    (about 10 of 128 for k = 8 on random logits) are the candidates, taken
- *    in index order with one vector compress per vector, so that no branch
- *    depends on the data (AVX-512, or a lookup table of permutations on
- *    AVX2).
+ *    in index order with one compress per vector (S::compress_ge: a lookup
+ *    table of permutations for AVX2 float32, the compress instruction for
+ *    AVX-512 float64, a write of every lane for SSE2, a loop over the set
+ *    bits elsewhere).
  * 2. mr_cand_select: the k best candidates; equal values rank by index,
  *    the smaller first.
  */
@@ -478,8 +473,9 @@ template <class T> static MR_HOT int mr_cand_gather(const T *z, Py_ssize_t n, Py
     cd->c = c;
     return 0;
 }
-/* mr_cand_select for at most MR_BLOCK candidates (the cases
- * mr_cand_net8 leaves: see vi_net_close; k > 8). */
+/* mr_cand_select for at most MR_BLOCK candidates: every row the sorting
+ * networks do not take (double, k > 8, builds without MR_HAVE_NET8) and the
+ * rows they leave to exact code (see vi_net_close). */
 template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int k, Py_ssize_t *idx, T m,
                                                         T *e_out)
 {
@@ -556,6 +552,7 @@ template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int
 template <class T> static MR_HOT int mr_cand_select(const MrCand<T> *cd, int k, Py_ssize_t *idx, T m,
                                                     T *e_out, int late)
 {
+    (void)late; /* (used by the networks only) */
     const T *cv = cd->v;
     const int32_t *ci = cd->i;
     const int c = cd->c;
@@ -579,8 +576,8 @@ template <class T> static MR_HOT int mr_cand_select(const MrCand<T> *cd, int k, 
         const T v = cv[j];
         int rank = 0;
         for (int b = 0; b < nb; b++) {
-            unsigned gt = mr_block_gt(cv + b * MR_BLOCK, v);
-            unsigned eq = mr_block_eq(cv + b * MR_BLOCK, v);
+            unsigned gt = mr_block_bits(cv + b * MR_BLOCK, v, 0);
+            unsigned eq = mr_block_bits(cv + b * MR_BLOCK, v, 1);
             int before = j - b * MR_BLOCK; /* positions of this block before j */
             unsigned below = before <= 0 ? 0u : before >= MR_BLOCK ? ~0u : (1u << before) - 1u;
             rank += mr_popcount(gt) + mr_popcount(eq & below);
@@ -604,5 +601,7 @@ template <class T> static inline int mr_topk_groups(const T *z, Py_ssize_t n, Py
 }
 
 }  // namespace
+
+#undef MR_NV
 
 #endif /* MOE_ROUTER_ROW_OPS_HPP */

@@ -13,30 +13,6 @@
 
 namespace {
 
-/*
- * The top-k of c = sigmoid(z) + bias (bias may be NULL) over the best
- * topk_group of n_group groups (group score: the sum of its two best c),
- * for k <= MR_BLOCK: the selection of the biased, grouped sigmoid routers
- * (DeepSeek-V3).  Writes the expert ids, in order, to idx[0..k) (idx holds
- * MR_BLOCK + 1) and returns 1; returns 0 when the row is left to the exact
- * path (_route_row): a NaN, a group choice or a candidate set it cannot
- * be sure of.
- *
- * Select on cheap scores, decide on exact ones.  c~ (in c[0..n)) is within
- * `slack` of the exact c that _route_row computes (mr_sigmoid_into): a
- * degree-3 polynomial for 2^f in the exp and the reciprocal estimate in
- * place of the divide (about half the cycles of the exact pass).  Then,
- * exactly as the exact
- * path would decide:
- * - the groups: kept from c~; certain when every kept group's score is more
- *   than 5 * slack above every dropped one's (a group score, a sum of two
- *   values, is within 2 * slack plus its rounding); else the exact path.
- * - the experts: every expert whose exact c is among the k best, or ties
- *   with the k-th, has c~ >= (k-th best c~) - 2 * slack, so those
- *   candidates hold the answer.  Their exact c, recomputed from z and the
- *   bias with the exact path's own operations (the same bits), is what
- *   mr_cand_select ranks, so the ids and their order are the exact path's.
- */
 /* 1 / (1 + exp(-x)) within 5.2e-4 absolute (before any bias): 2^f on
  * |f| <= 1/2 to 7.5e-5 relative (a near-minimax cubic), the reciprocal
  * estimate to 1.5 * 2^-12 (architectural bound; 2^-11 is allowed for).
