@@ -397,7 +397,8 @@ cdef inline floating _weights_divisor(const floating* z, const RouteCtx* cx, flo
 cdef void _put_weights_blocks(const floating* z, const RouteCtx* cx, const id_t* ids,
                               floating* e_sel, floating m, floating divisor,
                               weight_t* w_out) noexcept nogil:
-    # _put_weights for k > MR_BLOCK: the scores recomputed a block at a time.
+    # _put_weights for k > MR_BLOCK (_route_row only): the scores recomputed
+    # a block at a time.
     cdef floating scale = <floating>cx.scale
     cdef Py_ssize_t i, j = 0, k = cx.k
     while j < k:
@@ -407,16 +408,13 @@ cdef void _put_weights_blocks(const floating* z, const RouteCtx* cx, const id_t*
         j += MR_BLOCK
 
 
-cdef inline void _put_weights(const floating* z, const RouteCtx* cx, const id_t* ids,
-                              floating* e_sel, floating m, floating divisor,
+cdef inline void _put_weights(const RouteCtx* cx, const floating* e_sel, floating divisor,
                               weight_t* w_out) noexcept nogil:
-    # w_out[j] = (score_j * routed_scaling_factor) / divisor; e_sel holds
-    # the K scores (k <= MR_BLOCK).
+    # w_out[j] = (score_j * routed_scaling_factor) / divisor for k <= MR_BLOCK,
+    # e_sel holding the K scores.  (Kept to these few operations: the pair
+    # path inlines it.)
     cdef floating scale = <floating>cx.scale
     cdef Py_ssize_t j
-    if cx.k > MR_BLOCK:
-        _put_weights_blocks(z, cx, ids, e_sel, m, divisor, w_out)
-        return
     for j in range(cx.k):
         w_out[j] = <weight_t>((e_sel[j] * scale) / divisor)
 
@@ -425,14 +423,18 @@ cdef int _route_row(const floating* z, const RouteCtx* cx, floating* scratch, Py
                     bint approx, id_t* ids_out, weight_t* w_out) noexcept nogil:
     """Route one row of logits: its top-k, then its weights (_select_row)."""
     cdef floating e_sel[MR_BLOCK]
-    cdef floating m, sel_sum
+    cdef floating m, sel_sum, divisor
     cdef bint e_ok
     cdef int status = _select_row(z, cx, scratch, kept, approx, ids_out, e_sel, &m, &e_ok)
     if status != ROW_OK:
         return status
     # e_ok: e_sel holds the K scores already (k <= MR_BLOCK).
     sel_sum = mr_sum_k(&e_sel[0], <int>cx.k) if e_ok else _picked_sum(z, cx, ids_out, e_sel, m)
-    _put_weights(z, cx, ids_out, e_sel, m, _weights_divisor(z, cx, sel_sum, m), w_out)
+    divisor = _weights_divisor(z, cx, sel_sum, m)
+    if cx.k > MR_BLOCK:
+        _put_weights_blocks(z, cx, ids_out, e_sel, m, divisor, w_out)
+    else:
+        _put_weights(cx, e_sel, divisor, w_out)
     return ROW_OK
 
 
@@ -496,7 +498,7 @@ cdef inline Py_ssize_t _route_pair(const floating* z, const RouteCtx* cx, floati
             if put8:  # ids and weights in a few vector operations
                 mr_put8(idx + h * (MR_BLOCK + 1), e_h, <float>cx.scale, divisor, ids_h, w_h)
                 continue
-        _put_weights(z_h, cx, ids_h, e_h, m[h], divisor, w_h)
+        _put_weights(cx, e_h, divisor, w_h)
     return n_bad
 
 

@@ -82,6 +82,13 @@
 #define MR_STACK_LINE
 #endif
 
+/* Never inlined (see the functions that say why). */
+#if defined(__GNUC__) || defined(__clang__)
+#define MR_NOINLINE __attribute__((noinline))
+#else
+#define MR_NOINLINE
+#endif
+
 /* Values per block: every row loop steps MR_BLOCK values at a time, whatever
  * the vector width, so the per-lane summation order is the same on every
  * path. */

@@ -213,8 +213,11 @@ template <class T> static MR_HOT T mr_sum_k(const T *x, int k)
  * (a float32 lane adding every block of a 2048-expert row drifts by about
  * 8e-6, past the precision contract; S::Wide holds the carries), and are
  * added in a fixed order, so the sum does not depend on the thread count.
+ * Out of line: a pass over the row, called from the weights' cold branch,
+ * whose inlining would make the row kernels' callers too large to inline
+ * their own steps.
  */
-template <class T> static inline T mr_sum_exp(const T *z, Py_ssize_t n, T m)
+template <class T> static MR_NOINLINE T mr_sum_exp(const T *z, Py_ssize_t n, T m)
 {
     using S = Vec<T>;
     typedef typename S::V V;
@@ -365,10 +368,11 @@ template <class T> static inline unsigned mr_block_bits(const T *z, T t, int eq)
  * rank[j] lane l = how many of v[0..MR_BLOCK) are greater than lane l of
  * vv[j] (vv holds the same values, loaded).  Four independent counts per
  * vector, added at the end: one running count made a chain of 16 dependent
- * adds (the lane ranks were latency-bound).
+ * adds (the lane ranks were latency-bound).  Out of line: its 4 * MR_NV
+ * accumulators spill where the compiler inlines it into the pair kernel.
  */
-template <class T> static inline void mr_rank_gt(const T *v, const typename Vec<T>::V *vv,
-                                                 typename Vec<T>::V *rank)
+template <class T> static MR_NOINLINE void mr_rank_gt(const T *v, const typename Vec<T>::V *vv,
+                                                      typename Vec<T>::V *rank)
 {
     using S = Vec<T>;
     typedef typename S::V V;
