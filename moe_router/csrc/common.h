@@ -162,21 +162,23 @@ template <class T> constexpr bool mr_is_f32 = std::is_same<T, float>::value;
 /*
  * The compress of the traits that have no compress instruction: the
  * elements of src[0..S::W) that are >= t, and their indices (base + lane),
- * packed to the front of cv / ci; returns how many.  A loop over the set
- * bits (branchy, but portable).
+ * packed to the front of cv / ci; returns how many.  A vector with a
+ * candidate writes all its lanes, each kept one advancing the count: no
+ * loop over the set bits, whose exit the branch predictor misses.  May
+ * write S::W values and S::W ids.
  */
 template <class S>
-static inline int mr_compress_ge_bits(const typename S::T *src, typename S::T t, int32_t base,
-                                      typename S::T *cv, int32_t *ci)
+static MR_HOT int mr_compress_ge_lanes(const typename S::T *src, typename S::T t, int32_t base,
+                                       typename S::T *cv, int32_t *ci)
 {
-    unsigned bits = (unsigned)S::ge_bits(S::load(src), S::set(t));
+    const unsigned m = (unsigned)S::ge_bits(S::load(src), S::set(t));
     int c = 0;
-    while (bits) {
-        int l = mr_ctz(bits);
+    if (m == 0)
+        return 0;
+    for (int l = 0; l < S::W; l++) {
         cv[c] = src[l];
         ci[c] = base + l;
-        c++;
-        bits &= bits - 1;
+        c += m >> l & 1;
     }
     return c;
 }

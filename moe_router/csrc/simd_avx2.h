@@ -179,7 +179,7 @@ struct Avx2F64 {
     static inline void store(double *p, V a) { _mm256_storeu_pd(p, a); }
     static inline int compress_ge(const double *src, double t, int32_t base, double *cv, int32_t *ci)
     {
-        return mr_compress_ge_bits<Avx2F64>(src, t, base, cv, ci);
+        return mr_compress_ge_lanes<Avx2F64>(src, t, base, cv, ci);
     }
 };
 

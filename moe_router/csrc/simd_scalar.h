@@ -65,7 +65,7 @@ template <class TT> struct ScalarVec {
     static inline void store(T *p, V a) { *p = a; }
     static inline int compress_ge(const T *src, T t, int32_t base, T *cv, int32_t *ci)
     {
-        return mr_compress_ge_bits<ScalarVec>(src, t, base, cv, ci);
+        return mr_compress_ge_lanes<ScalarVec>(src, t, base, cv, ci);
     }
 };
 typedef ScalarVec<float> ScalarF32;

@@ -57,21 +57,9 @@ struct Sse2F32 {
         return _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(_mm_castps_si128(t), _mm_set1_epi32(127)), 23));
     }
     static inline void store(float *p, V a) { _mm_storeu_ps(p, a); }
-    /* A vector with a candidate writes all 4 lanes, the kept ones
-     * advancing the count (no loop over the bits, whose exit the branch
-     * predictor misses); may write 4 values and 4 ids. */
     static inline int compress_ge(const float *src, float t, int32_t base, float *cv, int32_t *ci)
     {
-        const int m = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(src), _mm_set1_ps(t)));
-        int c = 0;
-        if (m == 0)
-            return 0;
-        for (int l = 0; l < 4; l++) {
-            cv[c] = src[l];
-            ci[c] = base + l;
-            c += m >> l & 1;
-        }
-        return c;
+        return mr_compress_ge_lanes<Sse2F32>(src, t, base, cv, ci);
     }
     /* The 16 lane totals in eight double vectors: lanes 4j..4j+3 of block
      * vector j go to t[2j] (low two) and t[2j + 1] (high two). */
@@ -151,17 +139,9 @@ struct Sse2F64 {
             _mm_slli_epi64(_mm_add_epi64(_mm_castpd_si128(t), _mm_set1_epi64x(1023)), 52));
     }
     static inline void store(double *p, V a) { _mm_storeu_pd(p, a); }
-    /* As Sse2F32's: may write 2 values and 2 ids. */
     static inline int compress_ge(const double *src, double t, int32_t base, double *cv, int32_t *ci)
     {
-        const int m = _mm_movemask_pd(_mm_cmpge_pd(_mm_loadu_pd(src), _mm_set1_pd(t)));
-        if (m == 0)
-            return 0;
-        cv[0] = src[0];
-        ci[0] = base;
-        cv[m & 1] = src[1];
-        ci[m & 1] = base + 1;
-        return (m & 1) + (m >> 1);
+        return mr_compress_ge_lanes<Sse2F64>(src, t, base, cv, ci);
     }
 };
 
