@@ -72,14 +72,15 @@
 #define MR_HOT inline
 #endif
 
-/* The placement of mr_topk_pair's lane maxima (stored as vectors, reloaded
- * by the threshold network) on a cache line, in the builds whose frames are
- * realigned anyway (AVX2 and wider); not in the SSE2 build, where it would
- * realign the frame (docs/performance.md has the measurements). */
+/* The alignment of mr_topk_pair's float32 lane maxima (stored as vectors,
+ * reloaded by the threshold network): a cache line in the builds whose
+ * frames are realigned anyway (AVX2 and wider); the type's own in the SSE2
+ * build, where it would realign the frame, and for float64
+ * (docs/performance.md has the measurements). */
 #if MR_HAVE_AVX2
-#define MR_STACK_LINE alignas(64)
+#define MR_STACK_LINE_BYTES 64
 #else
-#define MR_STACK_LINE
+#define MR_STACK_LINE_BYTES 4
 #endif
 
 /* Never inlined (see the functions that say why). */

@@ -149,7 +149,7 @@ template <class T>
 static inline void mr_topk_pair(const T *z, Py_ssize_t n, int k, Py_ssize_t *idx, T *e_out, T *m_out,
                                 int *status)
 {
-    MR_STACK_LINE T lanes[2][MR_BLOCK];
+    alignas(mr_is_f32<T> ? MR_STACK_LINE_BYTES : alignof(T)) T lanes[2][MR_BLOCK];
     MrCand<T> cd[2];
     int has_nan[2], ok[2], general[2] = {1, 1}, late = 1;
     MR_PAIR(h, m_out[h] = mr_max_lanes(z + h * n, n, lanes[h], &has_nan[h]))
