@@ -43,3 +43,44 @@ def route_rows_seed(
     expert_weights: npt.NDArray[np.float32],
 ) -> None: ...
 def exp_into(x: npt.NDArray[np.floating[Any]], out: npt.NDArray[np.floating[Any]]) -> None: ...
+
+# Dispatch kernels (_plan_kernels.pxi); moe_router/_plan.py validates around them.
+DISPATCH_PARALLEL_MIN_BYTES: int
+
+def set_dispatch_parallel_min_bytes(n_bytes: int) -> int: ...
+def plan_rows(
+    expert_ids: object,
+    num_experts: int,
+    identity_start: int,
+    expert_map: object,
+    num_local: int,
+    capacity: int,
+    block_size: int,
+    bufs: tuple[npt.NDArray[np.int64], ...],
+) -> int: ...
+def permute_rows(
+    hidden: object,
+    dtype_code: int,
+    width: int,
+    n_tokens: int,
+    sorted_token_ids: object,
+    sorted_slot_ids: object,
+    n_rows: int,
+    n_slots: int,
+    weights: object,
+    out: object,
+    num_threads: int = 1,
+) -> int: ...
+def combine_rows(
+    expert_out: object,
+    dtype_code: int,
+    width: int,
+    n_rows: int,
+    slot_of: object,
+    n_tokens: int,
+    top_k: int,
+    weights: object,
+    hidden: object,
+    out: object,
+    num_threads: int = 1,
+) -> int: ...

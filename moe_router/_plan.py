@@ -28,6 +28,13 @@ _W_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _N_STATS = 6  # MR_ST_N: rows, active, dropped, identity, remote, blocks
 
 
+def _kernel():
+    """The active compiled module (the NumPy reference path has no dispatch kernels:
+    it takes the baseline module's)."""
+    k = _dispatch.kernel
+    return k if hasattr(k, "plan_rows") else _dispatch.load("baseline")
+
+
 def _threads_arg(num_threads):
     return 0 if num_threads is None else check_int(num_threads, "num_threads", low=1)
 
@@ -62,7 +69,9 @@ def _asarray(obj, name):
         try:
             return t.numpy(), str(t.dtype).replace("torch.", ""), True
         except TypeError as e:
-            raise TypeError(f"{name}: a tensor of dtype {t.dtype} has no NumPy view ({e})") from None
+            raise TypeError(
+                f"{name}: a tensor of dtype {t.dtype} has no NumPy view ({e})"
+            ) from None
     if isinstance(obj, np.ndarray):
         return _asarray(np.asarray(obj), name)
     arr = np.asarray(obj)
@@ -226,9 +235,7 @@ class DispatchPlan:
     num_rows = property(
         lambda self: int(self._bufs[8][0]), doc="Rows of permute's output (padding included)."
     )
-    num_dropped = property(
-        lambda self: int(self._bufs[8][2]), doc="Slots dropped by the capacity."
-    )
+    num_dropped = property(lambda self: int(self._bufs[8][2]), doc="Slots dropped by the capacity.")
     num_identity_slots = property(lambda self: int(self._bufs[8][3]))
     num_remote_slots = property(
         lambda self: int(self._bufs[8][4]), doc="Slots of experts another rank holds."
@@ -249,7 +256,9 @@ def _as_ids(expert_ids):
     arr, _, _ = _asarray(expert_ids, "expert_ids")
     dt = arr.dtype
     if dt.kind not in "iu":
-        raise TypeError(f"expert_ids must be an integer array (int32, uint32, int64), got dtype {dt}")
+        raise TypeError(
+            f"expert_ids must be an integer array (int32, uint32, int64), got dtype {dt}"
+        )
     orig = arr
     if arr.dtype not in _ID_DTYPES:
         if dt.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
@@ -307,7 +316,11 @@ def _plan_checked(expert_ids, num_experts, p, block_size, capacity, expert_map, 
         num_experts
         if identity_start is None
         else check_int(
-            identity_start, "identity_expert_start", low=0, high=num_experts, high_name="num_experts"
+            identity_start,
+            "identity_expert_start",
+            low=0,
+            high=num_experts,
+            high_name="num_experts",
         )
     )
     B = 1 if block_size is None else check_int(block_size, "block_size", low=1)
@@ -320,16 +333,16 @@ def _plan_checked(expert_ids, num_experts, p, block_size, capacity, expert_map, 
     rows_max = n + min(L, n) * (B - 1)
     p._reserve(n, L, rows_max, rows_max // B if block_size is not None else 0)
     # A negative block size asks the kernel for block_expert_ids too.
-    rc = _dispatch.kernel.plan_rows(
-        ids, num_experts, S, m, L, C, B if block_size is None else -B, p._bufs
-    )
+    rc = _kernel().plan_rows(ids, num_experts, S, m, L, C, B if block_size is None else -B, p._bufs)
     if rc != -1:
         p._clear()
         if rc >= 0:
             _raise_bad_id(ids, orig, rc, num_experts)
         if rc == -2:
             raise ValueError("expert_map changed while the plan was built")
-        raise RuntimeError("moe_router: the plan kernel refused validated input (a bug; please report)")
+        raise RuntimeError(
+            "moe_router: the plan kernel refused validated input (a bug; please report)"
+        )
     p._shape = ids.shape
     p._opts = (num_experts, S, L, C, -B if block_size is not None else 1)
     p._views = None
@@ -361,9 +374,12 @@ def plan_into(
         and type(num_experts) is int
     ):
         # The plain case in a few C checks; anything else takes the validating path.
-        if _dispatch.kernel.plan_rows(
-            expert_ids, num_experts, num_experts, None, num_experts, -1, 1, plan._bufs
-        ) == -1:
+        if (
+            _kernel().plan_rows(
+                expert_ids, num_experts, num_experts, None, num_experts, -1, 1, plan._bufs
+            )
+            == -1
+        ):
             plan._shape = expert_ids.shape
             plan._opts = (num_experts, num_experts, num_experts, -1, 1)
             plan._views = None
@@ -508,7 +524,7 @@ def permute(
     else:
         o = _check_out(out, "out", dtype_name, ((rows, H),), (h, w))
         result = out
-    rc = _dispatch.kernel.permute_rows(
+    rc = _kernel().permute_rows(
         h, code, H, T, plan._bufs[3], plan._bufs[4], rows, T * plan.top_k, w, o,
         _threads_arg(num_threads),
     )  # fmt: skip
@@ -528,7 +544,9 @@ def combine(
     hidden_states=None,
     num_threads: int | None = None,
 ):
-    """Each token's K expert outputs, weighted and summed: out[t] = sum_k w[t, k] * expert_out[slot_of[t, k]].
+    """The K expert outputs of each token, weighted and summed.
+
+    out[t] = sum over k of w[t, k] * expert_out[plan.slot_of[t, k]].
 
     expert_out: [plan.num_rows, hidden_size], rows in the plan's order
         (padding rows are ignored).
@@ -578,7 +596,7 @@ def combine(
     else:
         o = _check_out(out, "out", dtype_name, (shape, (T, H)), (e, w, h))
         result = out
-    rc = _dispatch.kernel.combine_rows(
+    rc = _kernel().combine_rows(
         e, code, H, rows, plan._bufs[5], T, plan.top_k, w, h, o, _threads_arg(num_threads)
     )
     if rc != 0:
@@ -586,4 +604,3 @@ def combine(
     if result is not None:
         return result
     return _as_user(o, dtype_name, is_torch, getattr(expert_out, "dtype", None))
-

@@ -121,8 +121,8 @@ static void mr_permute_t(const T *hidden, int64_t H, int64_t n_tokens, const int
 /* combine, tokens [t0, t1): out[t] = sum over k of w[t, k] * (the slot's
  * expert_out row, or hidden[t] for an identity slot), in k order, in A. */
 template <class T, class A, class W>
-static void mr_combine_t(const T *expert_out, const int64_t *slot_of, int64_t K, const W *w,
-                         const T *hidden, int64_t H, int64_t t0, int64_t t1, T *out)
+static void mr_combine_t(const T *expert_out, const int64_t *slot_of, int64_t K, const W *w, const T *hidden,
+                         int64_t H, int64_t t0, int64_t t1, T *out)
 {
     A acc[MR_COMBINE_COLS];
     for (int64_t t = t0; t < t1; t++) {
@@ -154,12 +154,12 @@ static void mr_combine_t(const T *expert_out, const int64_t *slot_of, int64_t K,
 /* Row dtype codes shared with the Cython layer. */
 enum { MR_DT_F32 = 0, MR_DT_F64 = 1, MR_DT_F16 = 2, MR_DT_BF16 = 3 };
 
-#define MR_ROW_DISPATCH(FN, ARGS_T, ARGS_W)                                     \
-    switch (dtype) {                                                            \
-    case MR_DT_F32: FN<float, float, ARGS_W>ARGS_T(float); break;               \
-    case MR_DT_F64: FN<double, double, ARGS_W>ARGS_T(double); break;            \
-    case MR_DT_F16: FN<mr_f16, float, ARGS_W>ARGS_T(mr_f16); break;             \
-    default: FN<mr_bf16, float, ARGS_W>ARGS_T(mr_bf16); break;                  \
+#define MR_ROW_DISPATCH(FN, ARGS_T, ARGS_W)                           \
+    switch (dtype) {                                                  \
+    case MR_DT_F32: FN<float, float, ARGS_W> ARGS_T(float); break;    \
+    case MR_DT_F64: FN<double, double, ARGS_W> ARGS_T(double); break; \
+    case MR_DT_F16: FN<mr_f16, float, ARGS_W> ARGS_T(mr_f16); break;  \
+    default: FN<mr_bf16, float, ARGS_W> ARGS_T(mr_bf16); break;       \
     }
 
 template <class W>
@@ -319,8 +319,9 @@ static int64_t mr_plan_ids(int id_kind, const void *ids, int64_t T, int64_t K, i
                            int64_t *offsets, int64_t *cursor, int64_t *tok, int64_t *slot, int64_t *slot_of,
                            int64_t *active, int64_t *block_experts, int64_t *stats)
 {
-#define MR_PLAN_ARGS \
-    T, K, E, S, expert_map, L, capacity, B, counts, offsets, cursor, tok, slot, slot_of, active, block_experts, stats
+#define MR_PLAN_ARGS                                                                             \
+    T, K, E, S, expert_map, L, capacity, B, counts, offsets, cursor, tok, slot, slot_of, active, \
+        block_experts, stats
     if (id_kind == 0)
         return mr_plan((const int32_t *)ids, MR_PLAN_ARGS);
     if (id_kind == 1)
