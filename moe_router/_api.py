@@ -134,6 +134,8 @@ class RouterOutput:
         "_torch",
         "_torch_views",
         "_given_torch",
+        "_foreign_shape",
+        "_foreign_type",
         "expert_ids",
         "expert_weights",
     )
@@ -165,6 +167,7 @@ class RouterOutput:
         self._torch_views = None
         # Wrapped torch buffers give torch views whatever the logits.
         self._given_torch = _tensors.is_torch(given_ids) or _tensors.is_torch(given_weights)
+        self._foreign_shape = self._foreign_type = None
         self._logits_shape = None  # views are the caller's arrays as given
         if expert_ids.ndim >= 1 and expert_ids.shape[-1] > 0:
             self._top_k = expert_ids.shape[-1]
@@ -195,6 +198,7 @@ class RouterOutput:
         self._torch = False
         self._torch_views = None
         self._given_torch = False
+        self._foreign_shape = self._foreign_type = None
         self._logits_shape = None
         self._top_k = 0
         self._set_view((0, 0), 0)
@@ -300,13 +304,18 @@ class RouterOutput:
         self._logits_shape = logits_shape
         self._batch = n_tokens
         self._top_k = top_k
+        self._foreign_shape = self._foreign_type = None
 
     def _finish_foreign(self, logits, top_k):
-        """The views after routing logits that are not an ndarray (the fast path)."""
+        """The views after routing a tensor read through DLPack.
+
+        Records its shape and type: the next call's kernel compares the
+        shape itself (`views_shape`), which spares reading it from Python."""
+        shape = tuple(logits.shape)
         torch = _tensors.is_torch(logits)
-        shape = logits.shape
-        if self._logits_shape != shape or self._top_k != top_k or self._torch != torch:
-            self._set_view(shape, top_k, torch)
+        self._set_view(shape, top_k, torch)
+        self._foreign_shape = shape
+        self._foreign_type = type(logits)
         return self
 
 
@@ -568,18 +577,33 @@ def route_into(
         and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
     ):
         # The plain case in a few C checks; anything else takes the validating path.
-        if (
-            _dispatch.kernel.route_rows(
-                logits, top_k, norm_topk_prob, out._ids, out._weights, num_threads or 0
-            )
-            == 0
-        ):
-            if type(logits) is not np.ndarray:  # a tensor (DLPack exchange)
-                return out._finish_foreign(logits, top_k)
-            shape = logits.shape
-            if out._logits_shape != shape or out._top_k != top_k or out._torch:
-                out._set_view(shape, top_k)  # (skipped when unchanged)
-            return out
+        rc = _dispatch.kernel.route_rows(
+            logits,
+            top_k,
+            norm_topk_prob,
+            out._ids,
+            out._weights,
+            num_threads or 0,
+            0,
+            False,
+            1,
+            1,
+            1.0,
+            None,
+            False,
+            out._foreign_shape,
+        )
+        if rc == 0:
+            if type(logits) is np.ndarray:
+                shape = logits.shape
+                if out._logits_shape != shape or out._top_k != top_k or out._torch:
+                    out._set_view(shape, top_k)  # (skipped when unchanged)
+                return out
+            if out._top_k == top_k and type(logits) is out._foreign_type:
+                return out  # a tensor of the shape the views have
+            return out._finish_foreign(logits, top_k)
+        if rc == -2:  # a tensor of another shape
+            return out._finish_foreign(logits, top_k)
     _check_options(variant_options)
     return _route_checked(logits, top_k, out, norm_topk_prob, num_threads, options=variant_options)
 
@@ -706,6 +730,13 @@ class Router:
                 out._weights,
                 self._threads,
                 self.num_experts,
+                False,
+                1,
+                1,
+                1.0,
+                None,
+                False,
+                out._foreign_shape,
             )
         else:
             rc = _dispatch.kernel.route_rows(
@@ -721,14 +752,20 @@ class Router:
                 v.topk_group,
                 v.scale,
                 None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)),
+                False,
+                out._foreign_shape,
             )
         if rc == 0:
-            if type(logits) is not np.ndarray:  # a tensor (DLPack exchange)
-                return out._finish_foreign(logits, self.top_k)
-            shape = logits.shape
-            if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
-                out._set_view(shape, self.top_k)  # (skipped when unchanged)
-            return out
+            if type(logits) is np.ndarray:
+                shape = logits.shape
+                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                return out
+            if out._top_k == self.top_k and type(logits) is out._foreign_type:
+                return out  # a tensor of the shape the views have
+            return out._finish_foreign(logits, self.top_k)
+        if rc == -2:  # a tensor of another shape
+            return out._finish_foreign(logits, self.top_k)
         return _route_checked(
             logits, self.top_k, out, v.norm_topk_prob, self.num_threads, self.num_experts, variant=v
         )

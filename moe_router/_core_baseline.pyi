@@ -35,6 +35,7 @@ def route_rows(
     routed_scaling_factor: float = 1.0,
     bias: npt.NDArray[np.floating[Any]] | None = None,
     bf16_bits: bool = False,
+    views_shape: object = None,
 ) -> int: ...
 def dlpack_view(
     obj: object, name: str = "array", writeable: bool = False

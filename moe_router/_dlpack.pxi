@@ -73,6 +73,8 @@ cdef struct LogitsRef:
     Py_ssize_t n        # experts per row (the last dimension)
     Py_ssize_t n_rows   # the product of the other dimensions
     Py_ssize_t nbytes
+    bint from_dl        # read through a DLPack descriptor
+    bint same_shape     # (from_dl) its shape is the views_shape asked about
 
 
 # The exchange table of the last type seen (and of the others, by type),
@@ -144,10 +146,12 @@ cdef inline bint _dl_c_contiguous(const MrDLTensor* t) noexcept nogil:
     return True
 
 
-cdef int _logits_ref_dl(object obj, LogitsRef* ref):
+cdef int _logits_ref_dl(object obj, LogitsRef* ref, object views_shape):
     # The hot path for an object whose type has an exchange table: 0 with
     # ref filled (a C-contiguous CPU tensor of a logits kind), -1 for
     # anything else (the Python layer then explains or converts).
+    # ref.same_shape: whether the shape is the tuple views_shape (reading a
+    # torch tensor's shape from Python costs more than routing a row).
     cdef const MrDLPackExchangeAPI* api = _exchange_api(obj)
     cdef MrDLTensor t
     cdef Py_ssize_t d, rows = 1
@@ -165,6 +169,14 @@ cdef int _logits_ref_dl(object obj, LogitsRef* ref):
         rows *= <Py_ssize_t>t.shape[d]
     ref.n = <Py_ssize_t>t.shape[t.ndim - 1]
     ref.n_rows = rows
+    ref.from_dl = True
+    ref.same_shape = False
+    if type(views_shape) is tuple and len(<tuple>views_shape) == t.ndim:
+        ref.same_shape = True
+        for d in range(t.ndim):
+            if <int64_t>(<tuple>views_shape)[d] != t.shape[d]:
+                ref.same_shape = False
+                break
     ref.data = <const char*>t.data + t.byte_offset
     ref.nbytes = rows * ref.n * (4 if ref.kind == LK_F32 else 8 if ref.kind == LK_F64 else 2)
     return 0

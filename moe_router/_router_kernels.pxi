@@ -692,7 +692,7 @@ def sigmoid_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, Py_ssize_t n_grou
 cdef int _bf16_typenum = -1
 
 
-cdef int _logits_ref(object logits, LogitsRef* ref, bint bf16_bits):
+cdef int _logits_ref(object logits, LogitsRef* ref, bint bf16_bits, object views_shape):
     # The logits as the kernels read them: 0 with ref filled for a native
     # C-contiguous float32 / float64 / float16 / bfloat16 array with ndim
     # >= 1 (an ndarray, or an object whose type has a DLPack exchange table,
@@ -702,8 +702,10 @@ cdef int _logits_ref(object logits, LogitsRef* ref, bint bf16_bits):
     global _bf16_typenum
     cdef cnp.ndarray arr
     cdef int nd, lt
+    ref.from_dl = False
+    ref.same_shape = False
     if not cnp.PyArray_CheckExact(logits):
-        return _logits_ref_dl(logits, ref)
+        return _logits_ref_dl(logits, ref, views_shape)
     arr = <cnp.ndarray>logits
     nd = cnp.PyArray_NDIM(arr)
     if nd == 0 or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
@@ -740,7 +742,8 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                cnp.ndarray expert_ids, cnp.ndarray expert_weights,
                int num_threads=1, Py_ssize_t num_experts=0, bint sigmoid=False,
                Py_ssize_t n_group=1, Py_ssize_t topk_group=1,
-               double routed_scaling_factor=1.0, object bias=None, bint bf16_bits=False):
+               double routed_scaling_factor=1.0, object bias=None, bint bf16_bits=False,
+               object views_shape=None):
     """Route logits [..., num_experts] into flat output buffers.
 
     This is the hot path of Router.__call__ and route_into: a handful of C
@@ -755,7 +758,9 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     buffers of another dtype, too small, not writeable C-contiguous, or
     overlapping.  The Python layer then validates, converts or grows, and
     raises with a precise message.  bf16_bits: a uint16 ndarray holds
-    bfloat16 bits.
+    bfloat16 bits.  A tensor read through DLPack returns -2 instead of 0
+    when routed but its shape is not the tuple views_shape (the shape the
+    caller's output views have), so the caller reshapes them.
 
     num_threads <= 0 means the OpenMP default; batches of fewer than
     PARALLEL_MIN_ROWS rows always run on one thread.
@@ -767,7 +772,7 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     cdef void* wp
     cdef float* heap_buf = NULL
     cdef RouteCtx cx
-    if _logits_ref(logits, &ref, bf16_bits) != 0:
+    if _logits_ref(logits, &ref, bf16_bits, views_shape) != 0:
         return -1
     n = ref.n
     wt = cnp.PyArray_TYPE(expert_weights)
@@ -805,7 +810,7 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
             or _overlap(expert_ids, expert_weights)):
         return -1
     if cx.n_rows == 0:
-        return 0
+        return -2 if ref.from_dl and not ref.same_shape else 0
     if cx.n_rows < _parallel_min_rows:
         num_threads = 1
     elif num_threads <= 0:
@@ -851,6 +856,8 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     free(heap_buf)
     free(cx.scratch)
     free(cx.kept)
+    if n_bad == 0 and ref.from_dl and not ref.same_shape:
+        return -2
     return n_bad
 
 

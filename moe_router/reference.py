@@ -171,6 +171,7 @@ def route_rows(
     routed_scaling_factor=1.0,
     bias=None,
     bf16_bits=False,
+    views_shape=None,
 ):
     """Kernel-compatible entry (see the compiled route_rows): fill the flat
     output buffers and return the bad-row count, or -1 for anything but the
