@@ -46,7 +46,7 @@ X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # generic tuning would otherwise stay on 256-bit vectors.
 ISA_VARIANTS = {"baseline": []}
 if X86_64:
-    ISA_VARIANTS["avx2"] = ["-mavx2", "-mfma", "-mpopcnt"]
+    ISA_VARIANTS["avx2"] = ["-mavx2", "-mfma", "-mpopcnt", "-mf16c"]
     ISA_VARIANTS["avx512"] = [
         "-mavx512f",
         "-mavx512bw",
@@ -55,6 +55,7 @@ if X86_64:
         "-mavx2",
         "-mfma",
         "-mpopcnt",
+        "-mf16c",
         "-mprefer-vector-width=512",
     ]
 if ONLY_ISAS:

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
-from . import _dispatch
+from . import _dispatch, _tensors
 
 __all__ = ["RouterOutput", "Router", "route", "route_into"]
 
@@ -44,18 +44,35 @@ def check_int(value, name, low=None, high=None, high_name=None):
 
 
 def as_logits(logits):
-    """`logits` as a C-contiguous float32/float64 array of shape [..., num_experts]."""
-    arr = logits if type(logits) is np.ndarray else np.asarray(logits)
+    """`logits` as the kernels read them: (C-contiguous array of shape
+    [..., num_experts], bf16_bits).
+
+    float32 / float64 / float16 / bfloat16 arrays are taken as they are (a
+    non-contiguous one is copied once); torch tensors and other DLPack
+    producers are viewed without a copy; bf16_bits says that a uint16 array
+    holds bfloat16 bits (a DLPack bfloat16 viewed without ml_dtypes).
+    """
+    bf16_bits = False
+    if type(logits) is np.ndarray:
+        arr = logits
+    else:
+        arr, dt_name, _ = _tensors.asarray(logits, "logits")
+        bf16_bits = dt_name == "bfloat16" and arr.dtype == np.uint16
     dt = arr.dtype
-    if dt is not _F32 and dt is not _F64 and dt != _F32 and dt != _F64:
-        if dt == _F16:
-            arr = arr.astype(_F32)  # converted once; float32 math from here
-        elif dt.kind == "f":  # non-native byte order or long double
-            arr = arr.astype(_F32 if dt.itemsize <= 4 else _F64)
+    if (
+        not bf16_bits
+        and dt.name != "bfloat16"
+        and not (dt is _F32 or dt is _F64 or dt == _F32 or dt == _F64 or dt == _F16)
+    ):
+        if dt.kind == "f" and dt.itemsize in (4, 8):  # non-native byte order
+            arr = arr.astype(dt.newbyteorder("="))
+        elif dt.kind == "f" and dt.itemsize == 2:
+            arr = arr.astype(np.float16)
+        elif dt.kind == "f":  # long double
+            arr = arr.astype(_F64)
         else:
             raise TypeError(
-                f"logits must be a floating-point array (float16, float32 or float64), "
-                f"got dtype {dt}"
+                f"logits must be a floating-point array ({_tensors.LOGITS_DTYPES}), got dtype {dt}"
             )
     if arr.ndim == 0:
         raise ValueError("logits must have shape [..., num_experts], got a 0-d array")
@@ -65,7 +82,16 @@ def as_logits(logits):
         )
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
-    return arr
+    return arr, bf16_bits
+
+
+def _as_float(arr, bf16_bits):
+    """The values of validated logits as a float32/float64 array (for messages)."""
+    if bf16_bits:
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    if arr.dtype is _F32 or arr.dtype is _F64 or arr.dtype == _F32 or arr.dtype == _F64:
+        return arr
+    return arr.astype(np.float32)
 
 
 def _check_buffer(arr, name, dtypes):
@@ -89,8 +115,13 @@ class RouterOutput:
 
     A RouterOutput from `empty()` (or `route`) owns its memory and grows it on
     demand, keeping its capacity; one that wraps your arrays
-    (`RouterOutput(expert_ids=..., expert_weights=...)`) never reallocates
-    them and raises ValueError when they are too small.
+    (`RouterOutput(expert_ids=..., expert_weights=...)`: NumPy arrays, torch
+    tensors or any CPU DLPack arrays) never reallocates them and raises
+    ValueError when they are too small.
+
+    When the logits were a torch tensor, `expert_ids` and `expert_weights`
+    of an owning output are torch tensors over the same memory, made once
+    per shape (no allocation per call); otherwise NumPy arrays.
     """
 
     __slots__ = (
@@ -100,11 +131,23 @@ class RouterOutput:
         "_logits_shape",
         "_batch",
         "_top_k",
+        "_torch",
+        "_torch_views",
+        "_given_torch",
+        "_foreign_shape",
+        "_foreign_type",
         "expert_ids",
         "expert_weights",
     )
 
-    def __init__(self, expert_ids: np.ndarray, expert_weights: np.ndarray) -> None:
+    def __init__(self, expert_ids, expert_weights) -> None:
+        given_ids, given_weights = expert_ids, expert_weights
+        if not isinstance(expert_ids, np.ndarray) and hasattr(type(expert_ids), "__dlpack__"):
+            expert_ids = _tensors.asarray(expert_ids, "expert_ids", writeable=True)[0]
+        if not isinstance(expert_weights, np.ndarray) and hasattr(
+            type(expert_weights), "__dlpack__"
+        ):
+            expert_weights = _tensors.asarray(expert_weights, "expert_weights", writeable=True)[0]
         _check_buffer(expert_ids, "expert_ids", ID_DTYPES)
         _check_buffer(expert_weights, "expert_weights", WEIGHT_DTYPES)
         if expert_ids.size != expert_weights.size:
@@ -118,8 +161,13 @@ class RouterOutput:
         self._owns = False
         self._ids = expert_ids.reshape(-1)
         self._weights = expert_weights.reshape(-1)
-        self.expert_ids = expert_ids
-        self.expert_weights = expert_weights
+        self.expert_ids = given_ids
+        self.expert_weights = given_weights
+        self._torch = False
+        self._torch_views = None
+        # Wrapped torch buffers give torch views whatever the logits.
+        self._given_torch = _tensors.is_torch(given_ids) or _tensors.is_torch(given_weights)
+        self._foreign_shape = self._foreign_type = None
         self._logits_shape = None  # views are the caller's arrays as given
         if expert_ids.ndim >= 1 and expert_ids.shape[-1] > 0:
             self._top_k = expert_ids.shape[-1]
@@ -132,8 +180,11 @@ class RouterOutput:
     def empty(
         cls, ids_dtype: npt.DTypeLike = np.int32, weights_dtype: npt.DTypeLike = np.float32
     ) -> RouterOutput:
-        """An owning, zero-capacity output; `route_into` grows it on demand."""
-        ids_dtype, weights_dtype = np.dtype(ids_dtype), np.dtype(weights_dtype)
+        """An owning, zero-capacity output; `route_into` grows it on demand.
+
+        The dtypes may be NumPy or torch dtypes (`torch.int64`)."""
+        ids_dtype = _tensors.as_numpy_dtype(ids_dtype, "ids_dtype")
+        weights_dtype = _tensors.as_numpy_dtype(weights_dtype, "weights_dtype")
         if ids_dtype not in ID_DTYPES:
             raise TypeError(f"ids_dtype must be {_dtype_names(ID_DTYPES)}, got {ids_dtype}")
         if weights_dtype not in WEIGHT_DTYPES:
@@ -144,6 +195,10 @@ class RouterOutput:
         self._owns = True
         self._ids = np.empty(0, ids_dtype)
         self._weights = np.empty(0, weights_dtype)
+        self._torch = False
+        self._torch_views = None
+        self._given_torch = False
+        self._foreign_shape = self._foreign_type = None
         self._logits_shape = None
         self._top_k = 0
         self._set_view((0, 0), 0)
@@ -210,25 +265,58 @@ class RouterOutput:
             self._ids = np.empty(cap, self._ids.dtype)
             self._weights = np.empty(cap, self._weights.dtype)
             self._logits_shape = None
+            self._torch_views = None
         if not self._owns:
             _check_buffer(self._ids, "out.expert_ids", ID_DTYPES)
             _check_buffer(self._weights, "out.expert_weights", WEIGHT_DTYPES)
         self._set_view(logits_shape, top_k)
 
-    def _set_view(self, logits_shape, top_k):
-        """Views shaped [..., top_k] over the first batch * top_k elements."""
-        if self._logits_shape == logits_shape and self._top_k == top_k:
+    def _set_view(self, logits_shape, top_k, torch=False):
+        """Views shaped [..., top_k] over the first batch * top_k elements
+        (torch tensors with `torch`, once per shape)."""
+        if not self._owns:
+            torch = self._given_torch
+        if self._logits_shape == logits_shape and self._top_k == top_k and self._torch == torch:
             return
+        logits_shape = tuple(logits_shape)
         shape = logits_shape[:-1] + (top_k,)
         n_tokens = 1
         for d in logits_shape[:-1]:
             n_tokens *= d
         n = n_tokens * top_k
-        self.expert_ids = self._ids[:n].reshape(shape)
-        self.expert_weights = self._weights[:n].reshape(shape)
+        if torch:
+            views = self._torch_views
+            if views is None:
+                views = self._torch_views = {}
+            pair = views.get(shape)
+            if pair is None:
+                if len(views) >= 256:  # a bound, for callers of ever-new shapes
+                    views.clear()
+                pair = views[shape] = (
+                    _tensors.to_torch(self._ids[:n].reshape(shape)),
+                    _tensors.to_torch(self._weights[:n].reshape(shape)),
+                )
+            self.expert_ids, self.expert_weights = pair
+        else:
+            self.expert_ids = self._ids[:n].reshape(shape)
+            self.expert_weights = self._weights[:n].reshape(shape)
+        self._torch = torch
         self._logits_shape = logits_shape
         self._batch = n_tokens
         self._top_k = top_k
+        self._foreign_shape = self._foreign_type = None
+
+    def _finish_foreign(self, logits, top_k):
+        """The views after routing a tensor read through DLPack.
+
+        Records its shape and type: the next call's kernel compares the
+        shape itself (`views_shape`), which spares reading it from Python."""
+        shape = tuple(logits.shape)
+        torch = _tensors.is_torch(logits)
+        self._set_view(shape, top_k, torch)
+        self._foreign_shape = shape
+        self._foreign_type = type(logits)
+        return self
 
 
 def _threads_arg(num_threads):
@@ -319,7 +407,7 @@ class _Variant:
         if e_score_correction_bias is not None:
             if scoring_func != "sigmoid":
                 raise ValueError("e_score_correction_bias is for scoring_func='sigmoid' routers")
-            bias = np.asarray(e_score_correction_bias)
+            bias = _tensors.bias_values(e_score_correction_bias, "e_score_correction_bias")
             if bias.dtype.kind not in "fiu":
                 raise TypeError(
                     f"e_score_correction_bias must be a real array, got dtype {bias.dtype}"
@@ -387,7 +475,7 @@ def _route_checked(
     `variant` is a validated _Variant (a Router's), or None to build one from
     `options` (the keywords of route / route_into) once num_experts is known.
     """
-    arr = as_logits(logits)
+    arr, bf16_bits = as_logits(logits)
     if num_experts is not None and arr.shape[-1] != num_experts:
         raise ValueError(
             f"logits must have shape [..., num_experts={num_experts}], got {arr.shape}"
@@ -418,11 +506,15 @@ def _route_checked(
         variant.topk_group,
         variant.scale,
         variant.bias_for(arr.dtype),
+        bf16_bits,
     )
     if n_bad < 0:  # every precondition of the kernel was checked above
         raise RuntimeError("moe_router: the kernel refused validated input (a bug; please report)")
     if n_bad:
-        _raise_bad_rows(arr.reshape(-1, arr.shape[-1]), arr.shape[:-1], variant.sigmoid)
+        flat = _as_float(arr, bf16_bits).reshape(-1, arr.shape[-1])
+        _raise_bad_rows(flat, arr.shape[:-1], variant.sigmoid)
+    if type(logits) is not np.ndarray and _tensors.is_torch(logits):
+        out._set_view(arr.shape, top_k, True)
     return out
 
 
@@ -485,16 +577,33 @@ def route_into(
         and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
     ):
         # The plain case in a few C checks; anything else takes the validating path.
-        if (
-            _dispatch.kernel.route_rows(
-                logits, top_k, norm_topk_prob, out._ids, out._weights, num_threads or 0
-            )
-            == 0
-        ):
-            shape = logits.shape  # type: ignore[union-attr]  # an ndarray here
-            if out._logits_shape != shape or out._top_k != top_k:  # skip a call when unchanged
-                out._set_view(shape, top_k)
-            return out
+        rc = _dispatch.kernel.route_rows(
+            logits,
+            top_k,
+            norm_topk_prob,
+            out._ids,
+            out._weights,
+            num_threads or 0,
+            0,
+            False,
+            1,
+            1,
+            1.0,
+            None,
+            False,
+            out._foreign_shape,
+        )
+        if rc == 0:
+            if type(logits) is np.ndarray:
+                shape = logits.shape
+                if out._logits_shape != shape or out._top_k != top_k or out._torch:
+                    out._set_view(shape, top_k)  # (skipped when unchanged)
+                return out
+            if out._top_k == top_k and type(logits) is out._foreign_type:
+                return out  # a tensor of the shape the views have
+            return out._finish_foreign(logits, top_k)
+        if rc == -2:  # a tensor of another shape
+            return out._finish_foreign(logits, top_k)
     _check_options(variant_options)
     return _route_checked(logits, top_k, out, norm_topk_prob, num_threads, options=variant_options)
 
@@ -552,7 +661,10 @@ class Router:
         )
         self.num_threads = num_threads
         self._threads = _threads_arg(num_threads)
-        self._dtypes = (np.dtype(ids_dtype), np.dtype(weights_dtype))
+        self._dtypes = (
+            _tensors.as_numpy_dtype(ids_dtype, "ids_dtype"),
+            _tensors.as_numpy_dtype(weights_dtype, "weights_dtype"),
+        )
         RouterOutput.empty(*self._dtypes)  # validates the dtypes now
         # One output per calling thread: a Router shared by threads never
         # hands two of them the same buffers.
@@ -618,6 +730,13 @@ class Router:
                 out._weights,
                 self._threads,
                 self.num_experts,
+                False,
+                1,
+                1,
+                1.0,
+                None,
+                False,
+                out._foreign_shape,
             )
         else:
             rc = _dispatch.kernel.route_rows(
@@ -633,12 +752,20 @@ class Router:
                 v.topk_group,
                 v.scale,
                 None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)),
+                False,
+                out._foreign_shape,
             )
         if rc == 0:
-            shape = logits.shape  # type: ignore[union-attr]  # an ndarray here
-            if out._logits_shape != shape or out._top_k != self.top_k:  # skip a call when unchanged
-                out._set_view(shape, self.top_k)
-            return out
+            if type(logits) is np.ndarray:
+                shape = logits.shape
+                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                return out
+            if out._top_k == self.top_k and type(logits) is out._foreign_type:
+                return out  # a tensor of the shape the views have
+            return out._finish_foreign(logits, self.top_k)
+        if rc == -2:  # a tensor of another shape
+            return out._finish_foreign(logits, self.top_k)
         return _route_checked(
             logits, self.top_k, out, v.norm_topk_prob, self.num_threads, self.num_experts, variant=v
         )

@@ -34,7 +34,12 @@ def route_rows(
     topk_group: int = 1,
     routed_scaling_factor: float = 1.0,
     bias: npt.NDArray[np.floating[Any]] | None = None,
+    bf16_bits: bool = False,
+    views_shape: object = None,
 ) -> int: ...
+def dlpack_view(
+    obj: object, name: str = "array", writeable: bool = False
+) -> tuple[npt.NDArray[Any], str, bool]: ...
 def route_rows_seed(
     logits: npt.NDArray[np.float32],
     top_k: int,

@@ -25,10 +25,13 @@ from libc.math cimport INFINITY, expf
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
+from cpython.ref cimport Py_INCREF
 cimport numpy as cnp
 import numpy as np
 
 cnp.import_array()
+
+include "_dlpack.pxi"
 
 cdef extern from "csrc/kernels.hpp" nogil:
     # Row operations (csrc/row_ops.hpp); T is float or double.
@@ -70,6 +73,9 @@ cdef extern from "csrc/kernels.hpp" nogil:
     int mr_openmp_max_threads()
     int mr_cpu_has_avx2()
     int mr_cpu_has_avx512()
+    # Half-precision rows widened to float32, exactly (csrc/half.hpp).
+    void mr_widen_bf16(const uint16_t* h, Py_ssize_t n, float* out)
+    void mr_widen_f16(const uint16_t* h, Py_ssize_t n, float* out)
 
 mr_init_tables()
 
@@ -552,6 +558,59 @@ cdef Py_ssize_t _route_rows_typed(const floating* logits, void* ids_out, bint id
     return _route_rows_w(logits, <int32_t*>ids_out, w_out, w64, cx)
 
 
+# Half-precision logits (bfloat16, float16): a chunk of rows at a time is
+# widened, exactly, into a float32 buffer on the stack and routed as float32,
+# so the ids and weights are those of the same values given as float32.
+# Chunks hold an even number of rows: the same rows pair up as in float32.
+cdef enum:
+    HALF_CHUNK_FLOATS = 2048  # 8 KB per thread
+
+
+cdef Py_ssize_t _route_half_chunk(const uint16_t* logits, bint bf16, Py_ssize_t r0,
+                                  Py_ssize_t r1, char* ids_out, Py_ssize_t id_size,
+                                  bint ids64, char* w_out, Py_ssize_t w_size, bint w64,
+                                  const RouteCtx* cx, int tid, float* heap_buf) noexcept nogil:
+    # Rows [r0, r1) of half-precision logits, on the calling thread; `tid`
+    # picks its slices of the shared scratch; heap_buf: None, or (rows too
+    # long for the stack buffer) this thread's 2 * n floats.
+    cdef float stack_buf[HALF_CHUNK_FLOATS]
+    cdef float* buf = heap_buf if heap_buf != NULL else stack_buf
+    cdef RouteCtx sub = cx[0]
+    cdef Py_ssize_t n = cx.n, k = cx.k
+    if bf16:
+        mr_widen_bf16(logits + r0 * n, (r1 - r0) * n, buf)
+    else:
+        mr_widen_f16(logits + r0 * n, (r1 - r0) * n, buf)
+    sub.n_rows = r1 - r0
+    sub.num_threads = 1
+    if sub.scratch != NULL:
+        sub.scratch = <char*>cx.scratch + tid * cx.scratch_per_thread * sizeof(float)
+        sub.kept = cx.kept + tid * 2 * cx.n_group
+    return _route_rows_typed(<const float*>buf, ids_out + r0 * k * id_size, ids64,
+                             w_out + r0 * k * w_size, w64, &sub)
+
+
+cdef Py_ssize_t _route_rows_half(const uint16_t* logits, bint bf16, void* ids_out, bint ids64,
+                                 void* w_out, bint w64, const RouteCtx* cx,
+                                 float* heap_buf) noexcept nogil:
+    cdef Py_ssize_t n = cx.n, n_bad = 0, c, n_chunks, rows_per_chunk
+    cdef Py_ssize_t id_size = 8 if ids64 else 4, w_size = 8 if w64 else 4
+    rows_per_chunk = 2 if heap_buf != NULL else max(2, (HALF_CHUNK_FLOATS // n) & ~1)
+    n_chunks = (cx.n_rows + rows_per_chunk - 1) // rows_per_chunk
+    if cx.num_threads > 1 and n_chunks > 1:
+        for c in prange(n_chunks, num_threads=cx.num_threads, schedule='static'):
+            n_bad += _route_half_chunk(
+                logits, bf16, c * rows_per_chunk, min(cx.n_rows, (c + 1) * rows_per_chunk),
+                <char*>ids_out, id_size, ids64, <char*>w_out, w_size, w64, cx, threadid(),
+                heap_buf + threadid() * 2 * n if heap_buf != NULL else NULL)
+    else:
+        for c in range(n_chunks):
+            n_bad += _route_half_chunk(
+                logits, bf16, c * rows_per_chunk, min(cx.n_rows, (c + 1) * rows_per_chunk),
+                <char*>ids_out, id_size, ids64, <char*>w_out, w_size, w64, cx, 0, heap_buf)
+    return n_bad
+
+
 # Batches with fewer rows run on one thread whatever num_threads says: below
 # this, waking a second thread costs about what it saves
 # (benchmarks/bench_threads.py; the figures are in docs/performance.md).
@@ -628,52 +687,101 @@ def sigmoid_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, Py_ssize_t n_grou
     return ids, taken
 
 
+# The NumPy type number of ml_dtypes.bfloat16 once seen (-1: not yet): the
+# dtype is recognised by its name, ml_dtypes is never imported here.
+cdef int _bf16_typenum = -1
+
+
+cdef int _logits_ref(object logits, LogitsRef* ref, bint bf16_bits, object views_shape):
+    # The logits as the kernels read them: 0 with ref filled for a native
+    # C-contiguous float32 / float64 / float16 / bfloat16 array with ndim
+    # >= 1 (an ndarray, or an object whose type has a DLPack exchange table,
+    # such as a torch tensor), -1 otherwise.  bf16_bits: a uint16 ndarray
+    # holds bfloat16 bits (the Python layer's view of a DLPack bfloat16
+    # without ml_dtypes).
+    global _bf16_typenum
+    cdef cnp.ndarray arr
+    cdef int nd, lt
+    ref.from_dl = False
+    ref.same_shape = False
+    if not cnp.PyArray_CheckExact(logits):
+        return _logits_ref_dl(logits, ref, views_shape)
+    arr = <cnp.ndarray>logits
+    nd = cnp.PyArray_NDIM(arr)
+    if nd == 0 or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
+        return -1
+    lt = cnp.PyArray_TYPE(arr)
+    if lt == cnp.NPY_FLOAT32:
+        ref.kind = LK_F32
+    elif lt == cnp.NPY_FLOAT64:
+        ref.kind = LK_F64
+    elif lt == cnp.NPY_FLOAT16:
+        ref.kind = LK_F16
+    elif lt == _bf16_typenum or (bf16_bits and lt == cnp.NPY_UINT16):
+        ref.kind = LK_BF16
+    elif (_bf16_typenum < 0 and lt >= 256  # >= NPY_USERDEF: a dtype not built in
+            and cnp.PyArray_ITEMSIZE(arr) == 2 and arr.dtype.name == "bfloat16"):
+        _bf16_typenum = lt
+        ref.kind = LK_BF16
+    else:
+        return -1
+    ref.n = cnp.PyArray_DIM(arr, nd - 1)
+    ref.n_rows = cnp.PyArray_SIZE(arr) // ref.n if ref.n > 0 else 0
+    ref.data = cnp.PyArray_DATA(arr)
+    ref.nbytes = cnp.PyArray_NBYTES(arr)
+    return 0
+
+
+cdef inline bint _overlap_bytes(const void* a, Py_ssize_t na, cnp.ndarray b) noexcept:
+    cdef const char* pa = <const char*>a
+    cdef const char* pb = <const char*>cnp.PyArray_DATA(b)
+    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + na
+
+
 def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                cnp.ndarray expert_ids, cnp.ndarray expert_weights,
                int num_threads=1, Py_ssize_t num_experts=0, bint sigmoid=False,
                Py_ssize_t n_group=1, Py_ssize_t topk_group=1,
-               double routed_scaling_factor=1.0, object bias=None):
+               double routed_scaling_factor=1.0, object bias=None, bint bf16_bits=False,
+               object views_shape=None):
     """Route logits [..., num_experts] into flat output buffers.
 
     This is the hot path of Router.__call__ and route_into: a handful of C
     checks, then the nogil kernel.  Returns the number of rows that could
     not be routed (NaN, or all -inf under softmax), 0 when all were, or -1
     without writing anything when the call is not the plain case: logits
-    not a C-contiguous native float32/float64 ndarray with ndim >= 1, last
-    dimension not `num_experts` (when > 0) or 0, top_k or the groups out of
-    range, a bias not a C-contiguous array of the logits' dtype and shape
-    [num_experts], buffers of another dtype, too small, not writeable
-    C-contiguous, or overlapping.  The Python layer then validates,
-    converts or grows, and raises with a precise message.
+    not a C-contiguous native float32/float64/float16/bfloat16 ndarray (or
+    CPU tensor with a DLPack exchange table, not requiring grad) with ndim
+    >= 1, last dimension not `num_experts` (when > 0) or 0, top_k or the
+    groups out of range, a bias not a C-contiguous array of the logits'
+    precision (float32 for the half precisions) and shape [num_experts],
+    buffers of another dtype, too small, not writeable C-contiguous, or
+    overlapping.  The Python layer then validates, converts or grows, and
+    raises with a precise message.  bf16_bits: a uint16 ndarray holds
+    bfloat16 bits.  A tensor read through DLPack returns -2 instead of 0
+    when routed but its shape is not the tuple views_shape (the shape the
+    caller's output views have), so the caller reshapes them.
 
     num_threads <= 0 means the OpenMP default; batches of fewer than
     PARALLEL_MIN_ROWS rows always run on one thread.
     """
-    cdef cnp.ndarray arr
-    cdef int nd, lt, wt, it
-    cdef Py_ssize_t n, n_bad = 0
-    cdef void* lp
+    cdef LogitsRef ref
+    cdef int wt, it, bias_type
+    cdef Py_ssize_t n, n_bad = 0, item
     cdef void* ip
     cdef void* wp
+    cdef float* heap_buf = NULL
     cdef RouteCtx cx
-    if not cnp.PyArray_CheckExact(logits):
+    if _logits_ref(logits, &ref, bf16_bits, views_shape) != 0:
         return -1
-    arr = <cnp.ndarray>logits
-    nd = cnp.PyArray_NDIM(arr)
-    if nd == 0:
-        return -1
-    n = cnp.PyArray_DIM(arr, nd - 1)
-    lt = cnp.PyArray_TYPE(arr)
+    n = ref.n
     wt = cnp.PyArray_TYPE(expert_weights)
     it = cnp.PyArray_TYPE(expert_ids)
     if (n == 0 or (num_experts > 0 and n != num_experts) or top_k < 1 or top_k > n
             or n_group < 1 or n % n_group != 0 or topk_group < 1 or topk_group > n_group
             or topk_group * (n // n_group) < top_k
-            or (lt != cnp.NPY_FLOAT32 and lt != cnp.NPY_FLOAT64)
             or (wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64)
             or (it != cnp.NPY_INT32 and it != cnp.NPY_UINT32 and it != cnp.NPY_INT64)
-            or not cnp.PyArray_ISNOTSWAPPED(arr)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
             or not cnp.PyArray_IS_C_CONTIGUOUS(expert_ids)
             or not cnp.PyArray_IS_C_CONTIGUOUS(expert_weights)
             or not cnp.PyArray_ISWRITEABLE(expert_ids)
@@ -681,24 +789,28 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
             or not cnp.PyArray_ISNOTSWAPPED(expert_ids)
             or not cnp.PyArray_ISNOTSWAPPED(expert_weights)):
         return -1
+    # Half precisions are routed as float32: their scratch, bias and slack too.
+    item = 8 if ref.kind == LK_F64 else 4
+    bias_type = cnp.NPY_FLOAT64 if ref.kind == LK_F64 else cnp.NPY_FLOAT32
     cx.bias = NULL
     if bias is not None:
-        if (not cnp.PyArray_CheckExact(bias) or cnp.PyArray_TYPE(<cnp.ndarray>bias) != lt
+        if (not cnp.PyArray_CheckExact(bias) or cnp.PyArray_TYPE(<cnp.ndarray>bias) != bias_type
                 or cnp.PyArray_NDIM(<cnp.ndarray>bias) != 1 or cnp.PyArray_DIM(<cnp.ndarray>bias, 0) != n
                 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>bias) or not sigmoid):
             return -1
         cx.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
-    cx.slack = _sigmoid_slack(<const float*>cx.bias, n) if sigmoid and lt == cnp.NPY_FLOAT32 else 0
+    cx.slack = _sigmoid_slack(<const float*>cx.bias, n) if sigmoid and item == 4 else 0
     if (it == cnp.NPY_INT32 and n > 2147483648) or (it == cnp.NPY_UINT32 and n > 4294967296):
         return -1  # ids of this many experts do not fit the id dtype
-    cx.n_rows = cnp.PyArray_SIZE(arr) // n
+    cx.n_rows = ref.n_rows
     if (cnp.PyArray_SIZE(expert_ids) < cx.n_rows * top_k
             or cnp.PyArray_SIZE(expert_weights) < cx.n_rows * top_k
-            or _overlap(arr, expert_ids) or _overlap(arr, expert_weights)
+            or _overlap_bytes(ref.data, ref.nbytes, expert_ids)
+            or _overlap_bytes(ref.data, ref.nbytes, expert_weights)
             or _overlap(expert_ids, expert_weights)):
         return -1
     if cx.n_rows == 0:
-        return 0
+        return -2 if ref.from_dl and not ref.same_shape else 0
     if cx.n_rows < _parallel_min_rows:
         num_threads = 1
     elif num_threads <= 0:
@@ -716,24 +828,36 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     cx.kept = NULL
     if n_group > 1 or cx.bias != NULL:
         cx.scratch_per_thread = 2 * n + n_group
-        cx.scratch = malloc(num_threads * cx.scratch_per_thread * cnp.PyArray_ITEMSIZE(arr))
+        cx.scratch = malloc(num_threads * cx.scratch_per_thread * item)
         cx.kept = <Py_ssize_t*>malloc(num_threads * 2 * n_group * sizeof(Py_ssize_t))
         if cx.scratch == NULL or cx.kept == NULL:
             free(cx.scratch)
             free(cx.kept)
             raise MemoryError()
-    lp = cnp.PyArray_DATA(arr)
+    if (ref.kind == LK_F16 or ref.kind == LK_BF16) and 2 * n > HALF_CHUNK_FLOATS:
+        heap_buf = <float*>malloc(num_threads * 2 * n * sizeof(float))
+        if heap_buf == NULL:
+            free(cx.scratch)
+            free(cx.kept)
+            raise MemoryError()
     ip = cnp.PyArray_DATA(expert_ids)
     wp = cnp.PyArray_DATA(expert_weights)
     with nogil:
-        if lt == cnp.NPY_FLOAT32:
-            n_bad = _route_rows_typed(<const float*>lp, ip, it == cnp.NPY_INT64, wp,
+        if ref.kind == LK_F32:
+            n_bad = _route_rows_typed(<const float*>ref.data, ip, it == cnp.NPY_INT64, wp,
+                                      wt == cnp.NPY_FLOAT64, &cx)
+        elif ref.kind == LK_F64:
+            n_bad = _route_rows_typed(<const double*>ref.data, ip, it == cnp.NPY_INT64, wp,
                                       wt == cnp.NPY_FLOAT64, &cx)
         else:
-            n_bad = _route_rows_typed(<const double*>lp, ip, it == cnp.NPY_INT64, wp,
-                                      wt == cnp.NPY_FLOAT64, &cx)
+            n_bad = _route_rows_half(<const uint16_t*>ref.data, ref.kind == LK_BF16, ip,
+                                     it == cnp.NPY_INT64, wp, wt == cnp.NPY_FLOAT64, &cx,
+                                     heap_buf)
+    free(heap_buf)
     free(cx.scratch)
     free(cx.kept)
+    if n_bad == 0 and ref.from_dl and not ref.same_shape:
+        return -2
     return n_bad
 
 

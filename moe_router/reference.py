@@ -170,16 +170,21 @@ def route_rows(
     topk_group=1,
     routed_scaling_factor=1.0,
     bias=None,
+    bf16_bits=False,
+    views_shape=None,
 ):
     """Kernel-compatible entry (see the compiled route_rows): fill the flat
     output buffers and return the bad-row count, or -1 for anything but the
-    plain case, which the public API then validates and converts."""
-    if (
-        type(logits) is not np.ndarray
-        or logits.ndim == 0
-        or logits.dtype not in (np.float32, np.float64)
-        or not logits.flags.c_contiguous
-    ):
+    plain case, which the public API then validates and converts.  Half
+    precisions (float16, bfloat16; bf16_bits: uint16 holding bfloat16 bits)
+    are widened to float32 first, exactly, as the kernels do."""
+    if type(logits) is not np.ndarray or logits.ndim == 0 or not logits.flags.c_contiguous:
+        return -1
+    if logits.dtype == np.float16 or logits.dtype.name == "bfloat16":
+        logits = logits.astype(np.float32)
+    elif bf16_bits and logits.dtype == np.uint16:
+        logits = (logits.astype(np.uint32) << 16).view(np.float32)
+    if logits.dtype not in (np.float32, np.float64):
         return -1
     n = logits.shape[-1]
     n_rows = logits.size // n if n else 0

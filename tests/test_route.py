@@ -348,7 +348,7 @@ def test_torch_tensor_input_and_peer_result(rng):
     probs = torch.softmax(z, dim=-1, dtype=torch.float32)
     w, ids = torch.topk(probs, 4, dim=-1)
     w = w / w.sum(dim=-1, keepdim=True)
-    np.testing.assert_array_equal(out.expert_ids, ids.numpy())
-    np.testing.assert_allclose(out.expert_weights, w.numpy(), atol=WEIGHT_ATOL)
-    # int32 ids index torch tensors directly.
-    assert torch.from_numpy(out.expert_ids).dtype == torch.int32
+    # Tensors in, tensors out (issue 14): int32 ids index torch tensors directly.
+    assert isinstance(out.expert_ids, torch.Tensor) and out.expert_ids.dtype == torch.int32
+    np.testing.assert_array_equal(out.expert_ids.numpy(), ids.numpy())
+    np.testing.assert_allclose(out.expert_weights.numpy(), w.numpy(), atol=WEIGHT_ATOL)

@@ -16,6 +16,8 @@
  *   row_ops.hpp            the precision-generic row operations (templates
  *                          over float / double, no intrinsics)
  *   sigmoid_approx_avx2.hpp  AVX2+: the approximate sigmoid selection
+ *   half.hpp               bfloat16 / float16 rows widened to float32
+ *                          (exact), for the half-precision logits
  *   kernels.hpp            the entry points Cython declares (templates, one
  *                          declaration each) and the build facts
  *
@@ -51,6 +53,11 @@
 #define MR_HAVE_POPCNT 1
 #else
 #define MR_HAVE_POPCNT 0
+#endif
+#if defined(__F16C__)
+#define MR_HAVE_F16C 1
+#else
+#define MR_HAVE_F16C 0
 #endif
 #if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
 #define MR_HAVE_AVX512 1

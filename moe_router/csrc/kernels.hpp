@@ -8,6 +8,7 @@
 
 #include "row_ops.hpp"
 #include "sigmoid_approx_avx2.hpp"
+#include "half.hpp"
 
 namespace {
 
@@ -247,7 +248,7 @@ static inline int mr_cpu_has_avx2(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("popcnt");
+           __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("f16c");
 }
 static inline int mr_cpu_has_avx512(void)
 {
