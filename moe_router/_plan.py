@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from . import _dispatch
+from . import _dispatch, _tensors
 from ._api import RouterOutput, check_int
 
 __all__ = ["DispatchPlan", "plan", "plan_into", "permute", "combine"]
@@ -42,55 +42,24 @@ def _threads_arg(num_threads):
 # --- arrays in, arrays out (NumPy, ml_dtypes bfloat16, torch) ---------------
 
 
-def _is_torch(obj):
-    return type(obj).__module__.startswith("torch") and hasattr(obj, "numpy")
-
-
-def _asarray(obj, name):
+def _asarray(obj, name, writeable=False):
     """(ndarray, dtype name, was a torch tensor): a zero-copy view where possible.
 
     bfloat16 rows come back as their raw uint16 bits with dtype name
-    "bfloat16" (ml_dtypes arrays are recognised by dtype name, without
-    importing ml_dtypes).
+    "bfloat16" (torch tensors, DLPack, and ml_dtypes arrays, recognised by
+    dtype name without importing ml_dtypes).
     """
-    if type(obj) is np.ndarray:
-        dt = obj.dtype
-        if dt.name == "bfloat16" and dt.itemsize == 2:
-            return obj.view(np.uint16), "bfloat16", False
-        return obj, dt.name, False
-    if _is_torch(obj):
-        import torch
-
-        if obj.device.type != "cpu":
-            raise TypeError(f"{name} must be on the CPU, got a tensor on {obj.device}")
-        t = obj.detach()
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy().view(np.uint16), "bfloat16", True
-        try:
-            return t.numpy(), str(t.dtype).replace("torch.", ""), True
-        except TypeError as e:
-            raise TypeError(
-                f"{name}: a tensor of dtype {t.dtype} has no NumPy view ({e})"
-            ) from None
-    if isinstance(obj, np.ndarray):
-        return _asarray(np.asarray(obj), name)
-    arr = np.asarray(obj)
-    return _asarray(arr, name)
-
-
-def _to_torch(arr, dtype_name):
-    import torch
-
-    if dtype_name == "bfloat16":
-        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(arr)
+    arr, dtype_name, is_torch = _tensors.asarray(obj, name, writeable)
+    if dtype_name == "bfloat16" and arr.dtype.kind != "u":
+        arr = arr.view(np.uint16)
+    return arr, dtype_name, is_torch
 
 
 def _as_user(arr, dtype_name, like_torch, given_dtype):
     """A kernel output as the caller sees it: a tensor for tensor inputs, an
     ndarray of the input's dtype (ml_dtypes bfloat16 included) otherwise."""
     if like_torch:
-        return _to_torch(arr, dtype_name)
+        return _tensors.to_torch(arr, dtype_name)
     if dtype_name == "bfloat16":
         return arr.view(given_dtype)
     return arr
@@ -474,7 +443,7 @@ def _overlaps(out, *arrays):
 
 
 def _check_out(out, name, dtype_name, shapes, inputs):
-    arr, out_dtype, is_torch = _asarray(out, name)
+    arr, out_dtype, is_torch = _asarray(out, name, True)
     if out_dtype != dtype_name:
         raise TypeError(f"{name} must have dtype {dtype_name} (the input's), got {out_dtype}")
     if arr.shape not in shapes:
