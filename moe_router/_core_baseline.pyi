@@ -89,3 +89,7 @@ def combine_rows(
     out: object,
     num_threads: int = 1,
 ) -> int: ...
+
+DISPATCH_STREAM_MIN_BYTES: int
+
+def set_dispatch_stream_min_bytes(n_bytes: int) -> int: ...

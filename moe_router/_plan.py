@@ -25,7 +25,7 @@ _ID_DTYPES = (np.dtype(np.int32), np.dtype(np.uint32), _I64)
 # Row dtype codes of the kernels (csrc/plan.hpp).
 _ROW_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
 _W_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_N_STATS = 6  # MR_ST_N: rows, active, dropped, identity, remote, blocks
+_N_STATS = 7  # MR_ST_N: rows, active, dropped, identity, remote, blocks, tokens
 
 
 def _kernel():
@@ -53,16 +53,6 @@ def _asarray(obj, name, writeable=False):
     if dtype_name == "bfloat16" and arr.dtype.kind != "u":
         arr = arr.view(np.uint16)
     return arr, dtype_name, is_torch
-
-
-def _as_user(arr, dtype_name, like_torch, given_dtype):
-    """A kernel output as the caller sees it: a tensor for tensor inputs, an
-    ndarray of the input's dtype (ml_dtypes bfloat16 included) otherwise."""
-    if like_torch:
-        return _tensors.to_torch(arr, dtype_name)
-    if dtype_name == "bfloat16":
-        return arr.view(given_dtype)
-    return arr
 
 
 # --- the plan -----------------------------------------------------------------
@@ -182,10 +172,7 @@ class DispatchPlan:
 
     @property
     def num_tokens(self) -> int:
-        n = 1
-        for d in self._shape[:-1]:
-            n *= d
-        return n
+        return int(self._bufs[8][6])
 
     @property
     def num_slots(self) -> int:
@@ -397,14 +384,34 @@ def plan(
 
 # --- permute and combine ----------------------------------------------------
 
+_F32, _F64, _F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
+_CODE_NAMES = ("float32", "float64", "float16", "bfloat16")
+
 
 def _check_plan(p):
     if type(p) is not DispatchPlan:
         raise TypeError(f"plan must be a DispatchPlan, got {type(p).__name__}")
 
 
-def _rows(obj, name):
-    arr, dtype_name, is_torch = _asarray(obj, name)
+def _native_code(dt):
+    # `is` first: the native dtypes are single objects, and dtype.name costs
+    # microseconds.
+    if dt is _F32:
+        return 0
+    if dt is _F64:
+        return 1
+    if dt is _F16:
+        return 2
+    return -1
+
+
+def _rows(obj, name, writeable=False):
+    """(ndarray, row dtype code, was a torch tensor) of rows [..., hidden_size]."""
+    if type(obj) is np.ndarray:
+        code = _native_code(obj.dtype)
+        if code >= 0 and obj.ndim and (writeable or obj.flags.c_contiguous):
+            return obj, code, False
+    arr, dtype_name, is_torch = _asarray(obj, name, writeable)
     code = _ROW_CODES.get(dtype_name)
     if code is None:
         raise TypeError(
@@ -412,9 +419,9 @@ def _rows(obj, name):
         )
     if arr.ndim == 0:
         raise ValueError(f"{name} must have shape [..., hidden_size], got a 0-d array")
-    if not arr.flags.c_contiguous or not arr.dtype.isnative:
+    if not writeable and (not arr.flags.c_contiguous or not arr.dtype.isnative):
         arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
-    return arr, dtype_name, code, is_torch
+    return arr, code, is_torch
 
 
 def _weights(obj, p, name):
@@ -422,6 +429,13 @@ def _weights(obj, p, name):
         return None
     if isinstance(obj, RouterOutput):
         obj = obj.expert_weights
+    if (
+        type(obj) is np.ndarray
+        and (obj.dtype is _F32 or obj.dtype is _F64)
+        and obj.shape == p._shape
+        and obj.flags.c_contiguous
+    ):
+        return obj
     w, dtype_name, _ = _asarray(obj, name)
     if w.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a real array, got dtype {dtype_name}")
@@ -438,23 +452,39 @@ def _weights(obj, p, name):
     return w
 
 
-def _overlaps(out, *arrays):
-    return any(a is not None and np.may_share_memory(out, a) for a in arrays)
-
-
-def _check_out(out, name, dtype_name, shapes, inputs):
-    arr, out_dtype, is_torch = _asarray(out, name, True)
-    if out_dtype != dtype_name:
-        raise TypeError(f"{name} must have dtype {dtype_name} (the input's), got {out_dtype}")
+def _out_rows(out, name, code, shapes):
+    """The caller's output as an ndarray, its dtype and shape checked (the
+    kernel checks the flags and overlaps; _explain_out says what failed)."""
+    arr, out_code, _ = _rows(out, name, writeable=True)
+    if out_code != code:
+        raise TypeError(
+            f"{name} must have dtype {_CODE_NAMES[code]} (the input's), got {_CODE_NAMES[out_code]}"
+        )
     if arr.shape not in shapes:
         raise ValueError(f"{name} must have shape {shapes[0]}, got {arr.shape}")
+    return arr
+
+
+def _explain_out(arr, name, rc):
+    if rc == -2:
+        raise ValueError(f"{name} must not overlap the inputs in memory")
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous, got strides {arr.strides}")
     if not arr.flags.writeable:
         raise ValueError(f"{name} must be writeable, got a read-only array")
-    if _overlaps(arr, *inputs):
-        raise ValueError(f"{name} must not overlap the inputs in memory")
-    return arr
+    if not arr.dtype.isnative:
+        raise ValueError(f"{name} must have native byte order, got {arr.dtype}")
+    raise RuntimeError(f"moe_router: a dispatch kernel refused validated input ({name}; a bug)")
+
+
+def _result(o, code, is_torch, given):
+    """A kernel output as the caller sees it: a tensor for tensor inputs, an
+    ndarray of the input's dtype (ml_dtypes bfloat16 included) otherwise."""
+    if is_torch:
+        return _tensors.to_torch(o, _CODE_NAMES[code])
+    if code == 3:
+        return o.view(given.dtype) if type(given) is np.ndarray else o
+    return o
 
 
 def permute(
@@ -474,34 +504,30 @@ def permute(
     scale_by: the expert weights [..., top_k] (or a RouterOutput): each row
         is multiplied by its slot's weight, rounded once to the row dtype
         (Llama 4 weights the experts' input); then combine with weights None.
-    Returns out (a torch tensor if hidden_states was one).
+    Returns out (a torch tensor if hidden_states was one and out is None).
     """
-    _check_plan(plan)
-    h, dtype_name, code, is_torch = _rows(hidden_states, "hidden_states")
-    T = plan.num_tokens
-    if h.size != T * h.shape[-1] or (h.ndim == 1 and T != 1):
+    if type(plan) is not DispatchPlan:
+        _check_plan(plan)
+    h, code, is_torch = _rows(hidden_states, "hidden_states")
+    bufs = plan._bufs
+    stats = bufs[8]
+    T = int(stats[6])
+    H = h.shape[-1]
+    if h.size != T * H or (h.ndim == 1 and T != 1):
         raise ValueError(
             f"hidden_states must have shape [..., hidden_size] with the plan's num_tokens={T} "
             f"leading elements, got {h.shape}"
         )
-    H = h.shape[-1]
-    w = _weights(scale_by, plan, "scale_by")
-    rows = plan.num_rows
-    if out is None:
-        o = np.empty((rows, H), h.dtype)
-        result = None
-    else:
-        o = _check_out(out, "out", dtype_name, ((rows, H),), (h, w))
-        result = out
+    w = None if scale_by is None else _weights(scale_by, plan, "scale_by")
+    rows = int(stats[0])
+    o = np.empty((rows, H), h.dtype) if out is None else _out_rows(out, "out", code, ((rows, H),))
     rc = _kernel().permute_rows(
-        h, code, H, T, plan._bufs[3], plan._bufs[4], rows, T * plan.top_k, w, o,
-        _threads_arg(num_threads),
+        h, code, H, T, bufs[3], bufs[4], rows, T * plan._shape[-1], w, o,
+        0 if num_threads is None else _threads_arg(num_threads),
     )  # fmt: skip
     if rc != 0:
-        raise RuntimeError("moe_router: the permute kernel refused validated input (a bug)")
-    if result is not None:
-        return result
-    return _as_user(o, dtype_name, is_torch, getattr(hidden_states, "dtype", None))
+        _explain_out(o, "out", rc)
+    return out if out is not None else _result(o, code, is_torch, hidden_states)
 
 
 def combine(
@@ -528,48 +554,46 @@ def combine(
     The sum runs in k order in float32 (float64 for float64 rows), rounded
     once to the output dtype: the same bits on every path and thread count.
     Dropped slots (capacity, other ranks' experts) contribute nothing.
-    Returns out (a torch tensor if expert_out was one).
+    Returns out (a torch tensor if expert_out was one and out is None).
     """
-    _check_plan(plan)
-    e, dtype_name, code, is_torch = _rows(expert_out, "expert_out")
-    rows = plan.num_rows
+    if type(plan) is not DispatchPlan:
+        _check_plan(plan)
+    e, code, is_torch = _rows(expert_out, "expert_out")
+    bufs = plan._bufs
+    stats = bufs[8]
+    rows = int(stats[0])
     if e.ndim != 2 or e.shape[0] != rows:
         raise ValueError(
             f"expert_out must have shape [plan.num_rows={rows}, hidden_size] (one row per "
             f"plan row), got {e.shape}"
         )
     H = e.shape[1]
-    T = plan.num_tokens
-    w = _weights(expert_weights, plan, "expert_weights")
+    T = int(stats[6])
+    w = None if expert_weights is None else _weights(expert_weights, plan, "expert_weights")
     h = None
-    if hidden_states is not None or plan.num_identity_slots:
+    if hidden_states is not None or stats[3]:
         if hidden_states is None:
             raise ValueError(
                 f"the plan has {plan.num_identity_slots} identity-expert slot(s): combine "
                 f"needs hidden_states= (they add w * hidden_states[t])"
             )
-        h, h_dtype, _, _ = _rows(hidden_states, "hidden_states")
-        if h_dtype != dtype_name:
+        h, h_code, _ = _rows(hidden_states, "hidden_states")
+        if h_code != code:
             raise TypeError(
-                f"hidden_states must have expert_out's dtype {dtype_name}, got {h_dtype}"
+                f"hidden_states must have expert_out's dtype {_CODE_NAMES[code]}, "
+                f"got {_CODE_NAMES[h_code]}"
             )
         if h.size != T * H or h.shape[-1] != H:
             raise ValueError(
                 f"hidden_states must have shape [..., {H}] with num_tokens={T} leading "
                 f"elements, got {h.shape}"
             )
-    shape = plan.batch_shape + (H,)
-    if out is None:
-        o = np.empty(shape, e.dtype)
-        result = None
-    else:
-        o = _check_out(out, "out", dtype_name, (shape, (T, H)), (e, w, h))
-        result = out
+    shape = plan._shape[:-1] + (H,)
+    o = np.empty(shape, e.dtype) if out is None else _out_rows(out, "out", code, (shape, (T, H)))
     rc = _kernel().combine_rows(
-        e, code, H, rows, plan._bufs[5], T, plan.top_k, w, h, o, _threads_arg(num_threads)
-    )
+        e, code, H, rows, bufs[5], T, plan._shape[-1], w, h, o,
+        0 if num_threads is None else _threads_arg(num_threads),
+    )  # fmt: skip
     if rc != 0:
-        raise RuntimeError("moe_router: the combine kernel refused validated input (a bug)")
-    if result is not None:
-        return result
-    return _as_user(o, dtype_name, is_torch, getattr(expert_out, "dtype", None))
+        _explain_out(o, "out", rc)
+    return out if out is not None else _result(o, code, is_torch, expert_out)

@@ -16,7 +16,7 @@ cdef extern from "csrc/plan.hpp" nogil:
                         int64_t* stats)
     void mr_permute_rows(int dtype, const void* hidden, int64_t H, int64_t n_tokens,
                          const int64_t* tok, const int64_t* slot, const void* w, int w64,
-                         int64_t r0, int64_t r1, void* out)
+                         int64_t r0, int64_t r1, void* out, int stream)
     void mr_combine_rows(int dtype, const void* expert_out, const int64_t* slot_of, int64_t K,
                          const void* w, int w64, const void* hidden, int64_t H, int64_t t0,
                          int64_t t1, void* out)
@@ -27,6 +27,23 @@ cdef extern from "csrc/plan.hpp" nogil:
 DISPATCH_PARALLEL_MIN_BYTES = 1 << 20
 
 cdef Py_ssize_t _dispatch_parallel_min_bytes = DISPATCH_PARALLEL_MIN_BYTES
+
+
+# permute copies rows with non-temporal stores when its output is at least
+# this large (beyond the private caches, where the next matmul would not find
+# it anyway).  At hidden 2048 float32, top-8, one thread (bench_dispatch.py):
+# T=256 (16 MiB) 2.1 -> 0.86 ms, T=4096 (256 MiB) 51 -> 32 ms.
+DISPATCH_STREAM_MIN_BYTES = 8 << 20
+
+cdef Py_ssize_t _dispatch_stream_min_bytes = DISPATCH_STREAM_MIN_BYTES
+
+
+def set_dispatch_stream_min_bytes(Py_ssize_t n_bytes):
+    """Set the streaming-store threshold of permute (benchmarks only); returns the old one."""
+    global _dispatch_stream_min_bytes
+    old = _dispatch_stream_min_bytes
+    _dispatch_stream_min_bytes = max(n_bytes, 0)
+    return old
 
 
 def set_dispatch_parallel_min_bytes(Py_ssize_t n_bytes):
@@ -161,8 +178,10 @@ def permute_rows(object hidden, int dtype_code, Py_ssize_t width, Py_ssize_t n_t
     hidden, out: C-contiguous ndarrays of rows of `width` values of
     dtype_code (0 float32, 1 float64, 2 float16, 3 bfloat16 as uint16);
     weights: None or float32 / float64 with n_slots values.  The ids are the
-    plan's (each < n_tokens, or n_tokens; slots < n_slots).  Returns 0, or
-    -1 without writing when a size or dtype does not hold.
+    plan's (each < n_tokens, or n_tokens; slots < n_slots).  Returns 0, -2
+    when out overlaps hidden or weights, or -1 when a size, dtype or flag
+    does not hold (out not writeable C-contiguous ...); nothing is written
+    then.
     """
     cdef Py_ssize_t isz = 8 if dtype_code == 1 else (4 if dtype_code == 0 else 2)
     cdef int wk = 0, nt, i
@@ -178,6 +197,12 @@ def permute_rows(object hidden, int dtype_code, Py_ssize_t width, Py_ssize_t n_t
         if wk < 0:
             return -1
         wp = cnp.PyArray_DATA(<cnp.ndarray>weights)
+        if _overlap(<cnp.ndarray>out, <cnp.ndarray>weights):
+            return -2
+    if (_overlap(<cnp.ndarray>out, <cnp.ndarray>hidden)
+            or _overlap(<cnp.ndarray>out, <cnp.ndarray>sorted_token_ids)
+            or _overlap(<cnp.ndarray>out, <cnp.ndarray>sorted_slot_ids)):
+        return -2
     if n_rows == 0 or width == 0:
         return 0
     cdef const void* hp = cnp.PyArray_DATA(<cnp.ndarray>hidden)
@@ -185,14 +210,15 @@ def permute_rows(object hidden, int dtype_code, Py_ssize_t width, Py_ssize_t n_t
     cdef const int64_t* tp = _i64(sorted_token_ids)
     cdef const int64_t* sp = _i64(sorted_slot_ids)
     nt = _threads_for(n_rows * width * isz, n_rows, num_threads)
+    cdef int stream = n_rows * width * isz >= _dispatch_stream_min_bytes
     with nogil:
         if nt == 1:
-            mr_permute_rows(dtype_code, hp, width, n_tokens, tp, sp, wp, wk, 0, n_rows, op)
+            mr_permute_rows(dtype_code, hp, width, n_tokens, tp, sp, wp, wk, 0, n_rows, op, stream)
         else:
             # Static, contiguous shares: each row is written by one thread.
             for i in prange(nt, num_threads=nt, schedule="static"):
                 mr_permute_rows(dtype_code, hp, width, n_tokens, tp, sp, wp, wk,
-                                n_rows * i // nt, n_rows * (i + 1) // nt, op)
+                                n_rows * i // nt, n_rows * (i + 1) // nt, op, stream)
     return 0
 
 
@@ -206,8 +232,8 @@ def combine_rows(object expert_out, int dtype_code, Py_ssize_t width, Py_ssize_t
     expert_out: n_rows rows of `width` values of dtype_code (see
     permute_rows); slot_of: the plan's, each < n_rows or -1 / -2; weights
     None (all 1) or float32 / float64 [n_tokens * top_k]; hidden None or
-    n_tokens rows.  Returns 0, or -1 without writing when a size or dtype
-    does not hold.
+    n_tokens rows.  Returns 0, -2 when out overlaps an input, or -1 when a
+    size, dtype or flag does not hold; nothing is written then.
     """
     cdef Py_ssize_t isz = 8 if dtype_code == 1 else (4 if dtype_code == 0 else 2)
     cdef int wk = 0, nt, i
@@ -224,10 +250,17 @@ def combine_rows(object expert_out, int dtype_code, Py_ssize_t width, Py_ssize_t
         if wk < 0:
             return -1
         wp = cnp.PyArray_DATA(<cnp.ndarray>weights)
+        if _overlap(<cnp.ndarray>out, <cnp.ndarray>weights):
+            return -2
     if hidden is not None:
         if not _rows_buf(hidden, n_tokens * width * isz):
             return -1
         hp = cnp.PyArray_DATA(<cnp.ndarray>hidden)
+        if _overlap(<cnp.ndarray>out, <cnp.ndarray>hidden):
+            return -2
+    if (_overlap(<cnp.ndarray>out, <cnp.ndarray>expert_out)
+            or _overlap(<cnp.ndarray>out, <cnp.ndarray>slot_of)):
+        return -2
     if n_tokens == 0 or width == 0:
         return 0
     cdef const void* ep = cnp.PyArray_DATA(<cnp.ndarray>expert_out)

@@ -48,7 +48,7 @@ def _plan_of(module, top_k_index):
 
 
 def _segments(x, weight, bias, p, is_transposed):
-    """Row segment of expert e times its weight: [num_rows, out] (rows of inactive experts unused)."""
+    """Each active expert's rows times its weight: [num_rows, out]."""
     out_dim = weight.shape[-1] if is_transposed else weight.shape[-2]
     y = x.new_empty((x.shape[0], out_dim))
     offsets = p.expert_offsets
@@ -129,7 +129,9 @@ class MoeRouterGate(nn.Module):
         bias = None
         if self.contract == "sigmoid_groups":
             bias = gate.e_score_correction_bias.detach().float().cpu().numpy()
-        self.router = Router.from_hf_config(config, e_score_correction_bias=bias, ids_dtype=np.int64)
+        self.router = Router.from_hf_config(
+            config, e_score_correction_bias=bias, ids_dtype=np.int64
+        )
         self.top_k = self.router.top_k
         self.num_experts = self.router.num_experts
 

@@ -418,3 +418,23 @@ def test_torch_tensors_in_tensors_out(kernel_path, rng):
             x.float() * w.reshape(-1)[torch.from_numpy(p.sorted_slot_ids.copy())][:, None],
         )
         torch.testing.assert_close(y.float(), ref.to(dtype).float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", ROW_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_streaming_copies_give_the_same_rows(kernel_path, dtype, rng):
+    # Large outputs are copied with non-temporal stores: the same rows,
+    # padding zeros included, for aligned and unaligned outputs.
+    ids = random_ids(rng, 100, 4, 16)
+    hidden = rng.standard_normal((100, 64)).astype(dtype)
+    kernel = _dispatch.kernel
+    old = kernel.set_dispatch_stream_min_bytes(0)
+    try:
+        for options in ({}, {"block_size": 8}):
+            p = mr.plan(ids, 16, **options)
+            want = numpy_permute(hidden, numpy_plan(ids, 16, options.get("block_size")))
+            same_bits(mr.permute(hidden, p), want)
+            block = np.zeros(p.num_rows * 64 + 8, dtype)
+            out = block[1 : 1 + p.num_rows * 64].reshape(p.num_rows, 64)  # not 16-byte aligned
+            same_bits(mr.permute(hidden, p, out), want)
+    finally:
+        kernel.set_dispatch_stream_min_bytes(old)

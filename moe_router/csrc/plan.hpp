@@ -15,6 +15,9 @@
 #define MOE_ROUTER_PLAN_HPP
 
 #include "common.h"
+#if MR_HAVE_SSE2
+#include <emmintrin.h>
+#endif
 
 #if defined(__clang__)
 #pragma clang fp contract(off)
@@ -94,11 +97,44 @@ static MR_HOT void mr_store(float a, mr_f16 *p)
 /* Columns summed at a time by combine: an accumulator row in L1. */
 enum { MR_COMBINE_COLS = 256 };
 
+/* A row copy that bypasses the cache (non-temporal stores): for outputs
+ * far larger than the cache, it saves the read of each destination line
+ * that an ordinary store costs, as the large copies of memcpy do.  dst is
+ * 16-byte aligned and n a multiple of 16 (the caller checked). */
+static inline void mr_copy_stream(void *dst, const void *src, size_t n, const void *next)
+{
+#if MR_HAVE_SSE2
+    __m128i *d = (__m128i *)dst;
+    const __m128i *s = (const __m128i *)src;
+    const char *pf = (const char *)next;
+    size_t i = 0;
+    /* Each line of the next row is fetched while this one is copied: the
+     * rows come from scattered tokens, which the hardware prefetcher only
+     * finds a few lines into each row. */
+    for (; i + 4 <= n / 16; i += 4) {
+        if (pf != nullptr)
+            __builtin_prefetch(pf + i * 16);
+        __m128i a = _mm_loadu_si128(s + i), b = _mm_loadu_si128(s + i + 1);
+        __m128i c = _mm_loadu_si128(s + i + 2), e = _mm_loadu_si128(s + i + 3);
+        _mm_stream_si128(d + i, a);
+        _mm_stream_si128(d + i + 1, b);
+        _mm_stream_si128(d + i + 2, c);
+        _mm_stream_si128(d + i + 3, e);
+    }
+    for (; i < n / 16; i++)
+        _mm_stream_si128(d + i, _mm_loadu_si128(s + i));
+#else
+    (void)next;
+    memcpy(dst, src, n);
+#endif
+}
+
 /* permute, rows [r0, r1): out[r] = hidden[tok[r]] (times w[slot[r]] when w),
- * zeros for padding rows (tok[r] == n_tokens). */
+ * zeros for padding rows (tok[r] == n_tokens).  stream: plain copies with
+ * non-temporal stores (mr_copy_stream's conditions hold). */
 template <class T, class A, class W>
 static void mr_permute_t(const T *hidden, int64_t H, int64_t n_tokens, const int64_t *tok,
-                         const int64_t *slot, const W *w, int64_t r0, int64_t r1, T *out)
+                         const int64_t *slot, const W *w, int64_t r0, int64_t r1, T *out, int stream)
 {
     for (int64_t r = r0; r < r1; r++) {
         T *dst = out + r * H;
@@ -109,13 +145,21 @@ static void mr_permute_t(const T *hidden, int64_t H, int64_t n_tokens, const int
         }
         const T *src = hidden + t * H;
         if (w == nullptr) {
-            memcpy((void *)dst, (const void *)src, (size_t)H * sizeof(T));
+            if (stream) {
+                const T *next = r + 1 < r1 && tok[r + 1] < n_tokens ? hidden + tok[r + 1] * H : nullptr;
+                mr_copy_stream((void *)dst, (const void *)src, (size_t)H * sizeof(T), (const void *)next);
+            } else
+                memcpy((void *)dst, (const void *)src, (size_t)H * sizeof(T));
             continue;
         }
         A wk = (A)w[slot[r]];
         for (int64_t j = 0; j < H; j++)
             mr_store(wk * mr_load<A>(src[j]), dst + j);
     }
+#if MR_HAVE_SSE2
+    if (stream)
+        _mm_sfence(); /* the streamed rows are visible before the caller reads them */
+#endif
 }
 
 /* combine, tokens [t0, t1): out[t] = sum over k of w[t, k] * (the slot's
@@ -164,9 +208,9 @@ enum { MR_DT_F32 = 0, MR_DT_F64 = 1, MR_DT_F16 = 2, MR_DT_BF16 = 3 };
 
 template <class W>
 static void mr_permute_w(int dtype, const void *hidden, int64_t H, int64_t n_tokens, const int64_t *tok,
-                         const int64_t *slot, const W *w, int64_t r0, int64_t r1, void *out)
+                         const int64_t *slot, const W *w, int64_t r0, int64_t r1, void *out, int stream)
 {
-#define MR_ARGS(T) ((const T *)hidden, H, n_tokens, tok, slot, w, r0, r1, (T *)out)
+#define MR_ARGS(T) ((const T *)hidden, H, n_tokens, tok, slot, w, r0, r1, (T *)out, stream)
     MR_ROW_DISPATCH(mr_permute_t, MR_ARGS, W)
 #undef MR_ARGS
 }
@@ -181,14 +225,18 @@ static void mr_combine_w(int dtype, const void *expert_out, const int64_t *slot_
 }
 #undef MR_ROW_DISPATCH
 
-/* The entry points: w is float32 (w64 == 0), float64 or NULL. */
+/* The entry points: w is float32 (w64 == 0), float64 or NULL.  permute
+ * streams (stream != 0) only plain copies with 16-byte aligned rows. */
 static void mr_permute_rows(int dtype, const void *hidden, int64_t H, int64_t n_tokens, const int64_t *tok,
-                            const int64_t *slot, const void *w, int w64, int64_t r0, int64_t r1, void *out)
+                            const int64_t *slot, const void *w, int w64, int64_t r0, int64_t r1, void *out,
+                            int stream)
 {
+    size_t row_bytes = (size_t)H * (dtype == MR_DT_F64 ? 8 : dtype == MR_DT_F32 ? 4 : 2);
+    stream = stream && w == nullptr && row_bytes % 16 == 0 && (uintptr_t)out % 16 == 0;
     if (w64)
-        mr_permute_w(dtype, hidden, H, n_tokens, tok, slot, (const double *)w, r0, r1, out);
+        mr_permute_w(dtype, hidden, H, n_tokens, tok, slot, (const double *)w, r0, r1, out, stream);
     else
-        mr_permute_w(dtype, hidden, H, n_tokens, tok, slot, (const float *)w, r0, r1, out);
+        mr_permute_w(dtype, hidden, H, n_tokens, tok, slot, (const float *)w, r0, r1, out, stream);
 }
 
 static void mr_combine_rows(int dtype, const void *expert_out, const int64_t *slot_of, int64_t K,
@@ -206,7 +254,16 @@ static void mr_combine_rows(int dtype, const void *expert_out, const int64_t *sl
 enum { MR_SLOT_REMOTE = -1, MR_SLOT_IDENTITY = -2, MR_SLOT_DROPPED = -3 };
 
 /* Facts the plan returns in stats[]. */
-enum { MR_ST_ROWS = 0, MR_ST_ACTIVE, MR_ST_DROPPED, MR_ST_IDENTITY, MR_ST_REMOTE, MR_ST_BLOCKS, MR_ST_N };
+enum {
+    MR_ST_ROWS = 0,
+    MR_ST_ACTIVE,
+    MR_ST_DROPPED,
+    MR_ST_IDENTITY,
+    MR_ST_REMOTE,
+    MR_ST_BLOCKS,
+    MR_ST_TOKENS,
+    MR_ST_N
+};
 
 /* The plan of T tokens x K ids (ids[t * K + k], each in [0, E)): a stable
  * counting sort of the slots by local expert.  Ids >= S are identity
@@ -225,6 +282,7 @@ static int64_t mr_plan(const I *ids, int64_t T, int64_t K, int64_t E, int64_t S,
 {
     const int64_t n = T * K;
     int64_t n_identity = 0, n_remote = 0, n_dropped = 0;
+    stats[MR_ST_TOKENS] = 0; /* a plan that failed has no tokens */
     for (int64_t e = 0; e < L; e++)
         counts[e] = 0;
     /* Pass 1, token order: check each id, and put its local expert (or a
@@ -311,6 +369,7 @@ static int64_t mr_plan(const I *ids, int64_t T, int64_t K, int64_t E, int64_t S,
     stats[MR_ST_IDENTITY] = n_identity;
     stats[MR_ST_REMOTE] = n_remote;
     stats[MR_ST_BLOCKS] = n_blocks;
+    stats[MR_ST_TOKENS] = T;
     return -1;
 }
 
