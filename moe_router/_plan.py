@@ -405,13 +405,22 @@ def _native_code(dt):
     return -1
 
 
+_bf16_dtype = None  # ml_dtypes' bfloat16 dtype, once seen (ml_dtypes is never imported here)
+
+
 def _rows(obj, name, writeable=False):
     """(ndarray, row dtype code, was a torch tensor) of rows [..., hidden_size]."""
+    global _bf16_dtype
     if type(obj) is np.ndarray:
-        code = _native_code(obj.dtype)
+        dt = obj.dtype
+        code = _native_code(dt)
         if code >= 0 and obj.ndim and (writeable or obj.flags.c_contiguous):
             return obj, code, False
+        if dt is _bf16_dtype and obj.ndim and (writeable or obj.flags.c_contiguous):
+            return obj.view(np.uint16), 3, False
     arr, dtype_name, is_torch = _asarray(obj, name, writeable)
+    if dtype_name == "bfloat16" and type(obj) is np.ndarray and obj.dtype.itemsize == 2:
+        _bf16_dtype = obj.dtype
     code = _ROW_CODES.get(dtype_name)
     if code is None:
         raise TypeError(
@@ -483,7 +492,9 @@ def _result(o, code, is_torch, given):
     if is_torch:
         return _tensors.to_torch(o, _CODE_NAMES[code])
     if code == 3:
-        return o.view(given.dtype) if type(given) is np.ndarray else o
+        # NumPy bfloat16 rows in, ml_dtypes bfloat16 out (uint16 bits if the
+        # rows were raw bits already).
+        return o.view(given.dtype) if type(given) is np.ndarray and given.dtype.itemsize == 2 else o
     return o
 
 

@@ -22,9 +22,11 @@ cdef extern from "csrc/plan.hpp" nogil:
                          int64_t t1, void* out)
 
 # permute / combine split across threads only when they move at least this
-# many bytes of output rows: below it, waking a second thread costs about
-# what it saves (benchmarks/bench_dispatch.py --threads measures it).
-DISPATCH_PARALLEL_MIN_BYTES = 1 << 20
+# many bytes of rows (permute: its output; combine: the expert rows it reads).
+# Measured on a host shared by other jobs (bench_dispatch.py --only threads):
+# 2 threads were slower up to 8 MiB and even at 16 MiB; at hidden 2048
+# float32 top-8 this threshold is T = 256.
+DISPATCH_PARALLEL_MIN_BYTES = 16 << 20
 
 cdef Py_ssize_t _dispatch_parallel_min_bytes = DISPATCH_PARALLEL_MIN_BYTES
 

@@ -285,27 +285,38 @@ static int64_t mr_plan(const I *ids, int64_t T, int64_t K, int64_t E, int64_t S,
     stats[MR_ST_TOKENS] = 0; /* a plan that failed has no tokens */
     for (int64_t e = 0; e < L; e++)
         counts[e] = 0;
-    /* Pass 1, token order: check each id, and put its local expert (or a
-     * mark) in slot_of; count unless a capacity decides what is kept. */
-    for (int64_t i = 0; i < n; i++) {
-        int64_t v = (int64_t)ids[i];
-        if (v < 0 || v >= E) /* uint32 ids convert to non-negative values */
-            return i;
-        if (v >= S) {
-            slot_of[i] = MR_SLOT_IDENTITY;
-            n_identity++;
-            continue;
+    if (expert_map == nullptr && S == E && capacity < 0) {
+        /* The plain case: every id is a routed local expert. */
+        for (int64_t i = 0; i < n; i++) {
+            int64_t v = (int64_t)ids[i];
+            if ((uint64_t)v >= (uint64_t)E) /* negative ids wrap to large values */
+                return i;
+            slot_of[i] = v;
+            counts[v]++;
         }
-        int64_t e = expert_map != nullptr ? expert_map[v] : v;
-        if (e < -1 || e >= L)
-            return -2;
-        slot_of[i] = e;
-        if (e < 0) {
-            n_remote++;
-            continue;
+    } else {
+        /* Pass 1, token order: check each id, and put its local expert (or
+         * a mark) in slot_of; count unless a capacity decides what is kept. */
+        for (int64_t i = 0; i < n; i++) {
+            int64_t v = (int64_t)ids[i];
+            if (v < 0 || v >= E) /* uint32 ids convert to non-negative values */
+                return i;
+            if (v >= S) {
+                slot_of[i] = MR_SLOT_IDENTITY;
+                n_identity++;
+                continue;
+            }
+            int64_t e = expert_map != nullptr ? expert_map[v] : v;
+            if (e < -1 || e >= L)
+                return -2;
+            slot_of[i] = e;
+            if (e < 0) {
+                n_remote++;
+                continue;
+            }
+            if (capacity < 0)
+                counts[e]++;
         }
-        if (capacity < 0)
-            counts[e]++;
     }
     /* Capacity: first choices of all tokens before any second choice, then
      * token order (Switch, GShard); the rest are dropped. */
