@@ -223,31 +223,43 @@ def bench_block(rounds, torch):
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
     torch.manual_seed(0)
-    block = Qwen3MoeSparseMoeBlock(config).eval()
+    block = Qwen3MoeSparseMoeBlock(config).eval()  # 2.4 GB of float32 expert weights
     with torch.no_grad():
         for prm in block.parameters():
             prm.normal_(0, 0.02)
     mh.register()
-    routed = Qwen3MoeSparseMoeBlock(config).eval()
-    routed.load_state_dict(block.state_dict())
-    mh.replace_routers(routed)
+    hf_gate = block.gate
+    mr_gate = mh.MoeRouterGate(hf_gate, config)
 
-    def run(module, impl, h):
-        module.experts.config._experts_implementation = impl
+    def run(impl, gate, h):
+        block.gate = gate
+        block.experts.config._experts_implementation = impl
         with torch.no_grad():
-            return module(h)
+            return block(h)
 
     for T in (1, 32, 256):
         h = torch.randn(1, T, 2048)
         c = {
-            "moe_router (+ its router)": lambda: run(routed, "moe_router", h),
-            "moe_router experts": lambda: run(block, "moe_router", h),
-            "eager": lambda: run(block, "eager", h),
-            "grouped_mm": lambda: run(block, "grouped_mm", h),
+            "moe_router (+ its router)": lambda: run("moe_router", mr_gate, h),
+            "moe_router experts": lambda: run("moe_router", hf_gate, h),
+            "eager": lambda: run("eager", hf_gate, h),
+            "grouped_mm": lambda: run("grouped_mm", hf_gate, h),
         }
         med = medians(interleaved(c, rounds, slice_s=0.05))
         title = f"Qwen3-30B-A3B MoE block, float32, T={T}"
         report(title, med, "moe_router (+ its router)", 1e3, "ms")
+        # The share outside the expert matmuls: the same matmuls on the plan's rows alone.
+        p = mr.plan(mr_gate.route(h.reshape(-1, 2048))[1], 128)
+        x = mr.permute(h.reshape(-1, 2048), p)
+
+        def matmuls_only():
+            with torch.no_grad():
+                mh._run_experts(block.experts, x, p, block.experts.gate_up_proj, None)
+
+        mm = medians(interleaved({"matmuls": matmuls_only}, rounds, slice_s=0.05))["matmuls"]
+        share = 1 - mm / med["moe_router (+ its router)"]
+        print(f"  expert matmuls alone {mm * 1e3:.2f} ms: {share:.1%} of moe_router's time")
+        print("  is outside them")
 
 
 def main():

@@ -47,8 +47,21 @@ def _plan_of(module, top_k_index):
     return _plan.plan_into(top_k_index, E, p)
 
 
+_grouped_mm = getattr(torch.nn.functional, "grouped_mm", None) or getattr(
+    torch, "_grouped_mm", None
+)
+
+
 def _segments(x, weight, bias, p, is_transposed):
-    """Each active expert's rows times its weight: [num_rows, out]."""
+    """Each active expert's rows times its weight: [num_rows, out].
+
+    One grouped matmul over the plan's segments where torch has one (its
+    int32 offsets are the ends of the experts' segments), else one matmul
+    per active expert.
+    """
+    if bias is None and _grouped_mm is not None and x.dtype == weight.dtype:
+        ends = torch.from_numpy(p.expert_offsets[1:].astype(np.int32))
+        return _grouped_mm(x, weight if is_transposed else weight.transpose(-2, -1), offs=ends)
     out_dim = weight.shape[-1] if is_transposed else weight.shape[-2]
     y = x.new_empty((x.shape[0], out_dim))
     offsets = p.expert_offsets
