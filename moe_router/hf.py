@@ -130,7 +130,12 @@ class MoeRouterGate(nn.Module):
     Computes the gate's logits with the original weights (and bias), routes
     them with `Router.from_hf_config`, and returns what the original returned:
     (logits, weights [T, K], ids [T, K] int64) for the top-K routers, and
-    (dense scores [T, E], logits) for Llama 4's.
+    (dense scores [T, E], logits) for Llama 4's.  It holds the original's
+    parameters under the same names (`weight`, `bias`,
+    `e_score_correction_bias`), so the model's state_dict keys are unchanged;
+    the Router reads the correction bias once, when the gate is replaced
+    (replace after loading the weights).  Inference only: the weights it
+    returns carry no gradient.
     """
 
     def __init__(self, gate, config):
@@ -138,9 +143,12 @@ class MoeRouterGate(nn.Module):
         self.contract = _contract(gate)
         if self.contract is None:
             raise ValueError(f"no moe_router replacement for {type(gate).__name__}")
-        self.original = gate
+        self.original_type = type(gate).__name__
+        self.weight = gate.weight
+        self.bias = getattr(gate, "bias", None)
         bias = None
         if self.contract == "sigmoid_groups":
+            self.register_buffer("e_score_correction_bias", gate.e_score_correction_bias)
             bias = gate.e_score_correction_bias.detach().float().cpu().numpy()
         self.router = Router.from_hf_config(
             config, e_score_correction_bias=bias, ids_dtype=np.int64
@@ -150,13 +158,12 @@ class MoeRouterGate(nn.Module):
 
     def route(self, hidden_states):
         """(logits, ids [T, K] int64, weights [T, K] float32)."""
-        g = self.original
         h = hidden_states.reshape(-1, hidden_states.shape[-1])
         if self.contract == "sigmoid_groups":
-            logits = F.linear(h.float(), g.weight.float())
+            logits = F.linear(h.float(), self.weight.float())
         else:
-            logits = F.linear(h, g.weight, getattr(g, "bias", None))
-        out = self.router(logits.detach())  # inference: the weights carry no gradient
+            logits = F.linear(h, self.weight, self.bias)
+        out = self.router(logits.detach())
         # The Router reuses its buffers: copies keep earlier results valid.
         return logits, out.expert_ids.clone(), out.expert_weights.clone()
 

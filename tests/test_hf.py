@@ -8,6 +8,17 @@ transformers = pytest.importorskip("transformers")
 
 import moe_router.hf as mh  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Tiny models: torch's intra-op threads only wait on each other (on a
+    # busy host, milliseconds per op).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 COMMON = dict(
     vocab_size=96,
     hidden_size=32,
@@ -136,11 +147,15 @@ def test_generate_matches_eager(model_type):
         if model._can_set_experts_implementation():
             model.set_experts_implementation("eager")
         want = model.generate(prompt, **kw)
+        keys = set(model.state_dict())
         mh.apply(model)
         got = model.generate(prompt, **kw)
-    assert sum(isinstance(m, mh.MoeRouterGate) for m in model.modules()) == 2
+    assert set(model.state_dict()) == keys  # the replaced gates keep the parameter names
+    assert sum(isinstance(m, mh.MoeRouterGate) for m in model.modules()) == config.num_hidden_layers
     # The dispatch path ran: each MoE layer holds its plan.
-    assert sum("_moe_router_plan" in m.__dict__ for m in model.modules()) == 2
+    assert (
+        sum("_moe_router_plan" in m.__dict__ for m in model.modules()) == config.num_hidden_layers
+    )
     assert torch.equal(got.sequences, want.sequences)
     for a, b in zip(got.logits, want.logits, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
