@@ -36,7 +36,11 @@ def _kernel():
 
 
 def _threads_arg(num_threads):
-    return 0 if num_threads is None else check_int(num_threads, "num_threads", low=1)
+    if num_threads is None:
+        return 0
+    if type(num_threads) is int and num_threads >= 1:
+        return num_threads
+    return check_int(num_threads, "num_threads", low=1)
 
 
 # --- arrays in, arrays out (NumPy, ml_dtypes bfloat16, torch) ---------------
@@ -522,7 +526,7 @@ def permute(
     h, code, is_torch = _rows(hidden_states, "hidden_states")
     bufs = plan._bufs
     stats = bufs[8]
-    T = int(stats[6])
+    T = stats.item(6)
     H = h.shape[-1]
     if h.size != T * H or (h.ndim == 1 and T != 1):
         raise ValueError(
@@ -530,11 +534,16 @@ def permute(
             f"leading elements, got {h.shape}"
         )
     w = None if scale_by is None else _weights(scale_by, plan, "scale_by")
-    rows = int(stats[0])
-    o = np.empty((rows, H), h.dtype) if out is None else _out_rows(out, "out", code, ((rows, H),))
+    rows = stats.item(0)
+    if out is None:
+        o = np.empty((rows, H), h.dtype)
+    elif type(out) is np.ndarray and out.dtype is h.dtype and out.shape == (rows, H):
+        o = out  # flags and overlaps: checked by the kernel
+    else:
+        o = _out_rows(out, "out", code, ((rows, H),))
     rc = _kernel().permute_rows(
         h, code, H, T, bufs[3], bufs[4], rows, T * plan._shape[-1], w, o,
-        0 if num_threads is None else _threads_arg(num_threads),
+        _threads_arg(num_threads),
     )  # fmt: skip
     if rc != 0:
         _explain_out(o, "out", rc)
@@ -572,14 +581,14 @@ def combine(
     e, code, is_torch = _rows(expert_out, "expert_out")
     bufs = plan._bufs
     stats = bufs[8]
-    rows = int(stats[0])
+    rows = stats.item(0)
     if e.ndim != 2 or e.shape[0] != rows:
         raise ValueError(
             f"expert_out must have shape [plan.num_rows={rows}, hidden_size] (one row per "
             f"plan row), got {e.shape}"
         )
     H = e.shape[1]
-    T = int(stats[6])
+    T = stats.item(6)
     w = None if expert_weights is None else _weights(expert_weights, plan, "expert_weights")
     h = None
     if hidden_states is not None or stats[3]:
@@ -600,10 +609,15 @@ def combine(
                 f"elements, got {h.shape}"
             )
     shape = plan._shape[:-1] + (H,)
-    o = np.empty(shape, e.dtype) if out is None else _out_rows(out, "out", code, (shape, (T, H)))
+    if out is None:
+        o = np.empty(shape, e.dtype)
+    elif type(out) is np.ndarray and out.dtype is e.dtype and out.shape == shape:
+        o = out  # flags and overlaps: checked by the kernel
+    else:
+        o = _out_rows(out, "out", code, (shape, (T, H)))
     rc = _kernel().combine_rows(
         e, code, H, rows, bufs[5], T, plan._shape[-1], w, h, o,
-        0 if num_threads is None else _threads_arg(num_threads),
+        _threads_arg(num_threads),
     )  # fmt: skip
     if rc != 0:
         _explain_out(o, "out", rc)
