@@ -7,6 +7,8 @@
 # return a negative code instead of raising for anything not the plain
 # case.  The nogil parts never raise.
 
+cimport cython
+
 cdef extern from "csrc/plan.hpp" nogil:
     enum: MR_ST_N
     int64_t mr_plan_ids(int id_kind, const void* ids, int64_t T, int64_t K, int64_t E, int64_t S,
@@ -152,6 +154,29 @@ cdef inline int _threads_for(Py_ssize_t out_bytes, Py_ssize_t units, int num_thr
     return <int>max(1, min(<Py_ssize_t>num_threads, units))
 
 
+@cython.cdivision(True)  # nt >= 2: C division, no error path even in debug builds
+cdef void _permute_shares(int nt, int dtype_code, const void* hp, Py_ssize_t width,
+                          Py_ssize_t n_tokens, const int64_t* tp, const int64_t* sp,
+                          const void* wp, int wk, Py_ssize_t n_rows, void* op,
+                          int stream) noexcept nogil:
+    # Static, contiguous shares: each row is written by one thread.
+    cdef int i
+    for i in prange(nt, num_threads=nt, schedule="static"):
+        mr_permute_rows(dtype_code, hp, width, n_tokens, tp, sp, wp, wk,
+                        n_rows * i // nt, n_rows * (i + 1) // nt, op, stream)
+
+
+@cython.cdivision(True)
+cdef void _combine_shares(int nt, int dtype_code, const void* ep, const int64_t* so,
+                          Py_ssize_t top_k, const void* wp, int wk, const void* hp,
+                          Py_ssize_t width, Py_ssize_t n_tokens, void* op) noexcept nogil:
+    # Static, contiguous shares of the tokens: each output row has one writer.
+    cdef int i
+    for i in prange(nt, num_threads=nt, schedule="static"):
+        mr_combine_rows(dtype_code, ep, so, top_k, wp, wk, hp, width,
+                        n_tokens * i // nt, n_tokens * (i + 1) // nt, op)
+
+
 cdef inline bint _rows_buf(object a, Py_ssize_t n_bytes) noexcept:
     # A C-contiguous native ndarray of at least n_bytes.
     return (cnp.PyArray_CheckExact(a) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
@@ -186,7 +211,7 @@ def permute_rows(object hidden, int dtype_code, Py_ssize_t width, Py_ssize_t n_t
     then.
     """
     cdef Py_ssize_t isz = 8 if dtype_code == 1 else (4 if dtype_code == 0 else 2)
-    cdef int wk = 0, nt, i
+    cdef int wk = 0, nt
     cdef const void* wp = NULL
     if not 0 <= dtype_code <= 3 or width < 0 or n_rows < 0 or n_tokens < 0:
         return -1
@@ -217,10 +242,8 @@ def permute_rows(object hidden, int dtype_code, Py_ssize_t width, Py_ssize_t n_t
         if nt == 1:
             mr_permute_rows(dtype_code, hp, width, n_tokens, tp, sp, wp, wk, 0, n_rows, op, stream)
         else:
-            # Static, contiguous shares: each row is written by one thread.
-            for i in prange(nt, num_threads=nt, schedule="static"):
-                mr_permute_rows(dtype_code, hp, width, n_tokens, tp, sp, wp, wk,
-                                n_rows * i // nt, n_rows * (i + 1) // nt, op, stream)
+            _permute_shares(nt, dtype_code, hp, width, n_tokens, tp, sp, wp, wk, n_rows, op,
+                            stream)
     return 0
 
 
@@ -238,7 +261,7 @@ def combine_rows(object expert_out, int dtype_code, Py_ssize_t width, Py_ssize_t
     size, dtype or flag does not hold; nothing is written then.
     """
     cdef Py_ssize_t isz = 8 if dtype_code == 1 else (4 if dtype_code == 0 else 2)
-    cdef int wk = 0, nt, i
+    cdef int wk = 0, nt
     cdef const void* wp = NULL
     cdef const void* hp = NULL
     if not 0 <= dtype_code <= 3 or width < 0 or n_rows < 0 or n_tokens < 0 or top_k < 1:
@@ -273,7 +296,5 @@ def combine_rows(object expert_out, int dtype_code, Py_ssize_t width, Py_ssize_t
         if nt == 1:
             mr_combine_rows(dtype_code, ep, so, top_k, wp, wk, hp, width, 0, n_tokens, op)
         else:
-            for i in prange(nt, num_threads=nt, schedule="static"):
-                mr_combine_rows(dtype_code, ep, so, top_k, wp, wk, hp, width,
-                                n_tokens * i // nt, n_tokens * (i + 1) // nt, op)
+            _combine_shares(nt, dtype_code, ep, so, top_k, wp, wk, hp, width, n_tokens, op)
     return 0
