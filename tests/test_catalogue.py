@@ -62,6 +62,25 @@ def route_into(logits, top_k=2, **kw):
         assert g.untouched_outside()
 
 
+class _Producer:
+    """Only the DLPack protocol, on a device of our choosing."""
+
+    def __init__(self, array, device=None):
+        self.array, self.device = array, device
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.device or self.array.__dlpack_device__()
+
+
+def _read_only_dlpack_output():
+    ids = np.zeros(8, np.int32)
+    ids.flags.writeable = False
+    return mr.RouterOutput(expert_ids=_Producer(ids), expert_weights=np.zeros(8, np.float32))
+
+
 def _overlapping_output():
     raw = np.zeros(16, np.float32)
     return mr.RouterOutput(expert_ids=raw.view(np.int32)[:8], expert_weights=raw[4:12])
@@ -103,6 +122,37 @@ CASES = [
     ("logits dict", lambda: mr.route({"a": 1}, 1), TypeError, "got dtype object"),
     ("logits ragged", lambda: mr.route([[1.0, 2.0], [3.0]], 1), ValueError, "inhomogeneous"),
     ("logits 0-d", lambda: mr.route(np.float32(1.0), 1), ValueError, "got a 0-d array"),
+    # --- DLPack producers (issue 14) ------------------------------------------
+    (
+        "logits DLPack on cuda",
+        lambda: route_into(_Producer(GOOD, device=(2, 0))),
+        ValueError,
+        "logits is on device cuda:0; moe_router routes on the CPU",
+    ),
+    (
+        "logits DLPack on metal",
+        lambda: mr.Router(E, 2)(_Producer(GOOD, device=(8, 0))),
+        ValueError,
+        "logits is on device metal:0",
+    ),
+    (
+        "logits DLPack cannot export",
+        lambda: route_into(_Producer(GOOD.astype(">f4"))),
+        TypeError,
+        "logits cannot be read through DLPack",
+    ),
+    (
+        "logits DLPack int",
+        lambda: route_into(_Producer(GOOD.astype(np.int16))),
+        TypeError,
+        r"logits must be a floating-point array \(float16, bfloat16, float32 or float64\)",
+    ),
+    (
+        "output DLPack read-only",
+        _read_only_dlpack_output,
+        ValueError,
+        "expert_ids must be writeable",
+    ),
     (
         "zero experts",
         lambda: mr.route(np.zeros((3, 0), np.float32), 1),
@@ -469,3 +519,30 @@ def test_extreme_values_are_routed(any_path, values):
     assert all(len(set(r)) == 4 for r in ids.tolist())
     assert np.isfinite(out.expert_weights).all() and (out.expert_weights >= 0).all()
     np.testing.assert_allclose(out.expert_weights.sum(axis=1), 1.0, atol=1e-6)
+
+
+# --- torch tensors (issue 14): skipped without torch; CI installs it ----------
+TORCH_CASES = [
+    ("requires_grad", lambda t: t.randn(4, 16, requires_grad=True), TypeError, "logits.detach()"),
+    ("meta device", lambda t: t.randn(4, 16, device="meta"), ValueError, "routes on the CPU"),
+    ("int64", lambda t: t.zeros(4, 16, dtype=t.int64), TypeError, "float16, bfloat16"),
+    ("bool", lambda t: t.zeros(4, 16, dtype=t.bool), TypeError, "float16, bfloat16"),
+    ("complex", lambda t: t.zeros(4, 16, dtype=t.complex64), TypeError, "complex64"),
+    ("float8", lambda t: t.zeros(4, 16).to(t.float8_e4m3fn), TypeError, "float8_e4m3fn"),
+]
+
+
+@pytest.mark.parametrize("case", TORCH_CASES, ids=[c[0] for c in TORCH_CASES])
+@pytest.mark.parametrize("entry", ["route_into", "Router"])
+def test_torch_errors_name_logits_and_write_nothing(any_path, case, entry):
+    torch = pytest.importorskip("torch")
+    _, make, exc, fragment = case
+    logits = make(torch)
+    g = Guarded(8)
+    with pytest.raises(exc, match=fragment) as info:
+        if entry == "route_into":
+            mr.route_into(logits, 2, g.out)
+        else:
+            mr.Router(16, 2)(logits, out=g.out)
+    assert "logits" in str(info.value)
+    assert g.untouched_outside()

@@ -26,7 +26,25 @@ with atheris.instrument_imports():
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from test_variants import assert_routes_like  # noqa: E402
 
-DTYPES = [np.float32, np.float64, np.float16, ">f4", np.int32]
+try:
+    import ml_dtypes
+
+    DTYPES = [np.float32, np.float64, np.float16, ">f4", np.int32, ml_dtypes.bfloat16]
+except ImportError:
+    DTYPES = [np.float32, np.float64, np.float16, ">f4", np.int32]
+
+
+class Producer:
+    """Only the DLPack protocol (the path a torch-free producer takes)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
 
 
 def one_input(data):
@@ -69,13 +87,16 @@ def one_input(data):
         )
         norm = norm or opts["scoring_func"] == "softmax"
     api = fdp.ConsumeIntInRange(0, 2)
+    # The logits as given, or through DLPack (a producer that cannot
+    # export them, such as NumPy for bfloat16 or >f4, must give TypeError).
+    given = Producer(z) if fdp.ConsumeBool() else z
     try:
         if api == 0:
-            out = mr.route(z, top_k, norm, **opts)
+            out = mr.route(given, top_k, norm, **opts)
         elif api == 1:
-            out = mr.route_into(z, top_k, mr.RouterOutput.empty(), norm, **opts)
+            out = mr.route_into(given, top_k, mr.RouterOutput.empty(), norm, **opts)
         else:
-            out = mr.Router(num_experts, top_k, norm, **opts)(z)
+            out = mr.Router(num_experts, top_k, norm, **opts)(given)
     except (TypeError, ValueError):
         return
     zz = np.asarray(z, np.float64)
