@@ -18,7 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from . import _core_baseline
+try:
+    from . import _core_baseline
+except ImportError as e:  # the uncompiled sources, e.g. `python -m moe_router` in a checkout
+    _here = os.path.dirname(os.path.abspath(__file__))
+    _checkout = os.path.exists(os.path.join(_here, "..", "setup.py"))
+    raise ImportError(
+        "moe_router's compiled core (moe_router._core_baseline) is not built"
+        + (
+            f": Python imported the source tree at {_here}, which has no compiled "
+            f"modules. Install the package (pip install . from the checkout) and run "
+            f"from another directory, or build it in place "
+            f"(python setup.py build_ext --inplace)"
+            if _checkout
+            else f" or cannot be loaded ({e}); reinstall moe_router"
+        )
+    ) from None
 
 # Threads used by default for batches large enough to split (OMP_NUM_THREADS
 # or the machine's cores; 1 when built without OpenMP).
