@@ -285,3 +285,29 @@ def test_dlpack_device_error_without_torch():
         ValueError, match=r"logits is on device cuda:1; moe_router routes on the CPU"
     ):
         mr.route(Producer(np.zeros((2, 8), np.float32), device=(2, 1)), 2)
+
+
+def test_readme_torch_loop_runs_and_routes_like_the_reference(torch):
+    import contextlib
+    import io
+    import pathlib
+    import re
+
+    from moe_router import reference as ref
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    match = re.search(
+        r"^## Tensors: torch, bfloat16, DLPack\n.*?^```python\n(.*?)^```", readme, re.S | re.M
+    )
+    assert match, "README has no python block under '## Tensors'"
+    namespace = {"__name__": "__readme__"}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(compile(match.group(1), "README.md tensors", "exec"), namespace)
+    assert printed.getvalue().count("\n") == 3
+    ids, weights = namespace["expert_ids"], namespace["expert_weights"]
+    assert isinstance(ids, torch.Tensor) and ids.dtype == torch.int32
+    with torch.no_grad():
+        logits = namespace["gate"](namespace["hidden"]).float().numpy()
+    ref_ids, ref_w = ref.softmax_topk(logits, 8, True)
+    np.testing.assert_array_equal(ids.numpy(), ref_ids)
+    np.testing.assert_allclose(weights.numpy(), ref_w, rtol=0, atol=2e-6)
