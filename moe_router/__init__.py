@@ -7,8 +7,17 @@
 See README.md for the API, the error policy and the precision contract.
 """
 
+from typing import Any
+
 from . import _dispatch
-from ._api import PARALLEL_MIN_ROWS, Router, RouterOutput, route, route_into
+from ._api import (
+    DEFAULT_PARALLEL_MIN_ROWS,
+    PARALLEL_MIN_ROWS,
+    Router,
+    RouterOutput,
+    route,
+    route_into,
+)
 
 __version__ = "0.1.0"
 
@@ -19,11 +28,12 @@ __all__ = [
     "route_into",
     "show_config",
     "PARALLEL_MIN_ROWS",
+    "DEFAULT_PARALLEL_MIN_ROWS",
     "__version__",
 ]
 
 
-def show_config(print_out=True):
+def show_config(print_out: bool = True) -> dict[str, Any]:
     """Report the version, the kernel paths in use, the paths compiled in and OpenMP.
 
     Returns the same facts as a dict; prints them unless print_out is False.
@@ -57,6 +67,7 @@ def show_config(print_out=True):
         "openmp": info.get("openmp", False),
         "default_threads": _dispatch.default_threads,
         "parallel_min_rows": PARALLEL_MIN_ROWS,
+        "default_parallel_min_rows": DEFAULT_PARALLEL_MIN_ROWS,
     }
     if print_out:
         lines = []

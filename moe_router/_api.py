@@ -9,6 +9,8 @@ from __future__ import annotations
 import numbers
 import operator
 import threading
+from collections.abc import Iterator
+from typing import Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +27,8 @@ WEIGHT_DTYPES = (_F32, _F64)
 
 # Batches smaller than this run on one thread whatever num_threads says.
 PARALLEL_MIN_ROWS = _dispatch.PARALLEL_MIN_ROWS
+# num_threads=None (the default) splits only batches at least this large.
+DEFAULT_PARALLEL_MIN_ROWS = _dispatch.DEFAULT_PARALLEL_MIN_ROWS
 
 
 def _dtype_names(dtypes):
@@ -41,6 +45,13 @@ def check_int(value, name, low=None, high=None, high_name=None):
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high_name or high}={high}, got {name}={value}")
     return value
+
+
+def check_bool(value, name):
+    """`value` as a bool: TypeError unless a bool (or numpy.bool_); "false" is not False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def as_logits(logits):
@@ -224,9 +235,21 @@ class RouterOutput:
         """True if this output allocated its buffers (and may grow them)."""
         return self._owns
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """`ids, weights = out`: the two views, as from a pair."""
         yield self.expert_ids
         yield self.expert_weights
+
+    def __len__(self) -> int:
+        return 2
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[np.ndarray, ...]: ...
+    def __getitem__(self, index):
+        """`out[0]` is expert_ids, `out[1]` expert_weights (negative indices and slices too)."""
+        return (self.expert_ids, self.expert_weights)[index]
 
     def __repr__(self):
         return (
@@ -368,6 +391,8 @@ class _Variant:
         routed_scaling_factor=1.0,
         e_score_correction_bias=None,
     ):
+        norm_topk_prob = check_bool(norm_topk_prob, "norm_topk_prob")
+        topk_on_logits = check_bool(topk_on_logits, "topk_on_logits")
         if scoring_func not in ("softmax", "sigmoid"):
             raise ValueError(f"scoring_func must be 'softmax' or 'sigmoid', got {scoring_func!r}")
         n_group = check_int(n_group, "n_group", low=1, high=num_experts, high_name="num_experts")
@@ -533,11 +558,20 @@ def route(
     logits: [..., num_experts] floating array (anything numpy converts).
     top_k: experts per token, 1 <= top_k <= num_experts.
     norm_topk_prob: renormalise the K weights of a token to sum to 1.
-    num_threads: threads for large batches (default: all OpenMP threads;
-        batches below PARALLEL_MIN_ROWS always run on one).
+    num_threads: None (default): one thread below DEFAULT_PARALLEL_MIN_ROWS
+        (4096) rows, all OpenMP threads from there; N: N threads from
+        PARALLEL_MIN_ROWS (64) rows.  Results are bit-identical for any count.
+    ids_dtype: int32 (default), uint32 or int64 for expert_ids.
+    weights_dtype: float32 (default) or float64 for expert_weights.
     variant_options: the router variant, as for Router (scoring_func,
         topk_on_logits, n_group, topk_group, routed_scaling_factor,
         e_score_correction_bias).
+
+    Raises TypeError for a wrong kind (logits not floating point, top_k not
+    an int, norm_topk_prob not a bool, an unsupported dtype, an unknown
+    keyword) and ValueError for a wrong value (top_k outside
+    [1, num_experts], a row with NaN or all -inf under softmax, variant
+    settings out of range), each naming the argument (README, "Errors").
     """
     _check_options(variant_options)
     out = RouterOutput.empty(ids_dtype, weights_dtype)
@@ -574,6 +608,7 @@ def route_into(
     if (
         not variant_options
         and type(top_k) is int
+        and type(norm_topk_prob) is bool
         and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
     ):
         # The plain case in a few C checks; anything else takes the validating path.
@@ -626,7 +661,40 @@ class Router:
       e_score_correction_bias: [num_experts] bias added to the sigmoid scores
         for selection only (DeepSeek-V3, GLM-4.5); weights stay unbiased.
     `Router.from_hf_config(config)` sets all of these from a model's config.
+
+    num_threads: None (default) routes batches below DEFAULT_PARALLEL_MIN_ROWS
+      (4096) rows on the calling thread and splits larger ones over all
+      OpenMP threads; N uses N threads from PARALLEL_MIN_ROWS (64) rows on
+      (README, "Threads": how to choose).  Results are bit-identical for any
+      count.
+    ids_dtype: int32 (default), uint32 or int64 expert ids; weights_dtype:
+      float32 (default) or float64 weights.
+
+    Every setting is validated here, once: TypeError for a wrong kind (top_k
+    not an int, norm_topk_prob not a bool, an unknown dtype), ValueError for
+    a value out of range (top_k > num_experts, groups that do not divide the
+    experts, a non-finite bias ...), each naming the setting.  The settings
+    are read-only afterwards (assigning one raises AttributeError): the fast
+    path was set up from them.
     """
+
+    # Fixed at construction: assigning one after __init__ raises AttributeError.
+    _SETTINGS = frozenset(
+        {
+            "num_experts",
+            "top_k",
+            "norm_topk_prob",
+            "scoring_func",
+            "topk_on_logits",
+            "n_group",
+            "topk_group",
+            "routed_scaling_factor",
+            "e_score_correction_bias",
+            "num_threads",
+            "ids_dtype",
+            "weights_dtype",
+        }
+    )
 
     def __init__(
         self,
@@ -634,7 +702,7 @@ class Router:
         top_k: int,
         norm_topk_prob: bool = True,
         *,
-        scoring_func: str = "softmax",
+        scoring_func: Literal["softmax", "sigmoid"] = "softmax",
         topk_on_logits: bool = False,
         n_group: int = 1,
         topk_group: int | None = None,
@@ -669,6 +737,23 @@ class Router:
         # One output per calling thread: a Router shared by threads never
         # hands two of them the same buffers.
         self._local = threading.local()
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if name in Router._SETTINGS and getattr(self, "_frozen", False):
+            raise AttributeError(
+                f"Router.{name} is read-only: the settings are validated once, at "
+                f"construction; build a new Router with {name}={value!r} instead"
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        if name in Router._SETTINGS:
+            raise AttributeError(f"Router.{name} is read-only: it cannot be deleted")
+        object.__delattr__(self, name)
+
+    ids_dtype = property(lambda self: self._dtypes[0], doc="dtype of the expert ids")
+    weights_dtype = property(lambda self: self._dtypes[1], doc="dtype of the expert weights")
 
     norm_topk_prob = property(lambda self: self._variant.norm_topk_prob)
     scoring_func = property(lambda self: self._variant.scoring_func)
@@ -712,6 +797,17 @@ class Router:
         )
 
     def __call__(self, logits: npt.ArrayLike, out: RouterOutput | None = None) -> RouterOutput:
+        """Route `logits` [..., num_experts]; returns a RouterOutput shaped [..., top_k].
+
+        Without `out`, the result is this Router's own output for the calling
+        thread, overwritten by that thread's next call (copy what you keep);
+        with `out`, it is routed into that RouterOutput and `out` is returned.
+        Raises TypeError for logits that are not floating point or an `out`
+        that is not a RouterOutput, ValueError for a last dimension other than
+        num_experts, a row with NaN (or all -inf under softmax: the message
+        names the row), or an `out` too small for the batch that it cannot
+        grow.  The GIL is released while the kernel runs.
+        """
         if out is None:
             try:
                 out = self._local.out

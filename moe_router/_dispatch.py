@@ -41,6 +41,8 @@ default_threads = _core_baseline.build_info()["openmp_max_threads"]
 
 # Batches smaller than this always run on one thread (a fact of the kernels).
 PARALLEL_MIN_ROWS = _core_baseline.PARALLEL_MIN_ROWS
+# The default num_threads (None) splits only batches at least this large.
+DEFAULT_PARALLEL_MIN_ROWS = _core_baseline.DEFAULT_PARALLEL_MIN_ROWS
 
 # Widest last.
 PATHS = ("baseline", "avx2", "avx512")
@@ -129,6 +131,11 @@ class KernelByDtype:
         """Set the threshold on both modules; returns the float32 module's old one."""
         self.kernel_f64.set_parallel_min_rows(rows)
         return self.kernel_f32.set_parallel_min_rows(rows)
+
+    def set_default_parallel_min_rows(self, rows):
+        """Set the default's threshold on both modules; returns the float32 module's old one."""
+        self.kernel_f64.set_default_parallel_min_rows(rows)
+        return self.kernel_f32.set_default_parallel_min_rows(rows)
 
     def __getattr__(self, name):  # build_info, exp_into, ...: the float32 module's
         return getattr(self.kernel_f32, name)

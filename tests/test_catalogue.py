@@ -1,4 +1,5 @@
-"""A catalogue of bad inputs: each one a TypeError or ValueError naming the argument.
+"""A catalogue of bad inputs: each one a TypeError or ValueError naming the argument
+(AttributeError for a Router setting assigned after construction).
 
 Every case runs on each kernel path and on the NumPy reference behind the
 same API.  Output buffers are views into larger guard arrays, and the test
@@ -107,6 +108,62 @@ CASES = [
         "top_k must be <= num_experts=16, got top_k=17",
     ),
     ("top_k numpy float", lambda: mr.route(GOOD, np.float64(2)), TypeError, "top_k must be an int"),
+    # --- flags and Router settings (issue 17) ---------------------------------
+    (
+        "norm_topk_prob str",
+        lambda: mr.route(GOOD, 2, norm_topk_prob="false"),
+        TypeError,
+        "norm_topk_prob must be a bool, got str 'false'",
+    ),
+    (
+        "norm_topk_prob str route_into",
+        lambda: route_into(GOOD, 2, norm_topk_prob="false"),
+        TypeError,
+        "norm_topk_prob must be a bool, got str",
+    ),
+    (
+        "norm_topk_prob int Router",
+        lambda: mr.Router(E, 2, 1),
+        TypeError,
+        "norm_topk_prob must be a bool, got int 1",
+    ),
+    (
+        "norm_topk_prob None",
+        lambda: mr.route(GOOD, 2, None),
+        TypeError,
+        "norm_topk_prob must be a bool, got NoneType",
+    ),
+    (
+        "topk_on_logits str",
+        lambda: mr.Router(E, 2, topk_on_logits="yes"),
+        TypeError,
+        "topk_on_logits must be a bool, got str",
+    ),
+    (
+        "Router top_k assigned",
+        lambda: setattr(mr.Router(E, 2), "top_k", 4),
+        AttributeError,
+        "Router.top_k is read-only",
+    ),
+    (
+        "Router num_threads assigned",
+        lambda: setattr(mr.Router(E, 2), "num_threads", 0),
+        AttributeError,
+        "Router.num_threads is read-only",
+    ),
+    (
+        "Router norm_topk_prob assigned",
+        lambda: setattr(mr.Router(E, 2), "norm_topk_prob", False),
+        AttributeError,
+        "Router.norm_topk_prob is read-only",
+    ),
+    (
+        "Router num_experts deleted",
+        lambda: delattr(mr.Router(E, 2), "num_experts"),
+        AttributeError,
+        "Router.num_experts is read-only",
+    ),
+    ("RouterOutput index 2", lambda: mr.route(GOOD, 2)[2], IndexError, "index out of range"),
     # --- logits: kinds, dtypes, shapes ---------------------------------------
     ("logits int", lambda: mr.route(GOOD.astype(np.int64), 2), TypeError, "got dtype int64"),
     ("logits bool", lambda: mr.route(GOOD > 0, 2), TypeError, "got dtype bool"),
@@ -120,7 +177,18 @@ CASES = [
     ("logits str", lambda: mr.route("logits", 1), TypeError, "got dtype <U6"),
     ("logits None", lambda: mr.route(None, 1), TypeError, "got dtype object"),
     ("logits dict", lambda: mr.route({"a": 1}, 1), TypeError, "got dtype object"),
-    ("logits ragged", lambda: mr.route([[1.0, 2.0], [3.0]], 1), ValueError, "inhomogeneous"),
+    (
+        "logits ragged",
+        lambda: mr.route([[1.0, 2.0], [3.0]], 1),
+        ValueError,
+        r"logits must be a rectangular array \[\.\.\., num_experts\].*inhomogeneous",
+    ),
+    (
+        "logits ragged Router",
+        lambda: mr.Router(2, 1)([[1.0, 2.0], [3.0]]),
+        ValueError,
+        "logits must be a rectangular array",
+    ),
     ("logits 0-d", lambda: mr.route(np.float32(1.0), 1), ValueError, "got a 0-d array"),
     # --- DLPack producers (issue 14) ------------------------------------------
     (
