@@ -612,31 +612,36 @@ def route_into(
         and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
     ):
         # The plain case in a few C checks; anything else takes the validating path.
-        rc = _dispatch.kernel.route_rows(
-            logits,
-            top_k,
-            norm_topk_prob,
-            out._ids,
-            out._weights,
-            num_threads or 0,
-            0,
-            False,
-            1,
-            1,
-            1.0,
-            None,
-            False,
-            out._foreign_shape,
-        )
-        if rc == 0:
-            if type(logits) is np.ndarray:
+        if type(logits) is np.ndarray:
+            rc = _dispatch.kernel.route_rows(
+                logits, top_k, norm_topk_prob, out._ids, out._weights, num_threads or 0
+            )
+            if rc == 0:
                 shape = logits.shape
                 if out._logits_shape != shape or out._top_k != top_k or out._torch:
                     out._set_view(shape, top_k)  # (skipped when unchanged)
                 return out
-            if out._top_k == top_k and type(logits) is out._foreign_type:
-                return out  # a tensor of the shape the views have
-            return out._finish_foreign(logits, top_k)
+        else:  # a tensor: its shape is compared in the kernel (views_shape)
+            rc = _dispatch.kernel.route_rows(
+                logits,
+                top_k,
+                norm_topk_prob,
+                out._ids,
+                out._weights,
+                num_threads or 0,
+                0,
+                False,
+                1,
+                1,
+                1.0,
+                None,
+                False,
+                out._foreign_shape,
+            )
+            if rc == 0:
+                if out._top_k == top_k and type(logits) is out._foreign_type:
+                    return out  # a tensor of the shape the views have
+                return out._finish_foreign(logits, top_k)
         if rc == -2:  # a tensor of another shape
             return out._finish_foreign(logits, top_k)
     _check_options(variant_options)
@@ -817,7 +822,7 @@ class Router:
             raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
         v = self._variant
         # The plain case in a few C checks; anything else takes the validating path.
-        if v.plain:
+        if v.plain and type(logits) is np.ndarray:
             rc = _dispatch.kernel.route_rows(
                 logits,
                 self.top_k,
@@ -826,15 +831,13 @@ class Router:
                 out._weights,
                 self._threads,
                 self.num_experts,
-                False,
-                1,
-                1,
-                1.0,
-                None,
-                False,
-                out._foreign_shape,
             )
-        else:
+            if rc == 0:
+                shape = logits.shape
+                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                return out
+        else:  # a variant, or a tensor (its shape is compared in the kernel)
             rc = _dispatch.kernel.route_rows(
                 logits,
                 self.top_k,
@@ -851,15 +854,15 @@ class Router:
                 False,
                 out._foreign_shape,
             )
-        if rc == 0:
-            if type(logits) is np.ndarray:
-                shape = logits.shape
-                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
-                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
-                return out
-            if out._top_k == self.top_k and type(logits) is out._foreign_type:
-                return out  # a tensor of the shape the views have
-            return out._finish_foreign(logits, self.top_k)
+            if rc == 0:
+                if type(logits) is np.ndarray:
+                    shape = logits.shape
+                    if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                        out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                    return out
+                if out._top_k == self.top_k and type(logits) is out._foreign_type:
+                    return out  # a tensor of the shape the views have
+                return out._finish_foreign(logits, self.top_k)
         if rc == -2:  # a tensor of another shape
             return out._finish_foreign(logits, self.top_k)
         return _route_checked(
