@@ -9,6 +9,7 @@ See README.md for the API, the error policy and the precision contract.
 
 from . import _dispatch
 from ._api import PARALLEL_MIN_ROWS, Router, RouterOutput, route, route_into
+from ._presets import moe_layers, presets, unsupported
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,9 @@ __all__ = [
     "RouterOutput",
     "route",
     "route_into",
+    "presets",
+    "unsupported",
+    "moe_layers",
     "show_config",
     "PARALLEL_MIN_ROWS",
     "__version__",

@@ -568,18 +568,25 @@ class Router:
 
     @classmethod
     def from_hf_config(
-        cls, config, e_score_correction_bias: npt.ArrayLike | None = None, **overrides
+        cls,
+        config,
+        e_score_correction_bias: npt.ArrayLike | None = None,
+        layer_idx: int | None = None,
+        **overrides,
     ) -> Router:
         """A Router for the MoE layers of a Hugging Face model config.
 
         `config`: a dict (a model's config.json) or an object with those
         attributes (a transformers config); transformers is not imported.
         `e_score_correction_bias`: the gate's bias weight, for the models that
-        have one (deepseek_v3, glm4_moe).  `overrides` go to Router().
+        have one (deepseek_v3, glm4_moe, ...).  `layer_idx`: the layer, for
+        configs with per-layer settings (moe_router.moe_layers(config) lists
+        the MoE layers).  `overrides` go to Router().
+        See moe_router.presets() for the supported model types.
         """
         from ._presets import router_kwargs_from_config
 
-        kwargs = router_kwargs_from_config(config, e_score_correction_bias)
+        kwargs = router_kwargs_from_config(config, e_score_correction_bias, layer_idx)
         kwargs.update(overrides)
         return cls(**kwargs)
 
