@@ -380,10 +380,12 @@ CASES = [
         "finite in float32",
     ),
     (
-        "bias with softmax",
-        lambda: mr.route(GOOD, 2, e_score_correction_bias=np.zeros(E)),
+        "bias with sparsemixer",
+        lambda: mr.route(
+            GOOD, 2, False, scoring_func="sparsemixer", e_score_correction_bias=np.zeros(E)
+        ),
         ValueError,
-        "is for scoring_func='sigmoid'",
+        "does not apply to scoring_func='sparsemixer'",
     ),
     (
         "scale negative",
@@ -407,7 +409,7 @@ CASES = [
         "scoring unknown",
         lambda: mr.route(GOOD, 2, scoring_func="relu"),
         ValueError,
-        "scoring_func must be 'softmax' or 'sigmoid'",
+        "scoring_func must be one of 'softmax', 'sigmoid', 'sqrtsoftplus', 'sparsemixer'",
     ),
     (
         "unknown option",

@@ -237,7 +237,7 @@ def test_llama4_weights_are_sigmoid_of_top_logits(any_path):
 @pytest.mark.parametrize(
     "kwargs, exc, msg",
     [
-        (dict(scoring_func="tanh"), ValueError, "scoring_func must be 'softmax' or 'sigmoid'"),
+        (dict(scoring_func="tanh"), ValueError, "scoring_func must be one of 'softmax', 'sigmoid'"),
         (dict(n_group=3), ValueError, "num_experts=16 must be divisible by n_group=3"),
         (dict(n_group=0), ValueError, "n_group must be >= 1"),
         (dict(n_group=4, topk_group=5), ValueError, "topk_group must be <= n_group=4"),
@@ -255,7 +255,11 @@ def test_llama4_weights_are_sigmoid_of_top_logits(any_path):
             "routed_scaling_factor must be finite",
         ),
         (dict(routed_scaling_factor="2"), TypeError, "routed_scaling_factor must be a real number"),
-        (dict(e_score_correction_bias=np.zeros(16)), ValueError, "is for scoring_func='sigmoid'"),
+        (
+            dict(scoring_func="sparsemixer", e_score_correction_bias=np.zeros(16)),
+            ValueError,
+            "does not apply to scoring_func='sparsemixer'",
+        ),
         (
             dict(scoring_func="sigmoid", e_score_correction_bias=np.zeros(15)),
             ValueError,
