@@ -900,9 +900,9 @@ class Router:
         """
         from ._presets import router_kwargs_from_config
 
-        kwargs = router_kwargs_from_config(config, e_score_correction_bias, layer_idx)
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return cls(
+            **router_kwargs_from_config(config, e_score_correction_bias, layer_idx, overrides)
+        )
 
     def __repr__(self):
         v = self._variant

@@ -29,6 +29,17 @@ VARIANTS = {
         "topk_group groups of best top-2 sum of c; S = top-K(c) in them; w = s[S], "
         "renormalised (+1e-20) if norm_topk_prob; w *= scale"
     ),
+    "softmax_biased": (
+        "p = softmax(z); S = top-K(p + b); w = p[S], renormalised by max(sum, moe_norm_min) "
+        "if norm_topk_prob; w *= scale"
+    ),
+    "sqrtsoftplus": (
+        "s = sqrt(softplus(z)); S = top-K(s + b), or tid2eid[input_id] on hash layers; "
+        "w = s[S] / (sum + 1e-20) * scale"
+    ),
+    "sparsemixer": (
+        "PhiMoE's sparsemixer top-2 at inference (masked softmaxes at router_jitter_noise)"
+    ),
 }
 
 
@@ -65,6 +76,24 @@ class _Fields:
         if default is not _MISSING:
             return default
         return self.defaults.get(name)
+
+    def integer(self, name, low=None, default=None):
+        """An int field (None if absent and no default), ValueError naming it if not one."""
+        value = self.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{self.model_type} config field {name} must be an int, got {value!r}")
+        if low is not None and value < low:
+            raise ValueError(f"{self.model_type} config field {name} must be >= {low}, got {value}")
+        return int(value)
+
+    def sequence(self, name):
+        """A list field (None if absent), ValueError naming it if not a list."""
+        value = self.get(name)
+        if value is not None and not isinstance(value, (list, tuple)):
+            raise ValueError(f"{self.model_type} config field {name} must be a list, got {value!r}")
+        return value
 
     def need(self, name):
         value = self.get(name)
@@ -119,6 +148,7 @@ class _Spec:
         bias="never",
         layers=None,
         note="",
+        hash_layers=None,
     ):
         self.variant = variant
         self.build = build
@@ -129,6 +159,7 @@ class _Spec:
             layers  # callable(f, n_layers) -> list of bools, or None: mlp_layer_types / all
         )
         self.note = note
+        self.hash_layers = hash_layers  # the mlp_layer_types entry of hash-routed layers
 
 
 def _experts_topk(f, layer_idx, experts, top_k):
@@ -174,7 +205,7 @@ def _mistral4(norm):
     # probabilities, dropped groups masked to 0; w = p[S] (+ renormalisation
     # with +1e-20); scale.  With one group the group step is a no-op.
     def build(f, layer_idx):
-        n_group = f.get("n_group") or 1
+        n_group = f.integer("n_group", low=1, default=1)
         if n_group != 1:
             raise ValueError(
                 f"{f.model_type} with n_group={n_group} scores a group by the sum of its "
@@ -206,7 +237,7 @@ def _topk_logits(
         else:
             kwargs["norm_topk_prob"] = True  # a softmax over the K picked logits
         if scale_by_top_k:
-            kwargs["routed_scaling_factor"] = 1.0 / kwargs["top_k"]
+            kwargs["routed_scaling_factor"] = 1.0 / f.integer(top_k, low=1)
         return kwargs
 
     return build
@@ -245,7 +276,7 @@ def _sigmoid(
             routed_scaling_factor=1.0 if scale is None else _real(f, scale, f.need(scale)),
         )
         if groups:
-            n_group = f.get("n_group") or 1
+            n_group = f.integer("n_group", low=1, default=1)
             if n_group > 1:
                 kwargs.update(n_group=n_group, topk_group=f.need("topk_group"))
         return kwargs
@@ -266,23 +297,82 @@ def _axk2(f, layer_idx):
 
 
 def _inkling2(f, layer_idx):
+    # Inkling2TopKRouter: ACT2FN[scoring_func] scores + correction bias,
+    # renormalised (+1e-20), scaled by route_scale.
     scoring = f.get("scoring_func")
-    if scoring != "sigmoid":
+    if scoring not in ("sigmoid", "sqrtsoftplus"):
         raise ValueError(
-            f"inkling2_text with scoring_func={scoring!r} is not supported by this build "
-            f"(sigmoid is)"
+            f"inkling2_text scoring_func must be 'sigmoid' or 'sqrtsoftplus', got {scoring!r}"
         )
-    return _sigmoid(scale="route_scale", norm=True, groups=False)(f, layer_idx)
+    kwargs = _sigmoid(scale="route_scale", norm=True, groups=False)(f, layer_idx)
+    kwargs["scoring_func"] = scoring
+    return kwargs
+
+
+def _ernie(f, layer_idx):
+    # Ernie4_5_MoeTopKRouter: p = softmax(z); S = top-K(p + moe_statics bias);
+    # w = p[S] / clamp(sum, min=moe_norm_min).
+    kwargs = _experts_topk(f, layer_idx, "num_experts", "num_experts_per_tok")
+    kwargs.update(
+        norm_topk_prob=True, moe_norm_min=_real(f, "moe_norm_min", f.need("moe_norm_min"))
+    )
+    return kwargs
+
+
+def _longcat(f, layer_idx):
+    # LongcatFlashTopkRouter: softmax over n_routed_experts + zero_expert_num,
+    # S = top-K(p + bias), w = p[S] * routed_scaling_factor (no
+    # renormalisation); ids >= n_routed_experts are the identity experts.
+    zero = f.integer("zero_expert_num", low=0, default=0)
+    kwargs = _experts_topk(f, layer_idx, "n_routed_experts", "moe_topk")
+    kwargs["num_experts"] = f.integer("n_routed_experts", low=1) + zero
+    kwargs.update(
+        norm_topk_prob=False,
+        routed_scaling_factor=_real(f, "routed_scaling_factor", f.need("routed_scaling_factor")),
+    )
+    if zero:
+        kwargs["zero_expert_num"] = zero
+    return kwargs
+
+
+def _deepseek_v4(f, layer_idx):
+    # DeepseekV4TopKRouter: s = ACT2FN[scoring_func](z); S = top-K(s + bias),
+    # w = s[S] / (sum + 1e-20) * routed_scaling_factor.  DeepseekV4HashRouter
+    # (mlp_layer_types "hash_moe"): S = tid2eid[input_id], no bias.
+    kwargs = _experts_topk(f, layer_idx, "n_routed_experts", "num_experts_per_tok")
+    kwargs.update(
+        scoring_func=f.need("scoring_func"),
+        norm_topk_prob=True,
+        routed_scaling_factor=_real(f, "routed_scaling_factor", f.need("routed_scaling_factor")),
+    )
+    if kwargs["scoring_func"] not in ("sqrtsoftplus", "sigmoid", "softmax"):
+        raise ValueError(
+            f"deepseek_v4 scoring_func must be 'sqrtsoftplus', 'sigmoid' or 'softmax', "
+            f"got {kwargs['scoring_func']!r}"
+        )
+    return kwargs
+
+
+def _phimoe(f, layer_idx):
+    # PhimoeTopKRouter: sparsemixer top-2 at inference, masking at
+    # router_jitter_noise.
+    kwargs = _experts_topk(f, layer_idx, "num_local_experts", "num_experts_per_tok")
+    kwargs.update(
+        scoring_func="sparsemixer",
+        norm_topk_prob=False,
+        router_jitter_noise=_real(f, "router_jitter_noise", f.need("router_jitter_noise")),
+    )
+    return kwargs
 
 
 def _laguna(f, layer_idx):
+    # LagunaTopKRouter: z = cap * tanh(z / cap) when cap > 0, then the biased
+    # sigmoid top-K, renormalised, unscaled.
     cap = _real(f, "moe_router_logit_softcapping", f.get("moe_router_logit_softcapping"))
+    kwargs = _sigmoid("num_experts", norm=True, scale=None, groups=False)(f, layer_idx)
     if cap > 0:
-        raise ValueError(
-            f"laguna with moe_router_logit_softcapping={cap} caps the logits with tanh "
-            f"before scoring, a rule this build does not have (softcapping 0 is supported)"
-        )
-    return _sigmoid("num_experts", norm=True, scale=None, groups=False)(f, layer_idx)
+        kwargs["moe_router_logit_softcapping"] = cap
+    return kwargs
 
 
 def _dbrx(f, layer_idx):
@@ -290,13 +380,10 @@ def _dbrx(f, layer_idx):
     # p = moe_normalize_expert_weights (None: no normalisation).  The weights
     # are positive, so p = 1 is the plain renormalisation.
     p = f.get("moe_normalize_expert_weights")
-    if p is not None and p != 1:
-        raise ValueError(
-            f"dbrx with moe_normalize_expert_weights={p} divides the weights by their "
-            f"{p}-norm, a rule this build does not have (1 and None are supported)"
-        )
     kwargs = _experts_topk(f, layer_idx, "moe_num_experts", "moe_top_k")
     kwargs["norm_topk_prob"] = p is not None
+    if p is not None and p != 1:
+        kwargs["moe_normalize_expert_weights"] = _real(f, "moe_normalize_expert_weights", p)
     return kwargs
 
 
@@ -308,9 +395,17 @@ def _first_k_dense(key="first_k_dense_replace", freq=None):
     `freq`: also dense unless i % moe_layer_freq == 0 (or moe_layer_freq[i])."""
 
     def layers(f, n):
-        k = f.get(key)
-        k = 0 if k is None else k
-        every = f.get(freq) if freq else None
+        k = f.integer(key, default=0)
+        every = None
+        if freq:
+            every = f.get(freq)
+            if not isinstance(every, (list, tuple)):
+                every = f.integer(freq, low=1)
+            elif len(every) < _count(f, n):
+                raise ValueError(
+                    f"{f.model_type} config field {freq} lists {len(every)} layers, "
+                    f"num_hidden_layers is {n}"
+                )
         flags = []
         for i in range(_count(f, n)):
             sparse = i >= k
@@ -337,40 +432,43 @@ def _count(f, n):
 def _qwen_layers(f, n):
     # (layer_idx not in mlp_only_layers) and num_experts > 0 and
     # (layer_idx + 1) % decoder_sparse_step == 0
-    only = set(f.get("mlp_only_layers") or ())
-    step = f.get("decoder_sparse_step") or 1
-    experts = f.get("num_experts") or 0
+    only = set(f.sequence("mlp_only_layers") or ())
+    step = f.integer("decoder_sparse_step", low=1, default=1)
+    experts = f.integer("num_experts", default=0)
     return [i not in only and experts > 0 and (i + 1) % step == 0 for i in range(_count(f, n))]
 
 
 def _jamba_layers(f, n):
-    period, offset = f.get("expert_layer_period"), f.get("expert_layer_offset")
-    experts = f.get("num_experts") or 0
+    period = f.integer("expert_layer_period", low=1)
+    offset = f.integer("expert_layer_offset", low=0)
+    experts = f.integer("num_experts", default=0)
     return [experts > 1 and i % period == offset for i in range(_count(f, n))]
 
 
 def _ernie_layers(f, n):
-    start = f.get("moe_layer_start_index")
-    end = f.get("moe_layer_end_index")
+    start = f.integer("moe_layer_start_index", default=0)
+    end = f.integer("moe_layer_end_index")
     n = _count(f, n)
     end = n - 1 if end is None or end == -1 else end
-    interval = f.get("moe_layer_interval") or 1
+    interval = f.integer("moe_layer_interval", low=1, default=1)
     return [(i + 1) % interval == 0 and start <= i <= end for i in range(n)]
 
 
 def _llama4_layers(f, n):
-    moe = f.get("moe_layers")
+    moe = f.sequence("moe_layers")
     if moe is None:
-        step = f.get("interleave_moe_layer_step") or 1
+        step = f.integer("interleave_moe_layer_step", low=1, default=1)
         moe = range(step - 1, _count(f, n), step)
     moe = set(moe)
     return [i in moe for i in range(_count(f, n))]
 
 
 def _nemotron_h_layers(f, n):
-    types = f.get("layers_block_type")
+    types = f.sequence("layers_block_type")
     if types is None:
         pattern = f.get("hybrid_override_pattern")
+        if pattern is not None and not isinstance(pattern, str):
+            raise ValueError("nemotron_h config field hybrid_override_pattern must be a string")
         if pattern is None:
             raise ValueError(
                 "nemotron_h config has no layers_block_type (nor its alias layer_types)"
@@ -380,16 +478,21 @@ def _nemotron_h_layers(f, n):
 
 
 def _granite_hybrid_layers(f, n):
-    return [(f.get("num_local_experts") or 0) > 0] * _count(f, n)
+    return [f.integer("num_local_experts", default=0) > 0] * _count(f, n)
 
 
 def _step_layers(f, n):
     enum = f.get("moe_layers_enum")
     if enum is not None:
-        items = enum.split(",") if isinstance(enum, str) else enum
-        moe = {int(i) for i in items}
+        items = enum.split(",") if isinstance(enum, str) else f.sequence("moe_layers_enum")
+        try:
+            moe = {int(i) for i in items}
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"step3p5 config field moe_layers_enum must list layer indices, got {enum!r}"
+            ) from None
         return [i in moe for i in range(_count(f, n))]
-    freq = f.get("moe_layer_freq")
+    freq = f.sequence("moe_layer_freq")
     if freq is not None:
         return [bool(x) for x in freq]
     return [True] * _count(f, n)
@@ -691,7 +794,7 @@ PRESETS = {
         _sigmoid("num_local_experts", norm=True, scale=None, groups=False),
         _LOCAL,
         bias="required",
-        layers=lambda f, n: [bool(x) for x in (f.get("moe_layer_freq") or [1] * _count(f, n))],
+        layers=lambda f, n: [bool(x) for x in (f.sequence("moe_layer_freq") or [1] * _count(f, n))],
     ),
     "step3p5": _Spec(
         "sigmoid",
@@ -733,6 +836,48 @@ PRESETS = {
         layers=_fixed_dense(1),
         note="moe_router_logit_softcapping=0 only",
     ),
+    "ernie4_5_moe": _Spec(
+        "softmax_biased",
+        _ernie,
+        {"num_experts": ("moe_num_experts",), "num_experts_per_tok": ("moe_k",)},
+        {
+            "moe_norm_min": 1e-12,
+            "moe_layer_start_index": 1,
+            "moe_layer_end_index": -1,
+            "moe_layer_interval": 1,
+        },
+        bias="required",
+        layers=_ernie_layers,
+        note="the bias is the gate's moe_statics.e_score_correction_bias",
+    ),
+    "ernie4_5_vl_moe_text": _Spec(
+        "softmax_biased",
+        _ernie,
+        {"num_experts": ("moe_num_experts",), "num_experts_per_tok": ("moe_k",)},
+        {"moe_norm_min": 1e-12},
+        bias="required",
+        layers=_fixed_dense(1),
+        note="one Router for the text and the vision experts' gates (same shape)",
+    ),
+    "longcat_flash": _Spec(
+        "softmax_biased",
+        _longcat,
+        {"n_routed_experts": ("num_local_experts",), "moe_topk": ("num_experts_per_tok",)},
+        {"routed_scaling_factor": 6.0},
+        bias="required",
+        note="ranks n_routed_experts + zero_expert_num; identity_expert_start marks the "
+        "zero-computation experts",
+    ),
+    "deepseek_v4": _Spec(
+        "sqrtsoftplus",
+        _deepseek_v4,
+        _ROUTED,
+        {"scoring_func": "sqrtsoftplus", "routed_scaling_factor": 1.5},
+        bias="required",
+        note="hash layers (mlp_layer_types 'hash_moe'): layer_idx= and tid2eid=",
+        hash_layers="hash_moe",
+    ),
+    "phimoe": _Spec("sparsemixer", _phimoe, defaults={"router_jitter_noise": 0.01}),
     "flint": _Spec(
         "sigmoid",
         _sigmoid("num_experts", scale=None, groups=False),
@@ -785,17 +930,9 @@ SUBCONFIG = {"dbrx": "ffn_config"}
 
 # Model types with experts but no preset, and why (the README's table).
 UNSUPPORTED = {
-    "ernie4_5_moe": "softmax with a selection bias (moe_statics) and w /= clamp(sum, "
-    "moe_norm_min): a rule this build does not have",
-    "ernie4_5_vl_moe_text": "softmax with a selection bias (moe_statics) and w /= clamp(sum, "
-    "moe_norm_min): a rule this build does not have",
-    "longcat_flash": "softmax with a selection bias over routed + zero-computation experts, no "
-    "renormalisation: rules this build does not have",
-    "zaya": "softmax with a selection bias (balancing_biases) over the experts and a skip expert: "
-    "rules this build does not have",
-    "deepseek_v4": "sqrtsoftplus scores and hash-routed layers (tid2eid[input_id]): rules this "
-    "build does not have",
-    "phimoe": "sparsemixer top-2: a rule this build does not have",
+    "zaya": "ranks num_experts + 1 classes (the last a skip expert whose weight the router "
+    "zeroes, not an identity expert): route with Router(num_experts + 1, top_k, "
+    "norm_topk_prob=False, e_score_correction_bias=balancing_biases) and drop id num_experts",
     "kolibri1": "top-K of the logits plus a correction bias, then sigmoid of the picked logits: "
     "moe_router's top-K on logits takes no bias",
     "gemma4_text": "a learned per-expert scale (per_expert_scale) multiplies the renormalised "
@@ -888,7 +1025,7 @@ def _inner_type(model_type):
 def _num_layers(f, outer):
     for source in (f, _Fields(outer, f.model_type)):
         for key in ("num_hidden_layers", "n_layers", "num_layers"):
-            n = source.get(key, None)
+            n = source.integer(key, low=0)
             if n is not None:
                 return n
     return None  # some configs (Nemotron-H) count their layers by a per-layer list
@@ -896,7 +1033,7 @@ def _num_layers(f, outer):
 
 def _moe_flags(spec, f, outer):
     n = _num_layers(f, outer)
-    types = f.get("mlp_layer_types", None)
+    types = f.sequence("mlp_layer_types")
     if types is not None:
         flags = [t != "dense" for t in types]
     elif spec.layers is None:
@@ -916,8 +1053,10 @@ def moe_layers(config):
     return [i for i, moe in enumerate(_moe_flags(spec, f, outer)) if moe]
 
 
-def router_kwargs_from_config(config, e_score_correction_bias=None, layer_idx=None):
-    """Router keywords for `config` (dict or attribute object), at layer `layer_idx`."""
+def router_kwargs_from_config(config, e_score_correction_bias=None, layer_idx=None, overrides=None):
+    """Router keywords for `config` (dict or attribute object), at layer `layer_idx`,
+    with the caller's `overrides` (Router keywords) applied."""
+    overrides = dict(overrides or {})
     model_type, sub, outer = _resolve(config)
     spec = _spec(model_type)
     f = _Fields(sub, model_type, spec.aliases, spec.defaults)
@@ -939,6 +1078,28 @@ def router_kwargs_from_config(config, e_score_correction_bias=None, layer_idx=No
             )
     kwargs = spec.build(f, layer_idx)
     needs_bias = spec.bias == "required" or (callable(spec.bias) and spec.bias(f))
+    if spec.hash_layers is not None:
+        types = f.sequence("mlp_layer_types")
+        hashed = (
+            overrides.get("tid2eid") is not None
+            if layer_idx is None or types is None
+            else types[layer_idx] == spec.hash_layers
+        )
+        if hashed:
+            # the hash router takes S from tid2eid[input_id] and has no bias
+            needs_bias = False
+            if overrides.get("tid2eid") is None:
+                raise ValueError(
+                    f"layer {layer_idx} of this {model_type} config is hash-routed "
+                    f"(mlp_layer_types {spec.hash_layers!r}): pass its table, "
+                    f"Router.from_hf_config(config, layer_idx={layer_idx}, tid2eid=...), "
+                    f"and route with input_ids="
+                )
+        elif overrides.get("tid2eid") is not None:
+            raise ValueError(
+                f"layer {layer_idx} of this {model_type} config is not hash-routed: "
+                f"it takes no tid2eid"
+            )
     if needs_bias and e_score_correction_bias is None:
         raise ValueError(
             f"{model_type} routes with a correction bias (e_score_correction_bias), a weight "
@@ -949,4 +1110,5 @@ def router_kwargs_from_config(config, e_score_correction_bias=None, layer_idx=No
         raise ValueError(f"{model_type} has no e_score_correction_bias")
     if needs_bias:
         kwargs["e_score_correction_bias"] = e_score_correction_bias
+    kwargs.update(overrides)
     return kwargs

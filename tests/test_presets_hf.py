@@ -355,6 +355,63 @@ CASES = {
         dict(num_experts=E, num_experts_per_tok=K, routed_scaling_factor=1.25),
         call="bias_arg",
     ),
+    "ernie4_5_moe": _case(
+        "ernie4_5_moe", "Ernie4_5_MoeTopKRouter", dict(moe_num_experts=E, moe_k=K)
+    ),
+    "ernie4_5_vl_moe_text": _case(
+        "ernie4_5_vl_moe", "Ernie4_5_VLMoeMoeTopKRouter", dict(moe_num_experts=E, moe_k=K)
+    ),
+    "longcat_flash": _case(
+        "longcat_flash",
+        "LongcatFlashTopkRouter",
+        dict(n_routed_experts=12, zero_expert_num=4, moe_topk=K),
+        ordered=False,
+    ),
+    "deepseek_v4": _case(
+        "deepseek_v4",
+        "DeepseekV4TopKRouter",
+        dict(n_routed_experts=E, num_experts_per_tok=K, routed_scaling_factor=2.0),
+        ordered=False,
+    ),
+    "deepseek_v4-hash": _case(
+        "deepseek_v4",
+        "DeepseekV4HashRouter",
+        dict(
+            n_routed_experts=E,
+            num_experts_per_tok=K,
+            vocab_size=50,
+            num_hidden_layers=3,
+            mlp_layer_types=["hash_moe", "moe", "moe"],
+        ),
+        call="hash",
+    ),
+    "phimoe": _case("phimoe", "PhimoeTopKRouter", dict(num_local_experts=E, num_experts_per_tok=2)),
+    "phimoe-jitter": _case(
+        "phimoe",
+        "PhimoeTopKRouter",
+        dict(num_local_experts=E, num_experts_per_tok=2, router_jitter_noise=0.3),
+    ),
+    "dbrx-p2": _case(
+        "dbrx",
+        "DbrxFFN",
+        dict(
+            d_model=H,
+            ffn_config=dict(moe_num_experts=E, moe_top_k=K, moe_normalize_expert_weights=2.0),
+        ),
+        call="dbrx",
+    ),
+    "laguna-softcap": _case(
+        "laguna",
+        "LagunaTopKRouter",
+        dict(num_experts=E, num_experts_per_tok=K, moe_router_logit_softcapping=1.5),
+        call="raw_logits",
+    ),
+    "inkling2_text-sqrtsoftplus": _case(
+        "inkling2",
+        "Inkling2TopKRouter",
+        dict(n_routed_experts=E, num_experts_per_tok=K, scoring_func="sqrtsoftplus"),
+        ordered=False,
+    ),
     "lfm2_moe-nobias": _case(
         "lfm2_moe",
         "Lfm2MoeTopKRouter",
@@ -419,8 +476,28 @@ def _run_router(case_name, config, gen, layer_idx=None):
         w[token.numpy(), slot] = gates.detach().numpy()
         return logits, torch.from_numpy(w), torch.from_numpy(ids), None
     module = cls(config, layer_idx) if call == "layer" else cls(config)
+    module.eval()  # inference: no jitter, sparsemixer's inference branch
     biases = _randomise(module, gen)
     bias = None
+    if call == "hash":
+        with torch.no_grad():
+            module.tid2eid.copy_(
+                torch.stack(
+                    [
+                        torch.randperm(module.num_experts, generator=gen)[: module.top_k]
+                        for _ in range(module.tid2eid.shape[0])
+                    ]
+                )
+            )
+        tokens = torch.randint(0, module.tid2eid.shape[0], (T,), generator=gen)
+        logits, w, ids = module(x, tokens)
+        return logits, w, ids, None, (tokens, module.tid2eid.clone())
+    if call == "raw_logits":
+        # the module returns its logits after soft-capping: take them before
+        out = module(x)
+        raw = torch.nn.functional.linear(x, module.weight).float()
+        bias = module.e_score_correction_bias.detach().reshape(-1)
+        return raw, out[1], out[2], bias
     if call == "bias_arg":  # the MoE block owns the bias and passes it in
         bias = torch.randn(module.num_experts, generator=gen) * 0.3 - 0.4
         if case_name.startswith("lfm2"):
@@ -442,14 +519,19 @@ def _run_router(case_name, config, gen, layer_idx=None):
     return logits, w, ids, bias
 
 
-def _check(case_name, router, logits, w, ids):
+def _run(case_name, config, gen, layer_idx=None):
+    result = _run_router(case_name, config, gen, layer_idx)
+    return result if len(result) == 5 else (*result, None)
+
+
+def _check(case_name, router, logits, w, ids, tokens=None):
     z = np.ascontiguousarray(logits.detach().float().numpy())
     ids = ids.numpy().astype(np.int64)
     w = w.detach().double().numpy()
     for path in _dispatch.available_paths():  # every kernel path this CPU runs
         old = _dispatch.select(path)
         try:
-            out = router(z)
+            out = router(z) if tokens is None else router(z, input_ids=tokens.numpy())
         finally:
             _dispatch.select(old)
         _compare(case_name, out.expert_ids.astype(np.int64), out.expert_weights, ids, w)
@@ -494,17 +576,23 @@ def test_preset_matches_the_models_router(case_name, tmp_path):
         config = types.SimpleNamespace(**d)
         sources = {"object": config, "dict": d}
         layers = [0, 1, 2, 3]
-    for source_name, source in sources.items():
-        for layer_idx in layers:
-            gen = torch.Generator().manual_seed(1234 + (layer_idx or 0))
-            logits, w, ids, bias = _run_router(case_name, config, gen, layer_idx)
+    for layer_idx in layers:  # the module once per layer, the config read each way
+        gen = torch.Generator().manual_seed(1234 + (layer_idx or 0))
+        logits, w, ids, bias, hashed = _run(case_name, config, gen, layer_idx)
+        extra, tokens = {}, None
+        if hashed is not None:  # hash routing: the module's table; layer 0 is hash_moe
+            tokens, table = hashed
+            extra = dict(layer_idx=0, tid2eid=table.numpy())
+        if layer_idx is not None:
+            extra["layer_idx"] = layer_idx
+        for source_name, source in sources.items():
             router = mr.Router.from_hf_config(
                 source,
                 e_score_correction_bias=None if bias is None else bias.detach().numpy(),
-                layer_idx=layer_idx,
+                **extra,
             )
             assert router.num_experts == logits.shape[-1], source_name
-            _check(case_name, router, logits, w, ids)
+            _check(case_name, router, logits, w, ids, tokens)
 
 
 def test_every_supported_type_is_tested():
@@ -675,3 +763,9 @@ def test_unsupported_types_raise_with_the_reason():
     # through a multimodal wrapper too
     with pytest.raises(ValueError, match="per_expert_scale"):
         mr.Router.from_hf_config(AutoConfig.for_model("gemma4").to_dict())
+
+
+def test_longcat_zero_computation_experts_are_marked():
+    config = _config("longcat_flash")  # 12 routed + 4 zero-computation experts
+    r = mr.Router.from_hf_config(config.to_dict(), e_score_correction_bias=np.zeros(16))
+    assert (r.num_experts, r.zero_expert_num, r.identity_expert_start) == (16, 4, 12)

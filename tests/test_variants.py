@@ -337,25 +337,13 @@ DEEPSEEK_V2 = {"model_type": "deepseek_v2", "n_routed_experts": 64, "num_experts
             "qwen3_moe has no e_score_correction_bias",
         ),
         ({**DEEPSEEK_V2, "topk_method": "noaux"}, {}, "not supported"),
-        ({"model_type": "phimoe"}, {}, "'phimoe' has no moe_router preset: sparsemixer"),
+        ({"model_type": "doge"}, {}, "'doge' has no moe_router preset: product-key routing"),
         ({"model_type": "llama4"}, {}, "llama4 config has no text_config"),
         ({"model_type": "dbrx"}, {}, "dbrx config has no ffn_config"),
         (
             {"model_type": "dbrx", "n_layers": 2, "ffn_config": {"moe_num_experts": 8}},
             {},
             "dbrx config has no moe_top_k",
-        ),
-        (
-            {
-                "model_type": "dbrx",
-                "ffn_config": {
-                    "moe_num_experts": 8,
-                    "moe_top_k": 2,
-                    "moe_normalize_expert_weights": 2.0,
-                },
-            },
-            {},
-            "2.0-norm",
         ),
         (
             {**DEEPSEEK_V3, "num_hidden_layers": 6},
@@ -388,13 +376,29 @@ DEEPSEEK_V2 = {"model_type": "deepseek_v2", "n_routed_experts": 64, "num_experts
         ),
         (
             {
-                "model_type": "laguna",
-                "num_experts": 16,
+                "model_type": "deepseek_v4",
+                "n_routed_experts": 16,
                 "num_experts_per_tok": 2,
-                "moe_router_logit_softcapping": 30.0,
+                "mlp_layer_types": ["hash_moe", "moe"],
+                "num_hidden_layers": 2,
             },
-            dict(e_score_correction_bias=np.zeros(16)),
-            "tanh",
+            dict(layer_idx=0),
+            "layer 0 of this deepseek_v4 config is hash-routed .* tid2eid=",
+        ),
+        (
+            {
+                "model_type": "deepseek_v4",
+                "n_routed_experts": 16,
+                "num_experts_per_tok": 2,
+                "mlp_layer_types": ["hash_moe", "moe"],
+                "num_hidden_layers": 2,
+            },
+            dict(
+                layer_idx=1,
+                tid2eid=np.zeros((4, 2), np.int64),
+                e_score_correction_bias=np.zeros(16),
+            ),
+            "layer 1 of this deepseek_v4 config is not hash-routed",
         ),
         (
             {
@@ -442,6 +446,9 @@ def test_presets_lists_the_variants():
     assert p["qwen3_moe"] == "softmax" and p["deepseek_v3"] == "sigmoid"
     assert p["gpt_oss"] == "topk_logits_softmax" and p["llama4_text"] == "topk_logits_sigmoid"
     assert set(p.values()) <= {
+        "softmax_biased",
+        "sqrtsoftplus",
+        "sparsemixer",
         "softmax",
         "softmax_grouped",
         "topk_logits_softmax",
