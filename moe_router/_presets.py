@@ -834,7 +834,7 @@ PRESETS = {
         defaults={"moe_router_logit_softcapping": 0.0},
         bias="required",
         layers=_fixed_dense(1),
-        note="moe_router_logit_softcapping=0 only",
+        note="its router returns the logits after soft-capping: pass the ones before",
     ),
     "ernie4_5_moe": _Spec(
         "softmax_biased",

@@ -589,3 +589,13 @@ def test_approximate_sigmoid_is_within_its_slack():
     assert err.max() <= 5.2e-4 - 2e-6, err.max()  # (the exact float32 sigmoid: within 2e-6)
     x[5] = np.nan
     assert core.sigmoid_approx_into(x, out) is True
+
+
+def test_readme_lists_every_preset_and_every_unsupported_type():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Router variants and model presets") :]
+    section = section[: section.index("\n## ", 3)]
+    for model_type in list(mr.presets()) + list(mr.unsupported()):
+        assert f"`{model_type}`" in section, model_type
