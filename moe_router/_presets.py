@@ -51,16 +51,59 @@ class _Fields:
     the config class's default for a field the config leaves out.
     """
 
-    def __init__(self, raw, model_type, aliases=None, defaults=None):
+    def __init__(self, raw, model_type, aliases=None, defaults=None, layer=None):
         self.raw = raw
         self.model_type = model_type
         self.aliases = aliases or {}
         self.defaults = defaults or {}
+        self.layer = layer  # a layer's own settings (per_layer_config), read first
 
     def _lookup(self, key):
-        if isinstance(self.raw, dict):
-            return self.raw.get(key, _MISSING)
-        return getattr(self.raw, key, _MISSING)
+        for source in (self.layer, self.raw):
+            if source is None:
+                continue
+            if isinstance(source, dict):
+                value = source.get(key, _MISSING)
+            else:
+                value = getattr(source, key, _MISSING)
+            if value is not _MISSING:
+                return value
+        return _MISSING
+
+    def at_layer(self, layer_idx):
+        """These fields as layer `layer_idx` sees them: transformers' per_layer_config
+        (a sequence of per-layer configs on a config object; in a config.json a dict
+        of the fields that differ, keyed by the layer index as a string, maybe
+        zero-padded)."""
+        per_layer = (
+            self.raw.get("per_layer_config")
+            if isinstance(self.raw, dict)
+            else (getattr(self.raw, "per_layer_config", None))
+        )
+        layer = None
+        if isinstance(per_layer, dict):
+            for key, value in per_layer.items():
+                if str(key).isdigit() and int(key) == layer_idx:
+                    layer = value
+        elif per_layer is not None and not isinstance(per_layer, str):
+            try:
+                layer = per_layer[layer_idx]
+            except (IndexError, KeyError, TypeError):
+                layer = None
+        if layer is None:
+            return self
+        return _Fields(self.raw, self.model_type, self.aliases, self.defaults, layer)
+
+    def has_per_layer(self):
+        per_layer = (
+            self.raw.get("per_layer_config")
+            if isinstance(self.raw, dict)
+            else (getattr(self.raw, "per_layer_config", None))
+        )
+        try:  # a transformers view sizes itself from the config's layer count
+            return per_layer is not None and len(per_layer) > 0
+        except (AttributeError, TypeError):
+            return False
 
     def names(self, name):
         return (name, *self.aliases.get(name, ()))
@@ -149,6 +192,7 @@ class _Spec:
         layers=None,
         note="",
         hash_layers=None,
+        layer_settings=None,
     ):
         self.variant = variant
         self.build = build
@@ -160,6 +204,9 @@ class _Spec:
         )
         self.note = note
         self.hash_layers = hash_layers  # the mlp_layer_types entry of hash-routed layers
+        # callable(f, layer_idx) -> {field: value} or None: a layer's settings
+        # from legacy fields, for configs without per_layer_config
+        self.layer_settings = layer_settings
 
 
 def _experts_topk(f, layer_idx, experts, top_k):
@@ -481,6 +528,32 @@ def _granite_hybrid_layers(f, n):
     return [f.integer("num_local_experts", default=0) > 0] * _count(f, n)
 
 
+# Dots3NoteVisionConfig: without mlp_layer_types, pyramid_num_routed (one
+# count per layer, <= 0 dense) gives the layers and their expert counts.
+_DOTS3_PYRAMID = [-1] * 25 + list(range(4, 65, 4)) + [64]
+
+
+def _dots3_pyramid(f):
+    pyramid = f.sequence("pyramid_num_routed")
+    if pyramid is None:
+        return None if f.has("mlp_layer_types") else _DOTS3_PYRAMID
+    return pyramid
+
+
+def _dots3_vision_layers(f, n):
+    pyramid = _dots3_pyramid(f)
+    return [] if pyramid is None else [c > 0 for c in pyramid]
+
+
+def _dots3_vision_layer(f, layer_idx):
+    pyramid = _dots3_pyramid(f)
+    if pyramid is None or not 0 <= layer_idx < len(pyramid) or pyramid[layer_idx] <= 0:
+        return None
+    count = pyramid[layer_idx]
+    top_k = f.integer("num_experts_per_tok", low=1)
+    return {"num_local_experts": count, "num_experts_per_tok": min(top_k, count)}
+
+
 def _step_layers(f, n):
     enum = f.get("moe_layers_enum")
     if enum is not None:
@@ -744,6 +817,15 @@ PRESETS = {
         _ds3(scale=1.0, first_k_dense_replace=1, moe_layer_freq=1),
         bias="required",
         layers=_first_k_dense(freq="moe_layer_freq"),
+    ),
+    "dots3_note_vision_encoder": _Spec(
+        "sigmoid",
+        _sigmoid("num_local_experts", norm=True, scale="router_scaling_factor", groups=False),
+        defaults={"router_scaling_factor": 1.0, "num_experts_per_tok": 2},
+        bias="required",
+        note="the vision tower's MoE (a dots3_note's vision_config); expert counts per layer",
+        layers=_dots3_vision_layers,
+        layer_settings=_dots3_vision_layer,
     ),
     "exaone_moe": _Spec(
         "sigmoid",
@@ -1053,6 +1135,15 @@ def moe_layers(config):
     return [i for i, moe in enumerate(_moe_flags(spec, f, outer)) if moe]
 
 
+def _at_layer(spec, f, layer_idx):
+    g = f.at_layer(layer_idx)
+    if g is f and spec.layer_settings is not None:
+        settings = spec.layer_settings(f, layer_idx)
+        if settings:
+            g = _Fields(f.raw, f.model_type, f.aliases, f.defaults, settings)
+    return g
+
+
 def router_kwargs_from_config(config, e_score_correction_bias=None, layer_idx=None, overrides=None):
     """Router keywords for `config` (dict or attribute object), at layer `layer_idx`,
     with the caller's `overrides` (Router keywords) applied."""
@@ -1074,6 +1165,19 @@ def router_kwargs_from_config(config, e_score_correction_bias=None, layer_idx=No
             shown = moe if len(moe) <= 12 else moe[:6] + ["..."] + moe[-3:]
             raise ValueError(
                 f"layer {layer_idx} of this {model_type} config is a dense MLP, not MoE "
+                f"(MoE layers: {shown})"
+            )
+    if layer_idx is not None:
+        f = _at_layer(spec, f, layer_idx)
+    elif f.has_per_layer() or spec.layer_settings is not None:
+        # settings per layer (per_layer_config): one Router only if they agree
+        moe = [i for i, m in enumerate(_moe_flags(spec, f, outer)) if m]
+        seen = {repr(sorted(spec.build(_at_layer(spec, f, i), i).items())) for i in moe}
+        if len(seen) > 1:
+            shown = moe if len(moe) <= 12 else moe[:6] + ["..."] + moe[-3:]
+            raise ValueError(
+                f"this {model_type} config sets its MoE layers' settings per layer "
+                f"(per_layer_config): pass Router.from_hf_config(config, layer_idx=...) "
                 f"(MoE layers: {shown})"
             )
     kwargs = spec.build(f, layer_idx)

@@ -20,6 +20,7 @@ import pytest
 
 import moe_router as mr
 from moe_router import _dispatch
+from moe_router._presets import router_kwargs_from_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -355,6 +356,13 @@ CASES = {
         dict(num_experts=E, num_experts_per_tok=K, routed_scaling_factor=1.25),
         call="bias_arg",
     ),
+    "dots3_note_vision_encoder": _case(
+        "dots3_note",
+        "Dots3NoteVisionTopKRouter",
+        dict(pyramid_num_routed=[-1, 4, 8, 16], num_experts_per_tok=6, adapter_in_dim=H),
+        call="per_layer",
+        ordered=False,
+    ),
     "ernie4_5_moe": _case(
         "ernie4_5_moe", "Ernie4_5_MoeTopKRouter", dict(moe_num_experts=E, moe_k=K)
     ),
@@ -475,7 +483,11 @@ def _run_router(case_name, config, gen, layer_idx=None):
         ids[token.numpy(), slot] = expert
         w[token.numpy(), slot] = gates.detach().numpy()
         return logits, torch.from_numpy(w), torch.from_numpy(ids), None
-    module = cls(config, layer_idx) if call == "layer" else cls(config)
+    if call == "per_layer":  # the layer's own config (transformers' per_layer_config)
+        module = cls(config.per_layer_config[layer_idx])
+        call = "bias_arg"
+    else:
+        module = cls(config, layer_idx) if call == "layer" else cls(config)
     module.eval()  # inference: no jitter, sparsemixer's inference branch
     biases = _randomise(module, gen)
     bias = None
@@ -576,6 +588,8 @@ def test_preset_matches_the_models_router(case_name, tmp_path):
         config = types.SimpleNamespace(**d)
         sources = {"object": config, "dict": d}
         layers = [0, 1, 2, 3]
+    if CASES[case_name]["call"] == "per_layer":
+        layers = [1, 2, 3]
     for layer_idx in layers:  # the module once per layer, the config read each way
         gen = torch.Generator().manual_seed(1234 + (layer_idx or 0))
         logits, w, ids, bias, hashed = _run(case_name, config, gen, layer_idx)
@@ -676,18 +690,21 @@ def test_defaults_are_the_config_classes(model_type):
     case = next(c for n, c in CASES.items() if _model_type(n) == model_type)
     fields = case["config"]
     config = AutoConfig.for_model(model_type, **({} if "d_model" in fields else TINY), **fields)
-    full = _settings(_router_any_bias(config.to_dict()))
-    assert _settings(_router_any_bias({"model_type": model_type, **fields})) == full
+    layer = {"layer_idx": 3} if "pyramid_num_routed" in fields else {}
+    full = _settings(_router_any_bias(config.to_dict(), **layer))
+    assert _settings(_router_any_bias({"model_type": model_type, **fields}, **layer)) == full
 
 
-def _router_any_bias(config):
+def _router_any_bias(config, **kwargs):
     """The preset's Router, with a zero correction bias if the model has one."""
     try:
-        return mr.Router.from_hf_config(config)
+        return mr.Router.from_hf_config(config, **kwargs)
     except ValueError as e:
         if "pass Router.from_hf_config(config, e_score_correction_bias" not in str(e):
             raise
-        return mr.Router.from_hf_config(config, e_score_correction_bias=np.zeros(E))
+        # a zero bias of the preset's expert count (read without building a Router)
+        n = router_kwargs_from_config(config, np.zeros(1), kwargs.get("layer_idx"))["num_experts"]
+        return mr.Router.from_hf_config(config, e_score_correction_bias=np.zeros(n), **kwargs)
 
 
 def _settings(r):

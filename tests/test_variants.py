@@ -599,3 +599,21 @@ def test_readme_lists_every_preset_and_every_unsupported_type():
     section = section[: section.index("\n## ", 3)]
     for model_type in list(mr.presets()) + list(mr.unsupported()):
         assert f"`{model_type}`" in section, model_type
+
+
+def test_per_layer_config_overrides_a_layers_fields():
+    # transformers' per_layer_config, as a config.json holds it: the fields that
+    # differ, keyed by the layer index as a (zero-padded) string
+    cfg = {
+        **QWEN3,
+        "num_hidden_layers": 3,
+        "per_layer_config": {"01": {"num_experts": 8, "num_experts_per_tok": 2}},
+    }
+    assert (mr.Router.from_hf_config(cfg, layer_idx=1).num_experts, 8) == (8, 8)
+    r = mr.Router.from_hf_config(cfg, layer_idx=2)
+    assert (r.num_experts, r.top_k) == (128, 8)
+    with pytest.raises(ValueError, match="per layer \\(per_layer_config\\): pass .*layer_idx"):
+        mr.Router.from_hf_config(cfg)
+    # settings that agree across layers need no layer_idx
+    same = {**cfg, "per_layer_config": {"01": {"num_attention_heads": 4}}}
+    assert mr.Router.from_hf_config(same).num_experts == 128

@@ -99,6 +99,7 @@ CONFIG_FIELDS = [
     "expert_layer_period", "expert_layer_offset", "moe_layers", "interleave_moe_layer_step",
     "layers_block_type", "hybrid_override_pattern", "moe_layer_start_index",
     "moe_layer_end_index", "moe_layer_interval", "text_config", "ffn_config",
+    "per_layer_config", "pyramid_num_routed",
 ]  # fmt: skip
 
 
