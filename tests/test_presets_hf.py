@@ -786,3 +786,31 @@ def test_longcat_zero_computation_experts_are_marked():
     config = _config("longcat_flash")  # 12 routed + 4 zero-computation experts
     r = mr.Router.from_hf_config(config.to_dict(), e_score_correction_bias=np.zeros(16))
     assert (r.num_experts, r.zero_expert_num, r.identity_expert_start) == (16, 4, 12)
+
+
+def test_every_moe_model_of_transformers_is_supported_or_listed():
+    """Each modeling file that routes to experts has a model type that
+    presets(), unsupported() or a multimodal wrapper covers (a guard for new
+    transformers versions)."""
+    import pathlib
+    import re
+
+    from moe_router._presets import NESTED
+
+    known = set(mr.presets()) | set(mr.unsupported()) | set(NESTED)
+    models = pathlib.Path(transformers.__file__).parent / "models"
+    missing = []
+    for modeling in sorted(models.glob("*/modeling_*.py")):
+        src = modeling.read_text()
+        if not re.search(r"\bexperts?\b", src) or not re.search(
+            r"num_experts_per_tok|moe_topk|moe_k\b|moe_top_k|top_k_experts|"
+            r"expert_capacity|NaiveMoe|router_gate",
+            src,
+        ):
+            continue
+        types = set()
+        for config_file in modeling.parent.glob("configuration_*.py"):
+            types |= set(re.findall(r'model_type\s*=\s*"([^"]+)"', config_file.read_text()))
+        if not types & known:
+            missing.append((modeling.parent.name, sorted(types)))
+    assert not missing
