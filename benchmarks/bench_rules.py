@@ -19,8 +19,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 import moe_router as mr  # noqa: E402
-from moe_router import _bench  # noqa: E402
-from moe_router import _dispatch  # noqa: E402
+from moe_router import _bench, _dispatch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_ratios import _report, interleaved  # noqa: E402

@@ -149,14 +149,15 @@ def _sparsemixer(flat, jitter_eps, scale):
 
     def weight(z, m, skip):
         n_inf = (z == np.inf).sum(axis=1)
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             r = (m[:, None] - z) / np.maximum(np.abs(z), m[:, None])
             e = np.exp(z - m[:, None])
         keep = ~(r > thr)
         if skip is not None:
             keep[rows, skip] = False
         e = np.where(keep & np.isfinite(e), e, 0.0)
-        w = 1.0 / e.sum(axis=1)
+        with np.errstate(divide="ignore"):  # (the +inf rows: replaced below)
+            w = 1.0 / e.sum(axis=1)
         # +inf logits share the mass, as under softmax
         return np.where(np.isposinf(m), 1.0 / np.maximum(n_inf - (skip is not None), 1), w)
 

@@ -88,9 +88,9 @@ template <class S> static inline typename S::V mr_sqrtsoftplus_v(typename S::V x
     typedef typename S::T T;
     typedef typename S::V V;
     const V zero = S::set(0);
-    /* (the saturating exp: about 2^-126 instead of 0 below -87.3, which
-     * changes the score by nothing a float32 keeps) */
-    const V e = mr_exp_sat_v<S>(S::sub(zero, mr_abs_v<S>(x)));
+    /* (exp flushed to 0 below -87.3 in float32, -708 in float64: the
+     * score of a -inf logit is exactly 0, and of one below that 0 too) */
+    const V e = mr_exp_v<S>(S::sub(zero, mr_abs_v<S>(x)));
     const V t = S::div(e, S::add(S::set(2), e));
     const V t2 = S::mul(t, t);
     const int terms = mr_is_f32<T> ? 7 : 18;
