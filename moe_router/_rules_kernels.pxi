@@ -19,8 +19,12 @@ cdef extern from "csrc/rules.hpp" nogil:
     void mr_softcap_into[T](const T* z, Py_ssize_t n, T cap, T* out)
     T mr_exp_into[T](const T* z, Py_ssize_t n, T m, T* e)
     void mr_div_bias_into[T](const T* e, Py_ssize_t n, T total, const T* bias, T* p, T* key)
-    void mr_sqrtsoftplus_into[T](const T* z, Py_ssize_t n, const T* bias, T* s, T* key)
-    void mr_sigmoid_bias_into[T](const T* z, Py_ssize_t n, const T* bias, T* s, T* key)
+    T mr_sqrtsoftplus_into[T](const T* z, Py_ssize_t n, T cap, const T* bias, T* s, T* key,
+                              T* lanes)
+    T mr_sigmoid_bias_into[T](const T* z, Py_ssize_t n, T cap, const T* bias, T* s, T* key,
+                              T* lanes)
+    void mr_topk_small[T](const T* z, Py_ssize_t n, int k, Py_ssize_t* idx)
+    T mr_exp_cap_into[T](const T* z, Py_ssize_t n, T cap, T m, T* e)
     void mr_picked_sqrtsoftplus[T](const T* z, const Py_ssize_t* idx, int k, T* out)
     T mr_sparsemixer_sum[T](const T* z, Py_ssize_t n, T m, T thr, Py_ssize_t skip)
 
@@ -62,31 +66,55 @@ cdef struct RulesCtx:
     int num_threads
 
 
-cdef inline void _picked_block(const floating* zc, const floating* s, const id_t* ids,
-                               Py_ssize_t kb, floating m, int score,
+cdef inline void _picked_block(const floating* z, const floating* s, const id_t* ids,
+                               Py_ssize_t kb, floating m, const RulesCtx* cx,
                                floating* out) noexcept nogil:
     # out[0..kb) (kb <= MR_BLOCK) = the unnormalised weights of the picked
     # experts: s[id] where all scores were computed (s not NULL), else from
-    # the logits: exp(z - m) (softmax; +inf logits share the mass),
-    # sigmoid(z), sqrt(softplus(z)).
+    # the logits (soft-capped first, when the router caps): exp(z - m)
+    # (softmax, m the capped max; +inf logits share the mass), sigmoid(z),
+    # sqrt(softplus(z)).
     cdef Py_ssize_t j
     cdef Py_ssize_t idx[MR_BLOCK]
+    cdef floating zp[MR_BLOCK]
+    cdef const floating* src = z
     if s != NULL:
         for j in range(kb):
             out[j] = s[ids[j]]
         return
-    if score == SCORE_SOFTMAX and m == INFINITY:
+    if cx.score == SCORE_SOFTMAX and m == INFINITY:  # (no cap: it leaves no inf)
         for j in range(kb):
-            out[j] = 1 if zc[ids[j]] == INFINITY else 0
+            out[j] = 1 if z[ids[j]] == INFINITY else 0
         return
-    for j in range(kb):
-        idx[j] = ids[j]
-    if score == SCORE_SOFTMAX:
-        mr_picked_exp(zc, idx, <int>kb, m, out)
-    elif score == SCORE_SIGMOID:
-        mr_picked_sigmoid(zc, idx, <int>kb, out)
+    if cx.cap > 0:
+        for j in range(kb):
+            zp[j] = z[ids[j]]
+            idx[j] = j
+        mr_softcap_into(<const floating*>zp, kb, <floating>cx.cap, zp)
+        src = zp
     else:
-        mr_picked_sqrtsoftplus(zc, idx, <int>kb, out)
+        for j in range(kb):
+            idx[j] = ids[j]
+    if cx.score == SCORE_SOFTMAX:
+        mr_picked_exp(src, idx, <int>kb, m, out)
+    elif cx.score == SCORE_SIGMOID:
+        mr_picked_sigmoid(src, idx, <int>kb, out)
+    else:
+        mr_picked_sqrtsoftplus(src, idx, <int>kb, out)
+
+
+cdef inline void _rules_topk(const floating* key, Py_ssize_t n, Py_ssize_t k,
+                             const floating* lanes, id_t* ids_out) noexcept nogil:
+    # The top-k of a NaN-free row: branch-free ranks for short rows, else
+    # _router_kernels.pxi's _topk (lanes: key's, from mr_max_lanes).
+    cdef Py_ssize_t idx[2 * MR_BLOCK + 1]
+    cdef Py_ssize_t j
+    if n <= 2 * MR_BLOCK:
+        mr_topk_small(key, n, <int>k, idx)
+        for j in range(k):
+            ids_out[j] = <id_t>idx[j]
+    else:
+        _topk(key, n, k, lanes, ids_out, 0, <floating*>NULL)
 
 
 cdef inline double _p_norm(const floating* e, Py_ssize_t k, double p) noexcept nogil:
@@ -104,27 +132,25 @@ cdef inline double _p_norm(const floating* e, Py_ssize_t k, double p) noexcept n
     return mx * c_pow(acc, 1.0 / p)
 
 
-cdef int _sparsemixer_row(const floating* zc, const RulesCtx* cx, floating m,
-                          id_t* ids_out, weight_t* w_out) noexcept nogil:
+cdef int _sparsemixer_row(const floating* zc, const floating* lanes, const RulesCtx* cx,
+                          floating m, id_t* ids_out, weight_t* w_out) noexcept nogil:
     # PhiMoE's sparsemixer at inference: expert 1 is the arg max, its weight
     # the softmax at it over the experts not masked by the relative
     # threshold (m - z) / max(|z|, m) > 2 * jitter_eps; expert 2 the same
     # over the others with expert 1 left out.  Ties: the smaller index.
-    cdef Py_ssize_t n = cx.n, j, i1 = -1, i2 = -1, n_inf = 0
-    cdef floating m2 = -INFINITY, thr = <floating>cx.thr, scale = <floating>cx.scale
+    cdef Py_ssize_t n = cx.n, j, i1, i2, n_inf = 0
+    cdef floating m2, thr = <floating>cx.thr, scale = <floating>cx.scale
     cdef floating w1, w2
-    for j in range(n):
-        if zc[j] == m and i1 < 0:
-            i1 = j
-        if zc[j] == INFINITY:
-            n_inf += 1
-    for j in range(n):
-        if j != i1 and (zc[j] > m2 or (i2 < 0 and zc[j] == m2)):
-            m2 = zc[j]
-            i2 = j
+    cdef id_t two[2]
+    _rules_topk(zc, n, 2, lanes, two)  # (value descending, index ascending)
+    i1 = two[0]
+    i2 = two[1]
+    m2 = zc[i2]
     if m2 == -INFINITY:
         return ROW_ONE_EXPERT
-    # (+inf logits share the mass, as the softmax routers')
+    if m2 == INFINITY:  # (+inf logits share the mass, as the softmax routers')
+        for j in range(n):
+            n_inf += zc[j] == INFINITY
     if m == INFINITY:
         w1 = 1 / <floating>n_inf
     else:
@@ -144,57 +170,89 @@ cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
                     const int64_t* table_row, id_t* ids_out, weight_t* w_out) noexcept nogil:
     """Route one row under the rules of cx: ROW_OK, or why it cannot be routed.
 
-    scratch holds 3 * n + MR_BLOCK values: the capped logits, the scores
-    (when every expert's is needed: a bias), the selection keys, then the
-    picked experts' scores.  table_row: the row's tid2eid entry, or NULL.
+    scratch holds 3 * n + MR_BLOCK values: the capped logits (the
+    sparsemixer and the unnormalised softmax), the scores (when every
+    expert's is needed: a bias), the selection keys, then the picked
+    experts' scores.  table_row: the row's tid2eid entry, or NULL.  The
+    selection without a bias is on the raw logits: the cap and the scores
+    are increasing functions of them, and the logits keep apart values
+    whose capped scores round to the same number.
     """
     cdef floating lanes[MR_BLOCK]
-    cdef Py_ssize_t n = cx.n, k = cx.k, j, kb
-    cdef const floating* zc = z
+    cdef Py_ssize_t n = cx.n, k = cx.k, j
     cdef floating* s = NULL
     cdef floating* key = scratch + 2 * n
-    cdef floating* e = scratch + 2 * n  # the picked scores (after the selection)
-    cdef floating m, total = 1, divisor, scale = <floating>cx.scale
-    cdef double block_sums = 0
+    cdef floating m, mc, total, key_max
+    cdef floating cap = <floating>cx.cap
     cdef int has_nan
     cdef int score = cx.score
-    if cx.cap > 0:
-        mr_softcap_into(z, n, <floating>cx.cap, scratch)
-        zc = scratch
-    m = mr_max_lanes(zc, n, lanes, &has_nan)
+    if cx.bias != NULL and (score == SCORE_SIGMOID or score == SCORE_SQRTSOFTPLUS):
+        # One pass: the scores, the keys, their lane maxima, and the NaN
+        # check (a NaN logit makes its key NaN, and the bias is finite).
+        s = scratch + n
+        if score == SCORE_SIGMOID:
+            key_max = mr_sigmoid_bias_into(z, n, cap, <const floating*>cx.bias, s, key, lanes)
+        else:
+            key_max = mr_sqrtsoftplus_into(z, n, cap, <const floating*>cx.bias, s, key, lanes)
+        if key_max != key_max:
+            return ROW_NAN
+        if key_max == INFINITY:  # (sqrtsoftplus of +inf; the sigmoid is <= 1)
+            return ROW_POS_INF
+        if table_row == NULL:
+            _rules_topk(key, n, k, lanes, ids_out)
+        return _rules_weights(z, cx, scratch, s, table_row, 0, 0, ids_out, w_out)
+    # The softmax routers (and the ones without a bias): the row max first.
+    m = mr_max_lanes(z, n, lanes, &has_nan)
     if has_nan:
         return ROW_NAN
-    if (score == SCORE_SOFTMAX or score == SCORE_SPARSEMIXER) and m == -INFINITY:
+    mc = m  # the capped row max
+    if cap > 0:
+        mr_softcap_into(&m, 1, cap, &mc)
+    if (score == SCORE_SOFTMAX or score == SCORE_SPARSEMIXER) and mc == -INFINITY:
         return ROW_ALL_NEG_INF
-    if score == SCORE_SQRTSOFTPLUS and m == INFINITY:
+    if score == SCORE_SQRTSOFTPLUS and mc == INFINITY:
         return ROW_POS_INF
     if score == SCORE_SPARSEMIXER:
-        return _sparsemixer_row(zc, cx, m, ids_out, w_out)
+        if cap > 0:
+            mr_softcap_into(z, n, cap, scratch)
+            mr_max_lanes(scratch, n, lanes, &has_nan)
+            return _sparsemixer_row(scratch, lanes, cx, mc, ids_out, w_out)
+        return _sparsemixer_row(z, lanes, cx, m, ids_out, w_out)
     if cx.bias != NULL:
         # Every expert's score, then the selection on score + bias.
         s = scratch + n
         if score == SCORE_SOFTMAX:
-            if m == INFINITY:
+            if mc == INFINITY:
                 total = 0
                 for j in range(n):
-                    s[j] = 1 if zc[j] == INFINITY else 0
+                    s[j] = 1 if z[j] == INFINITY else 0
                     total += s[j]
+            elif cap > 0:
+                total = mr_exp_cap_into(z, n, cap, mc, s)
             else:
-                total = mr_exp_into(zc, n, m, s)
+                total = mr_exp_into(z, n, m, s)
             mr_div_bias_into(s, n, total, <const floating*>cx.bias, s, key)
             total = 1  # s holds the probabilities now
-        elif score == SCORE_SIGMOID:
-            mr_sigmoid_bias_into(zc, n, <const floating*>cx.bias, s, key)
-        else:
-            mr_sqrtsoftplus_into(zc, n, <const floating*>cx.bias, s, key)
         if table_row == NULL:
             mr_max_lanes(key, n, lanes, &has_nan)
-            _topk(key, n, k, lanes, ids_out, 0, <floating*>NULL)
+            _rules_topk(key, n, k, lanes, ids_out)
     elif table_row == NULL:
-        # The scores are increasing functions of the (capped) logits: their
-        # order is that of the logits, which keep apart values whose
-        # scores round to the same number.
-        _topk(zc, n, k, lanes, ids_out, m, <floating*>NULL)
+        _rules_topk(z, n, k, lanes, ids_out)
+    return _rules_weights(z, cx, scratch, s, table_row, m, mc, ids_out, w_out)
+
+
+cdef int _rules_weights(const floating* z, const RulesCtx* cx, floating* scratch,
+                        const floating* s, const int64_t* table_row, floating m, floating mc,
+                        id_t* ids_out, weight_t* w_out) noexcept nogil:
+    # The second half of _rules_row: the ids from the table (if any), the
+    # picked experts' weights.  s: every expert's score, or NULL; m, mc:
+    # the row's max, raw and capped (softmax only).
+    cdef Py_ssize_t n = cx.n, k = cx.k, j, kb
+    cdef floating* e = scratch + 2 * n  # the picked scores (after the selection)
+    cdef floating total = 1, divisor, scale = <floating>cx.scale
+    cdef floating cap = <floating>cx.cap
+    cdef double block_sums = 0
+    cdef int score = cx.score
     if table_row != NULL:
         for j in range(k):
             ids_out[j] = <id_t>table_row[j]
@@ -203,11 +261,12 @@ cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
     j = 0
     while j < k:
         kb = min(MR_BLOCK, k - j)
-        _picked_block(zc, s, ids_out + j, kb, m, score, e + j)
+        _picked_block(z, s, ids_out + j, kb, mc, cx, e + j)
         block_sums += mr_sum_k(e + j, <int>kb)
         j += MR_BLOCK
     if score == SCORE_SOFTMAX and s == NULL and (not cx.norm or cx.norm_min > 0):
-        total = _softmax_sum(zc, n, m)
+        # the full softmax sum (of the capped logits)
+        total = mr_exp_cap_into(z, n, cap, mc, scratch) if cap > 0 else _softmax_sum(z, n, m)
     if not cx.norm:
         divisor = total if score == SCORE_SOFTMAX else 1
     elif cx.p_norm > 0:

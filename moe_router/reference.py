@@ -33,7 +33,9 @@ weights
 The scoring rules of route_rows_rules (moe_router/_rules_kernels.pxi):
 
 moe_router_logit_softcapping = cap > 0
-    z = cap * tanh(z / cap) first, everything below on the capped logits.
+    z = cap * tanh(z / cap) first, everything below on the capped logits
+    (a selection on the order of the logits stays on the raw logits': tanh
+    is increasing, and they keep apart values that cap to the same float).
 sqrtsoftplus scoring
     s = sqrt(softplus(z)) = sqrt(log(1 + exp(z))); a +inf logit (an
     infinite score) has no weights.
@@ -147,14 +149,15 @@ def _sparsemixer(flat, jitter_eps, scale):
 
     def weight(z, m, skip):
         n_inf = (z == np.inf).sum(axis=1)
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             r = (m[:, None] - z) / np.maximum(np.abs(z), m[:, None])
             e = np.exp(z - m[:, None])
         keep = ~(r > thr)
         if skip is not None:
             keep[rows, skip] = False
         e = np.where(keep & np.isfinite(e), e, 0.0)
-        w = 1.0 / e.sum(axis=1)
+        with np.errstate(divide="ignore"):  # (the +inf rows: replaced below)
+            w = 1.0 / e.sum(axis=1)
         # +inf logits share the mass, as under softmax
         return np.where(np.isposinf(m), 1.0 / np.maximum(n_inf - (skip is not None), 1), w)
 
@@ -215,6 +218,7 @@ def route_reference(
         None if e_score_correction_bias is None else np.asarray(e_score_correction_bias, np.float64)
     )
     shape = z.shape[:-1] + (top_k,)
+    raw = flat  # the selection without a bias: the order of the logits
     if moe_router_logit_softcapping:
         cap = float(moe_router_logit_softcapping)
         flat = cap * np.tanh(flat / cap)
@@ -231,11 +235,11 @@ def route_reference(
         if topk_on_logits:
             norm_topk_prob = True  # a softmax over the K picked logits
         weights_of = softmax(flat).reshape(flat.shape)
-        key = flat if bias is None else weights_of + bias
+        key = raw if bias is None else weights_of + bias
     elif scoring_func in ("sigmoid", "sqrtsoftplus"):
         weights_of = sigmoid(flat) if scoring_func == "sigmoid" else sqrtsoftplus(flat)
         if bias is None and not grouped:
-            key = flat
+            key = raw
         else:
             key = weights_of if bias is None else weights_of + bias
     else:

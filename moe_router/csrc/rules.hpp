@@ -80,17 +80,20 @@ template <class S> static inline typename S::V mr_tanh_v(typename S::V u)
 
 /* softplus(x) = max(x, 0) + log1p(exp(-|x|)), log1p(e) for e in [0, 1] as
  * 2 atanh(t), t = e / (2 + e) <= 1/3 (no cancellation for small e), by its
- * odd series (8 terms for float32, 18 for float64).  sqrt(softplus(x)):
+ * odd series (7 terms for float32, 18 for float64: truncation (1/9)^J / (2J + 1)
+ * below half an ulp).  sqrt(softplus(x)):
  * the scores of DeepSeek-V4; +inf gives +inf, -inf 0, NaN NaN. */
 template <class S> static inline typename S::V mr_sqrtsoftplus_v(typename S::V x)
 {
     typedef typename S::T T;
     typedef typename S::V V;
     const V zero = S::set(0);
+    /* (exp flushed to 0 below -87.3 in float32, -708 in float64: the
+     * score of a -inf logit is exactly 0, and of one below that 0 too) */
     const V e = mr_exp_v<S>(S::sub(zero, mr_abs_v<S>(x)));
     const V t = S::div(e, S::add(S::set(2), e));
     const V t2 = S::mul(t, t);
-    const int terms = mr_is_f32<T> ? 8 : 18;
+    const int terms = mr_is_f32<T> ? 7 : 18;
     V p = S::set((T)(1.0 / (2 * terms - 1)));
     for (int j = terms - 2; j >= 0; j--)
         p = S::fma(p, t2, S::set((T)(1.0 / (2 * j + 1))));
@@ -179,55 +182,131 @@ static inline void mr_div_bias_into(const T *e, Py_ssize_t n, T total, const T *
     }
 }
 
-/* s[0..n) = sqrt(softplus(z)), key = s + bias: the scores of the
- * sqrtsoftplus routers with a bias. */
-template <class T> static inline void mr_sqrtsoftplus_into(const T *z, Py_ssize_t n, const T *bias, T *s,
-                                                           T *key)
+/* The score of the sigmoid (SQRTSP false) or sqrtsoftplus routers, of the
+ * logit soft-capped at cap when cap > 0 (vc = set(cap)). */
+template <class S, bool SQRTSP>
+static inline typename S::V mr_rule_score_v(typename S::V x, int capped, typename S::V vc)
+{
+    if (capped)
+        x = S::mul(vc, mr_tanh_v<S>(S::div(x, vc)));
+    if constexpr (SQRTSP)
+        return mr_sqrtsoftplus_v<S>(x);
+    else
+        return mr_sigmoid_v<S>(x);
+}
+
+/*
+ * s[0..n) = score(z soft-capped at cap, when cap > 0), key = s + bias, in
+ * one pass: the scores of the sigmoid / sqrtsoftplus routers with a bias.
+ * Also leaves in lanes[l] the max of the keys whose index is l modulo
+ * MR_BLOCK (mr_max_lanes' lanes, for the top-k) and returns the keys' max
+ * (NaN when z holds a NaN: the key is NaN there), so that these routers
+ * need no pass over z of their own.
+ */
+template <class T, bool SQRTSP>
+static inline T mr_scores_bias_into(const T *z, Py_ssize_t n, T cap, const T *bias, T *s, T *key, T *lanes)
 {
     using S = Vec<T>;
+    typedef typename S::V V;
+    const V vc = S::set(cap);
+    const int capped = cap > 0;
+    V acc[MR_NV];
+    typename S::N nan_acc = S::nan_init();
+    int nan_tail = 0;
+    for (int j = 0; j < MR_NV; j++)
+        acc[j] = S::set(-INFINITY);
     Py_ssize_t i = 0;
-    for (; i + S::W <= n; i += S::W) {
-        const typename S::V v = mr_sqrtsoftplus_v<S>(S::load(z + i));
-        S::store(s + i, v);
-        S::store(key + i, S::add(v, S::load(bias + i)));
-    }
+    for (; i + MR_BLOCK <= n; i += MR_BLOCK)
+        for (int j = 0; j < MR_NV; j++) {
+            const V v = mr_rule_score_v<S, SQRTSP>(S::load(z + i + j * S::W), capped, vc);
+            const V kv = S::add(v, S::load(bias + i + j * S::W));
+            S::store(s + i + j * S::W, v);
+            S::store(key + i + j * S::W, kv);
+            acc[j] = S::max(kv, acc[j]);
+            nan_acc = S::nan_acc(nan_acc, kv, kv);
+        }
+    for (int j = 0; j < MR_NV; j++)
+        S::store(lanes + j * S::W, acc[j]);
     if (i < n) {
         T buf[MR_BLOCK];
         const int len = (int)(n - i);
         for (int l = 0; l < MR_BLOCK; l++)
             buf[l] = l < len ? z[i + l] : 0;
         for (int j = 0; j < MR_NV; j++)
-            S::store(buf + j * S::W, mr_sqrtsoftplus_v<S>(S::load(buf + j * S::W)));
+            S::store(buf + j * S::W, mr_rule_score_v<S, SQRTSP>(S::load(buf + j * S::W), capped, vc));
         for (int l = 0; l < len; l++) {
+            const T kv = buf[l] + bias[i + l];
             s[i + l] = buf[l];
-            key[i + l] = buf[l] + bias[i + l];
+            key[i + l] = kv;
+            lanes[l] = kv > lanes[l] ? kv : lanes[l];
+            nan_tail |= kv != kv;
         }
+    }
+    T m = lanes[0];
+    for (int l = 1; l < MR_BLOCK; l++)
+        m = lanes[l] > m ? lanes[l] : m;
+    return S::nan_any(nan_acc) | nan_tail ? (T)NAN : m;
+}
+
+template <class T>
+static inline T mr_sigmoid_bias_into(const T *z, Py_ssize_t n, T cap, const T *bias, T *s, T *key, T *lanes)
+{
+    return mr_scores_bias_into<T, false>(z, n, cap, bias, s, key, lanes);
+}
+
+template <class T>
+static inline T mr_sqrtsoftplus_into(const T *z, Py_ssize_t n, T cap, const T *bias, T *s, T *key, T *lanes)
+{
+    return mr_scores_bias_into<T, true>(z, n, cap, bias, s, key, lanes);
+}
+
+/*
+ * The top-k of a NaN-free row of n <= 2 * MR_BLOCK values, k <= n, into
+ * idx[0..k) (idx holds k + 1), in the order (value descending, index
+ * ascending), without branches on the data: each value's rank (how many
+ * values are greater, plus the equal ones before it) is counted with vector
+ * compares, and value i is written at slot min(rank, k).  The insertion list
+ * of _topk_list mispredicts on short rows, where this costs a few dozen
+ * vector operations.
+ */
+template <class T> static inline void mr_topk_small(const T *z, Py_ssize_t n, int k, Py_ssize_t *idx)
+{
+    using S = Vec<T>;
+    typedef typename S::V V;
+    constexpr int NB = 2 * MR_BLOCK;
+    constexpr int NVB = NB / S::W;
+    T buf[NB], pos[NB], rk[NB];
+    V vv[NVB], vp[NVB], rank[NVB];
+    const int len = (int)n;
+    for (int l = 0; l < NB; l++) {
+        buf[l] = l < len ? z[l] : -INFINITY; /* padding ranks after every value */
+        pos[l] = (T)l;
+    }
+    const int nv = (len + S::W - 1) / S::W;
+    for (int j = 0; j < nv; j++) {
+        vv[j] = S::load(buf + j * S::W);
+        vp[j] = S::load(pos + j * S::W);
+        rank[j] = S::set(0);
+    }
+    for (int q = 0; q < len; q++) {
+        const V vq = S::set(buf[q]), pq = S::set((T)q);
+        for (int j = 0; j < nv; j++)
+            rank[j] = S::count_eq_before(S::count_gt(rank[j], vq, vv[j]), vq, vv[j], pq, vp[j]);
+    }
+    for (int j = 0; j < nv; j++)
+        S::store(rk + j * S::W, rank[j]);
+    for (int l = 0; l < len; l++) {
+        const int r = (int)rk[l];
+        idx[r < k ? r : k] = l;
     }
 }
 
-/* s[0..n) = sigmoid(z), key = s + bias (mr_sigmoid_into adds the bias into
- * one buffer; here the unbiased scores are kept for the weights). */
-template <class T> static inline void mr_sigmoid_bias_into(const T *z, Py_ssize_t n, const T *bias, T *s,
-                                                           T *key)
+/* e[0..n) = exp(cap * tanh(z / cap) - m) (m the capped row max, finite);
+ * returns their sum, added as mr_exp_into adds. */
+template <class T> static inline T mr_exp_cap_into(const T *z, Py_ssize_t n, T cap, T m, T *e)
 {
-    using S = Vec<T>;
-    Py_ssize_t i = 0;
-    for (; i + S::W <= n; i += S::W) {
-        const typename S::V v = mr_sigmoid_v<S>(S::load(z + i));
-        S::store(s + i, v);
-        S::store(key + i, S::add(v, S::load(bias + i)));
-    }
-    if (i < n) {
-        T buf[MR_BLOCK];
-        const int len = (int)(n - i);
-        for (int l = 0; l < MR_BLOCK; l++)
-            buf[l] = l < len ? z[i + l] : 0;
-        mr_sigmoid_block(buf);
-        for (int l = 0; l < len; l++) {
-            s[i + l] = buf[l];
-            key[i + l] = buf[l] + bias[i + l];
-        }
-    }
+    mr_softcap_into(z, n, cap, e);
+    return mr_exp_into(e, n, m, e);
 }
 
 /* out[0..k) = sqrt(softplus(z[idx[j]])), k <= MR_BLOCK (as mr_picked_sigmoid). */
