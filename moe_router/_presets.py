@@ -877,6 +877,7 @@ PRESETS = {
         _LOCAL,
         bias="required",
         layers=lambda f, n: [bool(x) for x in (f.sequence("moe_layer_freq") or [1] * _count(f, n))],
+        note="routed_scaling_factor is applied by the experts, not by the router",
     ),
     "step3p5": _Spec(
         "sigmoid",
@@ -887,6 +888,7 @@ PRESETS = {
         },
         bias="required",
         layers=_step_layers,
+        note="moe_router_scaling_factor is applied by the experts, not by the router",
     ),
     "hy_v3": _Spec(
         "sigmoid",
@@ -916,7 +918,8 @@ PRESETS = {
         defaults={"moe_router_logit_softcapping": 0.0},
         bias="required",
         layers=_fixed_dense(1),
-        note="its router returns the logits after soft-capping: pass the ones before",
+        note="its router returns the logits after soft-capping: pass the ones before; "
+        "moe_routed_scaling_factor is applied by the experts",
     ),
     "ernie4_5_moe": _Spec(
         "softmax_biased",
