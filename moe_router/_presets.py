@@ -1073,6 +1073,11 @@ def _resolve(config):
             raise ValueError(f"{model_type} config has no {key}")
         config, model_type = inner, (_raw_get(inner, "model_type") or inner_type)
         seen += 1
+    if model_type not in PRESETS and model_type not in UNSUPPORTED:
+        # a multimodal wrapper this table does not name, around a known text model
+        inner = _raw_get(config, "text_config")
+        if inner is not None and _raw_get(inner, "model_type") in PRESETS:
+            config, model_type = inner, _raw_get(inner, "model_type")
     if model_type in SUBCONFIG:
         outer = config
         sub = _raw_get(config, SUBCONFIG[model_type])

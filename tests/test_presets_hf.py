@@ -128,6 +128,12 @@ CASES = {
         dict(n_routed_experts=E, num_experts_per_tok=K, routed_scaling_factor=16.0),
         ordered=False,
     ),
+    "deepseek_v2-norm_topk_prob": _case(  # transformers 5.23's router ignores the flag
+        "deepseek_v2",
+        "DeepseekV2TopkRouter",
+        dict(n_routed_experts=E, num_experts_per_tok=K, norm_topk_prob=True),
+        ordered=False,
+    ),
     "deepseek_v2-grouped": _case(
         "deepseek_v2",
         "DeepseekV2TopkRouter",

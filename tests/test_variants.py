@@ -617,3 +617,10 @@ def test_per_layer_config_overrides_a_layers_fields():
     # settings that agree across layers need no layer_idx
     same = {**cfg, "per_layer_config": {"01": {"num_attention_heads": 4}}}
     assert mr.Router.from_hf_config(same).num_experts == 128
+
+
+def test_an_unknown_wrapper_around_a_known_text_model():
+    cfg = {"model_type": "some_new_vlm", "text_config": {**QWEN3}}
+    assert mr.Router.from_hf_config(cfg).num_experts == 128
+    with pytest.raises(ValueError, match="'some_new_vlm' is not a MoE model"):
+        mr.Router.from_hf_config({"model_type": "some_new_vlm", "text_config": {"model_type": "x"}})
