@@ -18,6 +18,7 @@ from ._api import (
     route,
     route_into,
 )
+from ._presets import moe_layers, presets, unsupported
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,9 @@ __all__ = [
     "RouterOutput",
     "route",
     "route_into",
+    "presets",
+    "unsupported",
+    "moe_layers",
     "show_config",
     "PARALLEL_MIN_ROWS",
     "DEFAULT_PARALLEL_MIN_ROWS",

@@ -50,3 +50,26 @@ def route_rows_seed(
     expert_weights: npt.NDArray[np.float32],
 ) -> None: ...
 def exp_into(x: npt.NDArray[np.floating[Any]], out: npt.NDArray[np.floating[Any]]) -> None: ...
+
+# The scoring rules of _rules_kernels.pxi: name -> the `score` code.
+SCORE_KINDS: dict[str, int]
+
+def route_rows_rules(
+    logits: object,
+    top_k: int,
+    norm_topk_prob: bool,
+    expert_ids: npt.NDArray[np.integer[Any]],
+    expert_weights: npt.NDArray[np.floating[Any]],
+    num_threads: int,
+    num_experts: int,
+    score: int,
+    softcap: float = 0.0,
+    p_norm: float = 0.0,
+    norm_min: float = 0.0,
+    eps: float = 0.0,
+    routed_scaling_factor: float = 1.0,
+    jitter_eps: float = 0.0,
+    bias: npt.NDArray[np.floating[Any]] | None = None,
+    tid2eid: npt.NDArray[np.int64] | None = None,
+    input_ids: npt.NDArray[np.int64] | None = None,
+) -> int: ...

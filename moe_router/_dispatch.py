@@ -127,6 +127,10 @@ class KernelByDtype:
         kernel = self.kernel_f64 if getattr(logits, "dtype", None) is self._f64 else self.kernel_f32
         return kernel.route_rows(logits, *args)
 
+    def route_rows_rules(self, logits, *args):
+        kernel = self.kernel_f64 if getattr(logits, "dtype", None) is self._f64 else self.kernel_f32
+        return kernel.route_rows_rules(logits, *args)
+
     def set_parallel_min_rows(self, rows):
         """Set the threshold on both modules; returns the float32 module's old one."""
         self.kernel_f64.set_parallel_min_rows(rows)

@@ -498,10 +498,12 @@ CASES = [
         "finite in float32",
     ),
     (
-        "bias with softmax",
-        lambda: mr.route(GOOD, 2, e_score_correction_bias=np.zeros(E)),
+        "bias with sparsemixer",
+        lambda: mr.route(
+            GOOD, 2, False, scoring_func="sparsemixer", e_score_correction_bias=np.zeros(E)
+        ),
         ValueError,
-        "is for scoring_func='sigmoid'",
+        "does not apply to scoring_func='sparsemixer'",
     ),
     (
         "scale negative",
@@ -525,7 +527,7 @@ CASES = [
         "scoring unknown",
         lambda: mr.route(GOOD, 2, scoring_func="relu"),
         ValueError,
-        "scoring_func must be 'softmax' or 'sigmoid'",
+        "scoring_func must be one of 'softmax', 'sigmoid', 'sqrtsoftplus', 'sparsemixer'",
     ),
     (
         "unknown option",
@@ -538,6 +540,65 @@ CASES = [
         lambda: mr.Router.from_hf_config({"model_type": "bert"}),
         ValueError,
         "'bert' is not a MoE model",
+    ),
+    (
+        "preset unsupported",
+        lambda: mr.Router.from_hf_config({"model_type": "nllb-moe"}),
+        ValueError,
+        "'nllb-moe' has no moe_router preset: top-2 with expert capacity",
+    ),
+    (
+        "preset field missing",
+        lambda: mr.Router.from_hf_config({"model_type": "qwen3_moe", "num_experts_per_tok": 2}),
+        ValueError,
+        "qwen3_moe config has no num_experts \\(nor its alias num_local_experts\\)",
+    ),
+    (
+        "preset dense layer",
+        lambda: mr.Router.from_hf_config(
+            {
+                "model_type": "glm4_moe",
+                "n_routed_experts": E,
+                "num_experts_per_tok": 2,
+                "num_hidden_layers": 3,
+            },
+            e_score_correction_bias=np.zeros(E),
+            layer_idx=0,
+        ),
+        ValueError,
+        "layer 0 of this glm4_moe config is a dense MLP",
+    ),
+    (
+        "preset layer_idx type",
+        lambda: mr.Router.from_hf_config(
+            {
+                "model_type": "mixtral",
+                "num_local_experts": E,
+                "num_experts_per_tok": 2,
+                "num_hidden_layers": 3,
+            },
+            layer_idx=1.0,
+        ),
+        TypeError,
+        "layer_idx must be an int",
+    ),
+    (
+        "moe_layers unknown",
+        lambda: mr.moe_layers({"model_type": "bert", "num_hidden_layers": 2}),
+        ValueError,
+        "'bert' is not a MoE model",
+    ),
+    (
+        "moe_layers not a config",
+        lambda: mr.moe_layers(["mixtral"]),
+        TypeError,
+        "config must be a dict",
+    ),
+    (
+        "moe_layers no layer count",
+        lambda: mr.moe_layers({"model_type": "mixtral"}),
+        ValueError,
+        "mixtral config has no num_hidden_layers",
     ),
 ]
 

@@ -49,6 +49,11 @@ class Producer:
 
 def one_input(data):
     fdp = atheris.FuzzedDataProvider(data)
+    _route_case(fdp)
+    _config_case(fdp)
+
+
+def _route_case(fdp):
     num_experts = fdp.ConsumeIntInRange(0, 48)
     batch = fdp.ConsumeIntInRange(0, 5)
     dtype = DTYPES[fdp.ConsumeIntInRange(0, len(DTYPES) - 1)]
@@ -102,6 +107,74 @@ def one_input(data):
     zz = np.asarray(z, np.float64)
     oracle = ref.route_reference(zz, top_k, norm, **opts)
     assert_routes_like(zz, out.expert_ids, out.expert_weights, *oracle, top_k, norm, opts)
+
+
+CONFIG_FIELDS = [
+    "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts",
+    "num_experts_per_tok", "moe_topk", "moe_k", "moe_top_k", "norm_topk_prob", "n_group",
+    "topk_group", "routed_scaling_factor", "route_scale", "topk_method", "scoring_func",
+    "expert_selection_fn", "moe_norm_min", "zero_expert_num", "moe_router_logit_softcapping",
+    "router_jitter_noise", "moe_normalize_expert_weights", "use_expert_bias",
+    "num_hidden_layers", "n_layers", "first_k_dense_replace", "moe_layer_freq",
+    "num_dense_layers", "mlp_layer_types", "mlp_only_layers", "decoder_sparse_step",
+    "expert_layer_period", "expert_layer_offset", "moe_layers", "interleave_moe_layer_step",
+    "layers_block_type", "hybrid_override_pattern", "moe_layer_start_index",
+    "moe_layer_end_index", "moe_layer_interval", "text_config", "ffn_config",
+    "per_layer_config", "pyramid_num_routed",
+]  # fmt: skip
+
+
+def _config_value(fdp, depth=0):
+    kind = fdp.ConsumeIntInRange(0, 8)
+    if kind == 0:
+        return fdp.ConsumeIntInRange(-2, 40)
+    if kind == 1:
+        return fdp.ConsumeFloat()
+    if kind == 2:
+        return None
+    if kind == 3:
+        return fdp.ConsumeBool()
+    if kind == 4:
+        return ["softmax", "sigmoid", "sqrtsoftplus", "greedy", "E-M*", "x"][
+            fdp.ConsumeIntInRange(0, 5)
+        ]
+    if kind == 5:
+        return [fdp.ConsumeIntInRange(-1, 40) for _ in range(fdp.ConsumeIntInRange(0, 6))]
+    if kind == 6:
+        words = ["dense", "sparse", "moe", "hash_moe", 3]
+        return [words[fdp.ConsumeIntInRange(0, 4)] for _ in range(fdp.ConsumeIntInRange(0, 6))]
+    if kind == 7 and depth == 0:
+        return _config_dict(fdp, depth + 1)
+    return "8"
+
+
+def _config_dict(fdp, depth=0):
+    types = sorted(mr.presets()) + sorted(mr.unsupported()) + ["llama4", "dbrx", "bert"]
+    config = {"model_type": types[fdp.ConsumeIntInRange(0, len(types) - 1)]}
+    for _ in range(fdp.ConsumeIntInRange(0, 12)):
+        field = CONFIG_FIELDS[fdp.ConsumeIntInRange(0, len(CONFIG_FIELDS) - 1)]
+        config[field] = _config_value(fdp, depth)
+    return config
+
+
+def _config_case(fdp):
+    """Any config dict: from_hf_config and moe_layers answer or raise TypeError/ValueError."""
+    if fdp.remaining_bytes() == 0:
+        return
+    config = _config_dict(fdp)
+    bias = np.zeros(fdp.ConsumeIntInRange(1, 40)) if fdp.ConsumeBool() else None
+    layer_idx = fdp.ConsumeIntInRange(-1, 8) if fdp.ConsumeBool() else None
+    try:
+        router = mr.Router.from_hf_config(config, e_score_correction_bias=bias, layer_idx=layer_idx)
+    except (TypeError, ValueError):
+        pass
+    else:
+        assert 1 <= router.top_k <= router.num_experts
+    try:
+        layers = mr.moe_layers(config)
+    except (TypeError, ValueError):
+        return
+    assert all(type(i) is int and i >= 0 for i in layers)
 
 
 def main():
