@@ -7,9 +7,19 @@
 See README.md for the API, the error policy and the precision contract.
 """
 
+from typing import Any
+
 from . import _dispatch
-from ._api import PARALLEL_MIN_ROWS, Router, RouterOutput, route, route_into
+from ._api import (
+    DEFAULT_PARALLEL_MIN_ROWS,
+    PARALLEL_MIN_ROWS,
+    Router,
+    RouterOutput,
+    route,
+    route_into,
+)
 from ._plan import DispatchPlan, combine, permute, plan, plan_into
+from ._presets import moe_layers, presets, unsupported
 
 __version__ = "0.1.0"
 
@@ -18,6 +28,9 @@ __all__ = [
     "RouterOutput",
     "route",
     "route_into",
+    "presets",
+    "unsupported",
+    "moe_layers",
     "DispatchPlan",
     "plan",
     "plan_into",
@@ -25,11 +38,12 @@ __all__ = [
     "combine",
     "show_config",
     "PARALLEL_MIN_ROWS",
+    "DEFAULT_PARALLEL_MIN_ROWS",
     "__version__",
 ]
 
 
-def show_config(print_out=True):
+def show_config(print_out: bool = True) -> dict[str, Any]:
     """Report the version, the kernel paths in use, the paths compiled in and OpenMP.
 
     Returns the same facts as a dict; prints them unless print_out is False.
@@ -63,6 +77,7 @@ def show_config(print_out=True):
         "openmp": info.get("openmp", False),
         "default_threads": _dispatch.default_threads,
         "parallel_min_rows": PARALLEL_MIN_ROWS,
+        "default_parallel_min_rows": DEFAULT_PARALLEL_MIN_ROWS,
     }
     if print_out:
         lines = []

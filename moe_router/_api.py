@@ -9,6 +9,8 @@ from __future__ import annotations
 import numbers
 import operator
 import threading
+from collections.abc import Iterator
+from typing import Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +27,8 @@ WEIGHT_DTYPES = (_F32, _F64)
 
 # Batches smaller than this run on one thread whatever num_threads says.
 PARALLEL_MIN_ROWS = _dispatch.PARALLEL_MIN_ROWS
+# num_threads=None (the default) splits only batches at least this large.
+DEFAULT_PARALLEL_MIN_ROWS = _dispatch.DEFAULT_PARALLEL_MIN_ROWS
 
 
 def _dtype_names(dtypes):
@@ -41,6 +45,13 @@ def check_int(value, name, low=None, high=None, high_name=None):
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high_name or high}={high}, got {name}={value}")
     return value
+
+
+def check_bool(value, name):
+    """`value` as a bool: TypeError unless a bool (or numpy.bool_); "false" is not False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def as_logits(logits):
@@ -224,9 +235,21 @@ class RouterOutput:
         """True if this output allocated its buffers (and may grow them)."""
         return self._owns
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """`ids, weights = out`: the two views, as from a pair."""
         yield self.expert_ids
         yield self.expert_weights
+
+    def __len__(self) -> int:
+        return 2
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[np.ndarray, ...]: ...
+    def __getitem__(self, index):
+        """`out[0]` is expert_ids, `out[1]` expert_weights (negative indices and slices too)."""
+        return (self.expert_ids, self.expert_weights)[index]
 
     def __repr__(self):
         return (
@@ -340,6 +363,99 @@ def _raise_bad_rows(flat, batch_shape, sigmoid=False):
     )
 
 
+_SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus", "sparsemixer")
+
+
+def _check_real(value, name, low=None, allow_inf=False, allow_none=False):
+    """`value` as a float: TypeError unless a real number, ValueError if NaN,
+    infinite (unless allow_inf) or below `low`."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if v != v or (not allow_inf and not np.isfinite(v)):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if low is not None and v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v}")
+    return v
+
+
+def _as_input_ids(input_ids, batch_shape, variant):
+    """input_ids as the kernel reads them (int64, one per token), checked."""
+    if variant.tid2eid is None:
+        if input_ids is not None:
+            raise ValueError("input_ids are for hash routing: the router has no tid2eid table")
+        return None
+    if input_ids is None:
+        raise ValueError("this router routes by tid2eid[input_id]: pass input_ids=")
+    ids = np.asarray(input_ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"input_ids must be an integer array, got dtype {ids.dtype}")
+    if ids.shape != tuple(batch_shape):
+        raise ValueError(
+            f"input_ids must have the logits' leading shape {tuple(batch_shape)}, got {ids.shape}"
+        )
+    vocab = variant.tid2eid.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise ValueError(f"input_ids must be in [0, vocab_size={vocab}) (the rows of tid2eid)")
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def _call_rules(arr, top_k, out, v, threads, input_ids):
+    """route_rows_rules with a variant's settings."""
+    return _dispatch.kernel.route_rows_rules(
+        arr,
+        top_k,
+        v.norm_topk_prob,
+        out._ids,
+        out._weights,
+        threads,
+        0,
+        v.score,
+        v.softcap,
+        v.p_norm,
+        v.norm_min,
+        v.eps,
+        v.scale,
+        v.jitter,
+        v.bias_for(arr.dtype),
+        v.tid2eid,
+        input_ids,
+    )
+
+
+def _raise_bad_rule_rows(flat, batch_shape, v):
+    """Name the first row the rules kernel could not route, and why."""
+    z = np.asarray(flat, np.float64)
+    if v.softcap:
+        z = v.softcap * np.tanh(z / v.softcap)
+    nan_rows = np.isnan(z).any(axis=1)
+    neginf = (z == -np.inf).all(axis=1) if v.score in (0, 3) else np.zeros_like(nan_rows)
+    posinf = (z == np.inf).any(axis=1) if v.scoring_func == "sqrtsoftplus" else neginf & False
+    one = (
+        (z > -np.inf).sum(axis=1) < 2
+        if v.scoring_func == "sparsemixer"
+        else np.zeros_like(nan_rows)
+    )
+    bad = np.flatnonzero(nan_rows | neginf | posinf | one)
+    r = int(bad[0])
+    where = f"row {r}"
+    if len(batch_shape) > 1:
+        where += f" (index {tuple(int(i) for i in np.unravel_index(r, batch_shape))})"
+    tail = f" ({bad.size} bad row(s) in all)"
+    if nan_rows[r]:
+        raise ValueError(f"logits {where} contains NaN{tail}")
+    if neginf[r]:
+        raise ValueError(f"logits {where} is all -inf: no expert can be selected{tail}")
+    if posinf[r]:
+        raise ValueError(f"logits {where} contains +inf: its sqrtsoftplus score is infinite{tail}")
+    raise ValueError(
+        f"logits {where} has fewer than 2 experts above -inf: sparsemixer's second "
+        f"expert is undefined{tail}"
+    )
+
+
 class _Variant:
     """A validated router variant: what the kernel needs besides top_k and the buffers."""
 
@@ -354,6 +470,16 @@ class _Variant:
         "scoring_func",
         "topk_on_logits",
         "norm_topk_prob",
+        "rules",
+        "score",
+        "softcap",
+        "p_norm",
+        "norm_min",
+        "eps",
+        "jitter",
+        "tid2eid",
+        "zero_expert_num",
+        "moe_normalize_expert_weights",
     )
 
     def __init__(
@@ -367,9 +493,20 @@ class _Variant:
         topk_group=None,
         routed_scaling_factor=1.0,
         e_score_correction_bias=None,
+        moe_norm_min=None,
+        moe_router_logit_softcapping=None,
+        moe_normalize_expert_weights=None,
+        router_jitter_noise=None,
+        tid2eid=None,
+        zero_expert_num=None,
     ):
-        if scoring_func not in ("softmax", "sigmoid"):
-            raise ValueError(f"scoring_func must be 'softmax' or 'sigmoid', got {scoring_func!r}")
+        norm_topk_prob = check_bool(norm_topk_prob, "norm_topk_prob")
+        topk_on_logits = check_bool(topk_on_logits, "topk_on_logits")
+        if scoring_func not in _SCORING_FUNCS:
+            raise ValueError(
+                f"scoring_func must be one of {', '.join(map(repr, _SCORING_FUNCS))}, "
+                f"got {scoring_func!r}"
+            )
         n_group = check_int(n_group, "n_group", low=1, high=num_experts, high_name="num_experts")
         if num_experts % n_group:
             raise ValueError(f"num_experts={num_experts} must be divisible by n_group={n_group}")
@@ -405,8 +542,11 @@ class _Variant:
             )
         self.bias32 = self.bias64 = None
         if e_score_correction_bias is not None:
-            if scoring_func != "sigmoid":
-                raise ValueError("e_score_correction_bias is for scoring_func='sigmoid' routers")
+            if scoring_func == "sparsemixer":
+                raise ValueError(
+                    "e_score_correction_bias does not apply to scoring_func='sparsemixer' "
+                    "(its experts are the arg maxes of the logits)"
+                )
             bias = _tensors.bias_values(e_score_correction_bias, "e_score_correction_bias")
             if bias.dtype.kind not in "fiu":
                 raise TypeError(
@@ -445,7 +585,115 @@ class _Variant:
         self.n_group = n_group
         self.topk_group = topk_group
         self.scale = scale
-        self.plain = not self.sigmoid and n_group == 1 and scale == 1.0
+        self._set_rules(
+            num_experts,
+            top_k,
+            moe_norm_min,
+            moe_router_logit_softcapping,
+            moe_normalize_expert_weights,
+            router_jitter_noise,
+            tid2eid,
+            zero_expert_num,
+        )
+        self.plain = not self.sigmoid and n_group == 1 and scale == 1.0 and not self.rules
+
+    def _set_rules(
+        self, num_experts, top_k, norm_min, softcap, p_norm, jitter, tid2eid, zero_expert_num
+    ):
+        """The settings of route_rows_rules (moe_router/_rules_kernels.pxi)."""
+        sf = self.scoring_func
+        self.softcap = _check_real(
+            softcap, "moe_router_logit_softcapping", low=0.0, allow_none=True
+        )
+        self.norm_min = _check_real(norm_min, "moe_norm_min", low=0.0, allow_none=True)
+        self.jitter = _check_real(jitter, "router_jitter_noise", low=0.0, allow_none=True)
+        self.moe_normalize_expert_weights = p_norm
+        q = _check_real(
+            p_norm, "moe_normalize_expert_weights", low=0.0, allow_inf=True, allow_none=True
+        )
+        if p_norm is not None and q <= 0:
+            raise ValueError(
+                f"moe_normalize_expert_weights (the p of the p-norm) must be > 0 "
+                f"(or inf, or None for no renormalisation), got {p_norm}"
+            )
+        if p_norm is not None and not self.norm_topk_prob:
+            raise ValueError(
+                f"moe_normalize_expert_weights={p_norm} renormalises the weights: it "
+                f"contradicts norm_topk_prob=False"
+            )
+        if self.norm_min and not self.norm_topk_prob:
+            raise ValueError(
+                f"moe_norm_min={norm_min} clamps the renormalisation's divisor: it "
+                f"contradicts norm_topk_prob=False"
+            )
+        if self.norm_min and p_norm is not None:
+            raise ValueError("moe_norm_min and moe_normalize_expert_weights do not combine")
+        if sf == "sparsemixer":
+            if top_k != 2:
+                raise ValueError(
+                    f"scoring_func='sparsemixer' routes top_k=2 experts, got top_k={top_k}"
+                )
+            if self.norm_topk_prob or p_norm is not None or self.norm_min:
+                raise ValueError(
+                    "scoring_func='sparsemixer' weights are its masked softmaxes, not "
+                    "renormalised: pass norm_topk_prob=False"
+                )
+            if self.jitter is None:
+                self.jitter = 0.01  # PhiMoE's config default
+        elif self.jitter is not None:
+            raise ValueError(
+                "router_jitter_noise is sparsemixer's mask threshold "
+                "(scoring_func='sparsemixer'); other routers use it only in training"
+            )
+        self.tid2eid = None
+        if tid2eid is not None:
+            table = np.asarray(tid2eid)
+            if table.dtype.kind not in "iu":
+                raise TypeError(f"tid2eid must be an integer array, got dtype {table.dtype}")
+            if table.ndim != 2 or table.shape[1] != top_k or table.shape[0] < 1:
+                raise ValueError(
+                    f"tid2eid must have shape (vocab_size >= 1, top_k={top_k}), got {table.shape}"
+                )
+            if ((table < 0) | (table >= num_experts)).any():
+                raise ValueError(f"tid2eid holds expert ids outside [0, num_experts={num_experts})")
+            if sf == "sparsemixer":
+                raise ValueError("tid2eid (hash routing) does not combine with sparsemixer")
+            self.tid2eid = np.array(table, dtype=np.int64, order="C")  # a private copy
+            self.tid2eid.flags.writeable = False
+        if zero_expert_num is None:
+            zero_expert_num = 0
+        self.zero_expert_num = check_int(
+            zero_expert_num,
+            "zero_expert_num",
+            low=0,
+            high=num_experts - 1,
+            high_name="num_experts - 1",
+        )
+        self.rules = bool(
+            sf in ("sqrtsoftplus", "sparsemixer")
+            or (sf == "softmax" and self.bias32 is not None)
+            or self.softcap
+            or p_norm is not None
+            or self.norm_min
+            or self.tid2eid is not None
+        )
+        if self.rules and (self.n_group > 1 or self.topk_on_logits):
+            raise ValueError(
+                "n_group > 1 and topk_on_logits do not combine with the scoring rules of "
+                "sqrtsoftplus, sparsemixer, a softmax bias, soft-capping, "
+                "moe_normalize_expert_weights, moe_norm_min or tid2eid"
+            )
+        self.score = _SCORING_FUNCS.index(sf)
+        q = 0.0 if p_norm is None or q == 1.0 else q  # the 1-norm of weights >= 0: their sum
+        self.p_norm = q
+        self.softcap = self.softcap or 0.0
+        self.norm_min = self.norm_min or 0.0
+        self.jitter = self.jitter or 0.0
+        # Routers whose selection is not on the weights' own order divide by
+        # (sum + 1e-20), as DeepSeek's: the picked scores may all be 0.
+        self.eps = (
+            1e-20 if (sf != "softmax" or self.bias32 is not None) and not self.norm_min else 0.0
+        )
 
     def bias_for(self, dtype):
         # `is` first: native float32 / float64 dtypes are single objects,
@@ -464,11 +712,25 @@ _DEFAULT_VARIANT_OPTIONS = dict(
     topk_group=None,
     routed_scaling_factor=1.0,
     e_score_correction_bias=None,
+    moe_norm_min=None,
+    moe_router_logit_softcapping=None,
+    moe_normalize_expert_weights=None,
+    router_jitter_noise=None,
+    tid2eid=None,
+    zero_expert_num=None,
 )
 
 
 def _route_checked(
-    logits, top_k, out, norm_topk_prob, num_threads, num_experts=None, variant=None, options=None
+    logits,
+    top_k,
+    out,
+    norm_topk_prob,
+    num_threads,
+    num_experts=None,
+    variant=None,
+    options=None,
+    input_ids=None,
 ):
     """The validating path: explain what is wrong, or convert / grow and route.
 
@@ -493,6 +755,24 @@ def _route_checked(
     out._prepare(arr.shape, top_k)
     if np.may_share_memory(arr, out._ids) or np.may_share_memory(arr, out._weights):
         raise ValueError("out's buffers must not overlap the logits")
+    if variant.rules:
+        tokens = _as_input_ids(input_ids, arr.shape[:-1], variant)
+        if bf16_bits or arr.dtype.itemsize == 2:
+            # The rules kernel reads float32 / float64: half precisions are
+            # widened here (exactly, one copy) until it reads them itself.
+            arr = _as_float(arr, bf16_bits)
+        n_bad = _call_rules(arr, top_k, out, variant, threads, tokens)
+        if n_bad < 0:
+            raise RuntimeError(
+                "moe_router: the kernel refused validated input (a bug; please report)"
+            )
+        if n_bad:
+            _raise_bad_rule_rows(arr.reshape(-1, arr.shape[-1]), arr.shape[:-1], variant)
+        if type(logits) is not np.ndarray and _tensors.is_torch(logits):
+            out._set_view(arr.shape, top_k, True)
+        return out
+    if input_ids is not None:
+        raise ValueError("input_ids are for hash routing: the router has no tid2eid table")
     n_bad = _dispatch.kernel.route_rows(
         arr,
         top_k,
@@ -526,6 +806,7 @@ def route(
     num_threads: int | None = None,
     ids_dtype: npt.DTypeLike = np.int32,
     weights_dtype: npt.DTypeLike = np.float32,
+    input_ids: npt.ArrayLike | None = None,
     **variant_options,
 ) -> RouterOutput:
     """Route tokens to their top-K experts; allocates a new RouterOutput.
@@ -533,15 +814,37 @@ def route(
     logits: [..., num_experts] floating array (anything numpy converts).
     top_k: experts per token, 1 <= top_k <= num_experts.
     norm_topk_prob: renormalise the K weights of a token to sum to 1.
-    num_threads: threads for large batches (default: all OpenMP threads;
-        batches below PARALLEL_MIN_ROWS always run on one).
+    num_threads: None (default): one thread below DEFAULT_PARALLEL_MIN_ROWS
+        (4096) rows, all OpenMP threads from there; N: N threads from
+        PARALLEL_MIN_ROWS (64) rows.  Results are bit-identical for any count.
+    ids_dtype: int32 (default), uint32 or int64 for expert_ids (NumPy or
+        torch dtypes).
+    weights_dtype: float32 (default) or float64 for expert_weights.
+    input_ids: the tokens' ids [...] (the logits' leading shape), for a
+        hash-routed variant (tid2eid).
     variant_options: the router variant, as for Router (scoring_func,
         topk_on_logits, n_group, topk_group, routed_scaling_factor,
-        e_score_correction_bias).
+        e_score_correction_bias, moe_norm_min, moe_router_logit_softcapping,
+        moe_normalize_expert_weights, router_jitter_noise, tid2eid,
+        zero_expert_num).
+
+    Raises TypeError for a wrong kind (logits not floating point, top_k not
+    an int, norm_topk_prob not a bool, an unsupported dtype, an unknown
+    keyword) and ValueError for a wrong value (top_k outside
+    [1, num_experts], a row with NaN or all -inf under softmax, variant
+    settings out of range), each naming the argument (README, "Errors").
     """
     _check_options(variant_options)
     out = RouterOutput.empty(ids_dtype, weights_dtype)
-    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads, options=variant_options)
+    return _route_checked(
+        logits,
+        top_k,
+        out,
+        norm_topk_prob,
+        num_threads,
+        options=variant_options,
+        input_ids=input_ids,
+    )
 
 
 def _check_options(options):
@@ -560,6 +863,7 @@ def route_into(
     norm_topk_prob: bool = True,
     *,
     num_threads: int | None = None,
+    input_ids: npt.ArrayLike | None = None,
     **variant_options,
 ) -> RouterOutput:
     """Route into `out` (a RouterOutput), reusing its memory; returns `out`.
@@ -573,39 +877,54 @@ def route_into(
         raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
     if (
         not variant_options
+        and input_ids is None
         and type(top_k) is int
+        and type(norm_topk_prob) is bool
         and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
     ):
         # The plain case in a few C checks; anything else takes the validating path.
-        rc = _dispatch.kernel.route_rows(
-            logits,
-            top_k,
-            norm_topk_prob,
-            out._ids,
-            out._weights,
-            num_threads or 0,
-            0,
-            False,
-            1,
-            1,
-            1.0,
-            None,
-            False,
-            out._foreign_shape,
-        )
-        if rc == 0:
-            if type(logits) is np.ndarray:
+        if type(logits) is np.ndarray:
+            rc = _dispatch.kernel.route_rows(
+                logits, top_k, norm_topk_prob, out._ids, out._weights, num_threads or 0
+            )
+            if rc == 0:
                 shape = logits.shape
                 if out._logits_shape != shape or out._top_k != top_k or out._torch:
                     out._set_view(shape, top_k)  # (skipped when unchanged)
                 return out
-            if out._top_k == top_k and type(logits) is out._foreign_type:
-                return out  # a tensor of the shape the views have
-            return out._finish_foreign(logits, top_k)
+        else:  # a tensor: its shape is compared in the kernel (views_shape)
+            rc = _dispatch.kernel.route_rows(
+                logits,
+                top_k,
+                norm_topk_prob,
+                out._ids,
+                out._weights,
+                num_threads or 0,
+                0,
+                False,
+                1,
+                1,
+                1.0,
+                None,
+                False,
+                out._foreign_shape,
+            )
+            if rc == 0:
+                if out._top_k == top_k and type(logits) is out._foreign_type:
+                    return out  # a tensor of the shape the views have
+                return out._finish_foreign(logits, top_k)
         if rc == -2:  # a tensor of another shape
             return out._finish_foreign(logits, top_k)
     _check_options(variant_options)
-    return _route_checked(logits, top_k, out, norm_topk_prob, num_threads, options=variant_options)
+    return _route_checked(
+        logits,
+        top_k,
+        out,
+        norm_topk_prob,
+        num_threads,
+        options=variant_options,
+        input_ids=input_ids,
+    )
 
 
 class Router:
@@ -623,10 +942,58 @@ class Router:
       n_group, topk_group: group-limited routing (DeepSeek): keep the
         topk_group best of n_group expert groups, pick the K among them.
       routed_scaling_factor: multiplies the final weights.
-      e_score_correction_bias: [num_experts] bias added to the sigmoid scores
-        for selection only (DeepSeek-V3, GLM-4.5); weights stay unbiased.
+      e_score_correction_bias: [num_experts] bias added to the scores for
+        selection only (sigmoid: DeepSeek-V3, GLM-4.5; softmax: ERNIE 4.5,
+        LongCat-Flash; sqrtsoftplus: DeepSeek-V4); weights stay unbiased.
+      scoring_func="sqrtsoftplus": s = sqrt(softplus(z)) (DeepSeek-V4);
+        "sparsemixer": PhiMoE's top-2 at inference (top_k=2,
+        norm_topk_prob=False), masking at router_jitter_noise (0.01).
+      moe_router_logit_softcapping: cap > 0: z = cap * tanh(z / cap) before
+        scoring (Laguna); None or 0: no cap.
+      moe_normalize_expert_weights: p: the weights divided by their p-norm
+        (DBRX; p may be inf); None: the sum, as norm_topk_prob says.
+      moe_norm_min: the renormalisation divides by max(sum, moe_norm_min)
+        (ERNIE 4.5).
+      tid2eid: [vocab_size, top_k] expert ids per token id: hash routing
+        (DeepSeek-V4's first layers); call with input_ids=.
+      zero_expert_num: the last zero_expert_num of the num_experts ranked
+        are identity experts (LongCat-Flash); `identity_expert_start` is
+        the first such id (None without).
     `Router.from_hf_config(config)` sets all of these from a model's config.
+
+    num_threads: None (default) routes batches below DEFAULT_PARALLEL_MIN_ROWS
+      (4096) rows on the calling thread and splits larger ones over all
+      OpenMP threads; N uses N threads from PARALLEL_MIN_ROWS (64) rows on
+      (README, "Threads": how to choose).  Results are bit-identical for any
+      count.
+    ids_dtype: int32 (default), uint32 or int64 expert ids; weights_dtype:
+      float32 (default) or float64 weights.
+
+    Every setting is validated here, once: TypeError for a wrong kind (top_k
+    not an int, norm_topk_prob not a bool, an unknown dtype), ValueError for
+    a value out of range (top_k > num_experts, groups that do not divide the
+    experts, a non-finite bias ...), each naming the setting.  The settings
+    are read-only afterwards (assigning one raises AttributeError): the fast
+    path was set up from them.
     """
+
+    # Fixed at construction: assigning one after __init__ raises AttributeError.
+    _SETTINGS = frozenset(
+        {
+            "num_experts",
+            "top_k",
+            "norm_topk_prob",
+            "scoring_func",
+            "topk_on_logits",
+            "n_group",
+            "topk_group",
+            "routed_scaling_factor",
+            "e_score_correction_bias",
+            "num_threads",
+            "ids_dtype",
+            "weights_dtype",
+        }
+    )
 
     def __init__(
         self,
@@ -634,12 +1001,18 @@ class Router:
         top_k: int,
         norm_topk_prob: bool = True,
         *,
-        scoring_func: str = "softmax",
+        scoring_func: Literal["softmax", "sigmoid"] = "softmax",
         topk_on_logits: bool = False,
         n_group: int = 1,
         topk_group: int | None = None,
         routed_scaling_factor: float = 1.0,
         e_score_correction_bias: npt.ArrayLike | None = None,
+        moe_norm_min: float | None = None,
+        moe_router_logit_softcapping: float | None = None,
+        moe_normalize_expert_weights: float | None = None,
+        router_jitter_noise: float | None = None,
+        tid2eid: npt.ArrayLike | None = None,
+        zero_expert_num: int | None = None,
         num_threads: int | None = None,
         ids_dtype: npt.DTypeLike = np.int32,
         weights_dtype: npt.DTypeLike = np.float32,
@@ -658,6 +1031,12 @@ class Router:
             topk_group,
             routed_scaling_factor,
             e_score_correction_bias,
+            moe_norm_min,
+            moe_router_logit_softcapping,
+            moe_normalize_expert_weights,
+            router_jitter_noise,
+            tid2eid,
+            zero_expert_num,
         )
         self.num_threads = num_threads
         self._threads = _threads_arg(num_threads)
@@ -669,6 +1048,23 @@ class Router:
         # One output per calling thread: a Router shared by threads never
         # hands two of them the same buffers.
         self._local = threading.local()
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if name in Router._SETTINGS and getattr(self, "_frozen", False):
+            raise AttributeError(
+                f"Router.{name} is read-only: the settings are validated once, at "
+                f"construction; build a new Router with {name}={value!r} instead"
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        if name in Router._SETTINGS:
+            raise AttributeError(f"Router.{name} is read-only: it cannot be deleted")
+        object.__delattr__(self, name)
+
+    ids_dtype = property(lambda self: self._dtypes[0], doc="dtype of the expert ids")
+    weights_dtype = property(lambda self: self._dtypes[1], doc="dtype of the expert weights")
 
     norm_topk_prob = property(lambda self: self._variant.norm_topk_prob)
     scoring_func = property(lambda self: self._variant.scoring_func)
@@ -677,23 +1073,45 @@ class Router:
     topk_group = property(lambda self: self._variant.topk_group)
     routed_scaling_factor = property(lambda self: self._variant.scale)
     e_score_correction_bias = property(lambda self: self._variant.bias64)
+    moe_norm_min = property(lambda self: self._variant.norm_min or None)
+    moe_router_logit_softcapping = property(lambda self: self._variant.softcap or None)
+    moe_normalize_expert_weights = property(lambda self: self._variant.moe_normalize_expert_weights)
+    router_jitter_noise = property(
+        lambda self: self._variant.jitter if self._variant.scoring_func == "sparsemixer" else None
+    )
+    tid2eid = property(lambda self: self._variant.tid2eid)
+    zero_expert_num = property(lambda self: self._variant.zero_expert_num)
+
+    @property
+    def identity_expert_start(self) -> int | None:
+        """The first identity-expert id (ids >= it pass the token through:
+        LongCat-Flash's zero-computation experts), None without any."""
+        z = self._variant.zero_expert_num
+        return self.num_experts - z if z else None
 
     @classmethod
     def from_hf_config(
-        cls, config, e_score_correction_bias: npt.ArrayLike | None = None, **overrides
+        cls,
+        config,
+        e_score_correction_bias: npt.ArrayLike | None = None,
+        layer_idx: int | None = None,
+        **overrides,
     ) -> Router:
         """A Router for the MoE layers of a Hugging Face model config.
 
         `config`: a dict (a model's config.json) or an object with those
         attributes (a transformers config); transformers is not imported.
         `e_score_correction_bias`: the gate's bias weight, for the models that
-        have one (deepseek_v3, glm4_moe).  `overrides` go to Router().
+        have one (deepseek_v3, glm4_moe, ...).  `layer_idx`: the layer, for
+        configs with per-layer settings (moe_router.moe_layers(config) lists
+        the MoE layers).  `overrides` go to Router().
+        See moe_router.presets() for the supported model types.
         """
         from ._presets import router_kwargs_from_config
 
-        kwargs = router_kwargs_from_config(config, e_score_correction_bias)
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return cls(
+            **router_kwargs_from_config(config, e_score_correction_bias, layer_idx, overrides)
+        )
 
     def __repr__(self):
         v = self._variant
@@ -706,12 +1124,35 @@ class Router:
                 f"routed_scaling_factor={v.scale}, bias={v.bias32 is not None}"
             )
         )
+        if v.rules or v.zero_expert_num:
+            extra += (
+                f", moe_router_logit_softcapping={v.softcap or None}, "
+                f"moe_normalize_expert_weights={v.moe_normalize_expert_weights}, "
+                f"moe_norm_min={v.norm_min or None}, tid2eid={v.tid2eid is not None}, "
+                f"zero_expert_num={v.zero_expert_num}"
+            )
         return (
             f"Router(num_experts={self.num_experts}, top_k={self.top_k}, "
             f"norm_topk_prob={v.norm_topk_prob}{extra})"
         )
 
-    def __call__(self, logits: npt.ArrayLike, out: RouterOutput | None = None) -> RouterOutput:
+    def __call__(
+        self,
+        logits: npt.ArrayLike,
+        out: RouterOutput | None = None,
+        input_ids: npt.ArrayLike | None = None,
+    ) -> RouterOutput:
+        """Route `logits` [..., num_experts]; returns a RouterOutput shaped [..., top_k].
+
+        Without `out`, the result is this Router's own output for the calling
+        thread, overwritten by that thread's next call (copy what you keep);
+        with `out`, it is routed into that RouterOutput and `out` is returned.
+        Raises TypeError for logits that are not floating point or an `out`
+        that is not a RouterOutput, ValueError for a last dimension other than
+        num_experts, a row with NaN (or all -inf under softmax: the message
+        names the row), or an `out` too small for the batch that it cannot
+        grow.  The GIL is released while the kernel runs.
+        """
         if out is None:
             try:
                 out = self._local.out
@@ -721,7 +1162,34 @@ class Router:
             raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
         v = self._variant
         # The plain case in a few C checks; anything else takes the validating path.
-        if v.plain:
+        if v.rules:
+            rc = _dispatch.kernel.route_rows_rules(
+                logits,
+                self.top_k,
+                v.norm_topk_prob,
+                out._ids,
+                out._weights,
+                self._threads,
+                self.num_experts,
+                v.score,
+                v.softcap,
+                v.p_norm,
+                v.norm_min,
+                v.eps,
+                v.scale,
+                v.jitter,
+                None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)),
+                v.tid2eid,
+                input_ids,
+            )
+            if rc == 0:  # (ndarray logits: anything else took -1)
+                shape = logits.shape  # type: ignore[union-attr]
+                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                return out
+        elif input_ids is not None:
+            rc = -1
+        elif v.plain and type(logits) is np.ndarray:
             rc = _dispatch.kernel.route_rows(
                 logits,
                 self.top_k,
@@ -730,15 +1198,13 @@ class Router:
                 out._weights,
                 self._threads,
                 self.num_experts,
-                False,
-                1,
-                1,
-                1.0,
-                None,
-                False,
-                out._foreign_shape,
             )
-        else:
+            if rc == 0:
+                shape = logits.shape
+                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                return out
+        else:  # a variant, or a tensor (its shape is compared in the kernel)
             rc = _dispatch.kernel.route_rows(
                 logits,
                 self.top_k,
@@ -755,17 +1221,24 @@ class Router:
                 False,
                 out._foreign_shape,
             )
-        if rc == 0:
-            if type(logits) is np.ndarray:
-                shape = logits.shape
-                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
-                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
-                return out
-            if out._top_k == self.top_k and type(logits) is out._foreign_type:
-                return out  # a tensor of the shape the views have
-            return out._finish_foreign(logits, self.top_k)
+            if rc == 0:
+                if type(logits) is np.ndarray:
+                    shape = logits.shape
+                    if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                        out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                    return out
+                if out._top_k == self.top_k and type(logits) is out._foreign_type:
+                    return out  # a tensor of the shape the views have
+                return out._finish_foreign(logits, self.top_k)
         if rc == -2:  # a tensor of another shape
             return out._finish_foreign(logits, self.top_k)
         return _route_checked(
-            logits, self.top_k, out, v.norm_topk_prob, self.num_threads, self.num_experts, variant=v
+            logits,
+            self.top_k,
+            out,
+            v.norm_topk_prob,
+            self.num_threads,
+            self.num_experts,
+            variant=v,
+            input_ids=input_ids,
         )

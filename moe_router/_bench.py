@@ -358,3 +358,68 @@ def print_paths_table(result):
         )
         print(" | ".join(row))
     print("every path's expert ids checked equal to the first path's on every shape")
+
+
+# --- the scoring rules of issue 15: each model's router, from its logits ----
+# PyTorch transcriptions of the transformers 5.23 router modules after their
+# linear layer (benchmarks/bench_rules.py checks each against the module
+# itself before timing it): the baselines of the rules' benchmark table.
+# (model, Router options, PyTorch form): shape from the model's config.
+
+
+def torch_ernie4_5_moe(torch, logits, bias, top_k, norm_min=1e-12):
+    """Ernie4_5_MoeTopKRouter: softmax, top-K of p + moe_statics, clamp-renormalise."""
+    p = torch.softmax(logits, dim=1, dtype=torch.float)
+    ids = torch.topk(p + bias, top_k, dim=-1)[1]
+    w = torch.gather(p, dim=-1, index=ids)
+    return ids, w / torch.clamp(w.sum(dim=-1, keepdim=True), min=norm_min)
+
+
+def torch_longcat_flash(torch, logits, bias, top_k, scale):
+    """LongcatFlashTopkRouter: softmax, top-K of p + bias (unsorted), w * scale."""
+    p = logits.softmax(dim=-1)
+    ids = torch.topk(p + bias.unsqueeze(0), k=top_k, dim=-1, sorted=False)[1]
+    return ids, p.gather(1, ids) * scale
+
+
+def torch_laguna(torch, logits, bias, top_k, cap):
+    """LagunaTopKRouter: tanh soft-cap, sigmoid, top-K of s + bias, renormalise."""
+    if cap > 0:
+        logits = torch.tanh(logits / cap) * cap
+    s = torch.sigmoid(logits)
+    ids = torch.topk(s + bias, top_k, dim=-1)[1]
+    w = s.gather(-1, ids)
+    return ids, w / w.sum(dim=-1, keepdim=True)
+
+
+def torch_dbrx(torch, logits, top_k, p_norm):
+    """DbrxFFN.route_tokens_to_experts: softmax, top-K, w / ||w||_p."""
+    p = torch.softmax(logits, dim=1, dtype=logits.dtype)
+    w, ids = torch.topk(p, top_k, dim=-1)
+    if p_norm is not None:
+        w = w / torch.norm(w, p=p_norm, dim=-1, keepdim=True)
+    return ids, w
+
+
+def torch_deepseek_v4(torch, logits, bias, top_k, scale):
+    """DeepseekV4TopKRouter: sqrt(softplus), top-K of s + bias, renormalise, scale."""
+    s = torch.nn.functional.softplus(logits).sqrt()
+    ids = torch.topk(s + bias, top_k, dim=-1, sorted=False).indices
+    w = s.gather(1, ids)
+    return ids, w / (w.sum(dim=-1, keepdim=True) + 1e-20) * scale
+
+
+def torch_deepseek_v4_hash(torch, logits, tid2eid, input_ids, scale):
+    """DeepseekV4HashRouter: the ids from tid2eid[input_ids], weights as the top-K router's."""
+    s = torch.nn.functional.softplus(logits).sqrt()
+    ids = tid2eid[input_ids.reshape(-1)].long()
+    w = s.gather(1, ids)
+    return ids, w / (w.sum(dim=-1, keepdim=True) + 1e-20) * scale
+
+
+def torch_phimoe(torch, logits, jitter_eps):
+    """PhiMoE's own sparsemixer (transformers' function itself), eval mode."""
+    from transformers.models.phimoe.modeling_phimoe import sparsemixer
+
+    w, ids = sparsemixer(logits, jitter_eps=jitter_eps, training=False)
+    return ids, w

@@ -7,10 +7,12 @@ import numpy.typing as npt
 
 MAX_LIST_TOP_K: int
 PARALLEL_MIN_ROWS: int
+DEFAULT_PARALLEL_MIN_ROWS: int
 
 # Keys: simd (str), openmp (bool), openmp_max_threads (int), cpu_avx2, cpu_avx512 (bool).
 def build_info() -> dict[str, Any]: ...
 def set_parallel_min_rows(rows: int) -> int: ...
+def set_default_parallel_min_rows(rows: int) -> int: ...
 def sigmoid_approx_into(
     x: npt.NDArray[np.float32], out: npt.NDArray[np.float32]
 ) -> bool | None: ...
@@ -48,6 +50,29 @@ def route_rows_seed(
     expert_weights: npt.NDArray[np.float32],
 ) -> None: ...
 def exp_into(x: npt.NDArray[np.floating[Any]], out: npt.NDArray[np.floating[Any]]) -> None: ...
+
+# The scoring rules of _rules_kernels.pxi: name -> the `score` code.
+SCORE_KINDS: dict[str, int]
+
+def route_rows_rules(
+    logits: object,
+    top_k: int,
+    norm_topk_prob: bool,
+    expert_ids: npt.NDArray[np.integer[Any]],
+    expert_weights: npt.NDArray[np.floating[Any]],
+    num_threads: int,
+    num_experts: int,
+    score: int,
+    softcap: float = 0.0,
+    p_norm: float = 0.0,
+    norm_min: float = 0.0,
+    eps: float = 0.0,
+    routed_scaling_factor: float = 1.0,
+    jitter_eps: float = 0.0,
+    bias: npt.NDArray[np.floating[Any]] | None = None,
+    tid2eid: npt.NDArray[np.int64] | None = None,
+    input_ids: npt.NDArray[np.int64] | None = None,
+) -> int: ...
 
 # Dispatch kernels (_plan_kernels.pxi); moe_router/_plan.py validates around them.
 DISPATCH_PARALLEL_MIN_BYTES: int

@@ -18,7 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from . import _core_baseline
+try:
+    from . import _core_baseline
+except ImportError as e:  # the uncompiled sources, e.g. `python -m moe_router` in a checkout
+    _here = os.path.dirname(os.path.abspath(__file__))
+    _checkout = os.path.exists(os.path.join(_here, "..", "setup.py"))
+    raise ImportError(
+        "moe_router's compiled core (moe_router._core_baseline) is not built"
+        + (
+            f": Python imported the source tree at {_here}, which has no compiled "
+            f"modules. Install the package (pip install . from the checkout) and run "
+            f"from another directory, or build it in place "
+            f"(python setup.py build_ext --inplace)"
+            if _checkout
+            else f" or cannot be loaded ({e}); reinstall moe_router"
+        )
+    ) from None
 
 # Threads used by default for batches large enough to split (OMP_NUM_THREADS
 # or the machine's cores; 1 when built without OpenMP).
@@ -26,6 +41,8 @@ default_threads = _core_baseline.build_info()["openmp_max_threads"]
 
 # Batches smaller than this always run on one thread (a fact of the kernels).
 PARALLEL_MIN_ROWS = _core_baseline.PARALLEL_MIN_ROWS
+# The default num_threads (None) splits only batches at least this large.
+DEFAULT_PARALLEL_MIN_ROWS = _core_baseline.DEFAULT_PARALLEL_MIN_ROWS
 
 # Widest last.
 PATHS = ("baseline", "avx2", "avx512")
@@ -110,10 +127,19 @@ class KernelByDtype:
         kernel = self.kernel_f64 if getattr(logits, "dtype", None) is self._f64 else self.kernel_f32
         return kernel.route_rows(logits, *args)
 
+    def route_rows_rules(self, logits, *args):
+        kernel = self.kernel_f64 if getattr(logits, "dtype", None) is self._f64 else self.kernel_f32
+        return kernel.route_rows_rules(logits, *args)
+
     def set_parallel_min_rows(self, rows):
         """Set the threshold on both modules; returns the float32 module's old one."""
         self.kernel_f64.set_parallel_min_rows(rows)
         return self.kernel_f32.set_parallel_min_rows(rows)
+
+    def set_default_parallel_min_rows(self, rows):
+        """Set the default's threshold on both modules; returns the float32 module's old one."""
+        self.kernel_f64.set_default_parallel_min_rows(rows)
+        return self.kernel_f32.set_default_parallel_min_rows(rows)
 
     def __getattr__(self, name):  # build_info, exp_into, ...: the float32 module's
         return getattr(self.kernel_f32, name)

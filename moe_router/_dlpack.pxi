@@ -322,9 +322,12 @@ def dlpack_view(object obj, str name="array", bint writeable=False):
             f"{name} is on device {dev}:{device[1]}; moe_router routes on the CPU "
             f"(move it there first, e.g. {name}.cpu())")
     try:
-        cap = obj.__dlpack__(max_version=(1, 0))
-    except TypeError:  # a producer older than DLPack 1.0 takes no max_version
-        cap = obj.__dlpack__()
+        try:
+            cap = obj.__dlpack__(max_version=(1, 0))
+        except TypeError:  # a producer older than DLPack 1.0 takes no max_version
+            cap = obj.__dlpack__()
+    except BufferError as e:  # the producer cannot export it (dtype, byte order, ...)
+        raise TypeError(f"{name} cannot be read through DLPack: {e}") from None
     owner = _DLPackOwner.__new__(_DLPackOwner)
     if PyCapsule_IsValid(cap, b"dltensor_versioned"):
         versioned = <MrDLManagedTensorVersioned*>PyCapsule_GetPointer(cap, b"dltensor_versioned")

@@ -615,8 +615,13 @@ cdef Py_ssize_t _route_rows_half(const uint16_t* logits, bint bf16, void* ids_ou
 # this, waking a second thread costs about what it saves
 # (benchmarks/bench_threads.py; the figures are in docs/performance.md).
 PARALLEL_MIN_ROWS = 64
+# The default (num_threads <= 0) splits only batches this large: a thread
+# descheduled by another busy process or torch's pool stalls the call for a
+# scheduler tick (4 ms), 100x a 32-1024-row call (docs/performance.md).
+DEFAULT_PARALLEL_MIN_ROWS = 4096
 
 cdef Py_ssize_t _parallel_min_rows = PARALLEL_MIN_ROWS
+cdef Py_ssize_t _default_parallel_min_rows = DEFAULT_PARALLEL_MIN_ROWS
 
 
 def set_parallel_min_rows(Py_ssize_t rows):
@@ -624,6 +629,14 @@ def set_parallel_min_rows(Py_ssize_t rows):
     global _parallel_min_rows
     old = _parallel_min_rows
     _parallel_min_rows = max(rows, 1)
+    return old
+
+
+def set_default_parallel_min_rows(Py_ssize_t rows):
+    """Set the default's threshold for this module (benchmarks only); returns the old one."""
+    global _default_parallel_min_rows
+    old = _default_parallel_min_rows
+    _default_parallel_min_rows = max(rows, 1)
     return old
 
 
@@ -762,7 +775,8 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     when routed but its shape is not the tuple views_shape (the shape the
     caller's output views have), so the caller reshapes them.
 
-    num_threads <= 0 means the OpenMP default; batches of fewer than
+    num_threads <= 0 means the OpenMP default, for batches of at least
+    DEFAULT_PARALLEL_MIN_ROWS rows (one thread below); batches of fewer than
     PARALLEL_MIN_ROWS rows always run on one thread.
     """
     cdef LogitsRef ref
@@ -811,7 +825,7 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
         return -1
     if cx.n_rows == 0:
         return -2 if ref.from_dl and not ref.same_shape else 0
-    if cx.n_rows < _parallel_min_rows:
+    if cx.n_rows < _parallel_min_rows or (num_threads <= 0 and cx.n_rows < _default_parallel_min_rows):
         num_threads = 1
     elif num_threads <= 0:
         num_threads = mr_openmp_max_threads()

@@ -80,8 +80,12 @@ def asarray(obj, name: str, writeable: bool = False):
         return arr, dt_name, torch_in
     try:
         arr = np.asarray(obj)
-    except (ValueError, TypeError) as e:
-        raise type(e)(f"{name} must be an array or a nested sequence of numbers: {e}") from None
+    except ValueError as e:  # ragged nested lists
+        shape = " [..., num_experts]" if name == "logits" else ""
+        raise ValueError(
+            f"{name} must be a rectangular array{shape} (rows of equal length), "
+            f"got {type(obj).__name__} NumPy cannot make one array of: {e}"
+        ) from None
     if writeable and not arr.flags.writeable:
         raise ValueError(f"{name} must be writeable, got a read-only array")
     return arr, arr.dtype.name, False

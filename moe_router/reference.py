@@ -30,13 +30,50 @@ weights
     or w /= (sum(w) + 1e-20) (sigmoid or grouped, as DeepSeek does);
     then w *= routed_scaling_factor.
 
+The scoring rules of route_rows_rules (moe_router/_rules_kernels.pxi):
+
+moe_router_logit_softcapping = cap > 0
+    z = cap * tanh(z / cap) first, everything below on the capped logits
+    (a selection on the order of the logits stays on the raw logits': tanh
+    is increasing, and they keep apart values that cap to the same float).
+sqrtsoftplus scoring
+    s = sqrt(softplus(z)) = sqrt(log(1 + exp(z))); a +inf logit (an
+    infinite score) has no weights.
+e_score_correction_bias with softmax or sqrtsoftplus
+    The selection key is p + b (s + b); the weights stay p (s).
+tid2eid (with input_ids)
+    The ids of a token are tid2eid[input_id], in the table's order; the
+    weights are the scores at those ids.
+sparsemixer (PhiMoE at inference, top_k = 2)
+    Expert 1 is the arg max of z (m = z[i1]); expert j is masked out when
+    (m - z_j) / max(|z_j|, m) > 2 * router_jitter_noise (a 0/0 or inf/inf
+    ratio masks nothing); w1 = the softmax at i1 over the unmasked experts.
+    Expert 2: the same with expert 1 removed (z[i1] = -inf): m2 its max,
+    the mask (m2 - z_j) / max(|z_j|, m2) > 2 * router_jitter_noise.  A row
+    needs two experts above -inf.  No renormalisation.
+divisors (norm_topk_prob)
+    moe_normalize_expert_weights = q: w /= (||w||_q + eps) (q = inf: the
+    max); moe_norm_min: w /= max(sum(w), moe_norm_min); else
+    w /= (sum(w) + eps); eps = 1e-20 for the routers whose selection is
+    not on the weights' own order (sigmoid, sqrtsoftplus, groups, a bias)
+    unless moe_norm_min is set, else 0.
+
 `route_rows` has the signature of the compiled kernels' entry point, so the
 public API (moe_router._api) can run on this module too (path "reference").
 """
 
 import numpy as np
 
-__all__ = ["softmax", "sigmoid", "softmax_topk", "route_reference", "route_rows"]
+__all__ = [
+    "rule_bad_rows",
+    "softmax",
+    "sigmoid",
+    "sqrtsoftplus",
+    "softmax_topk",
+    "route_reference",
+    "route_rows",
+    "route_rows_rules",
+]
 
 
 def _rows(logits):
@@ -82,6 +119,12 @@ def sigmoid(logits):
         return 1.0 / (1.0 + np.exp(-z))
 
 
+def sqrtsoftplus(logits):
+    """Elementwise sqrt(log(1 + exp(z))) in float64 (DeepSeek-V4's scores)."""
+    z = np.asarray(logits, dtype=np.float64)
+    return np.sqrt(np.logaddexp(0.0, z))
+
+
 def _top_k(keys, top_k):
     """Indices of the top_k largest keys per row, descending, smaller index first on ties."""
     return np.argsort(-keys, axis=1, kind="stable")[:, :top_k]
@@ -99,6 +142,48 @@ def _kept_experts(score, n_group, topk_group, top2_sum):
     return np.repeat(keep, n // n_group, axis=1)
 
 
+def _sparsemixer(flat, jitter_eps, scale):
+    """PhiMoE's eval-mode sparsemixer on rows of float64 logits (see above)."""
+    rows = np.arange(len(flat))
+    thr = 2.0 * jitter_eps
+
+    def weight(z, m, skip):
+        n_inf = (z == np.inf).sum(axis=1)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            r = (m[:, None] - z) / np.maximum(np.abs(z), m[:, None])
+            e = np.exp(z - m[:, None])
+        keep = ~(r > thr)
+        if skip is not None:
+            keep[rows, skip] = False
+        e = np.where(keep & np.isfinite(e), e, 0.0)
+        with np.errstate(divide="ignore"):  # (the +inf rows: replaced below)
+            w = 1.0 / e.sum(axis=1)
+        # +inf logits share the mass, as under softmax
+        return np.where(np.isposinf(m), 1.0 / np.maximum(n_inf - (skip is not None), 1), w)
+
+    i1 = np.argmax(flat, axis=1)
+    m1 = flat[rows, i1]
+    w1 = weight(flat, m1, None)
+    rest = flat.copy()
+    rest[rows, i1] = -np.inf
+    i2 = np.argmax(rest, axis=1)
+    m2 = rest[rows, i2]
+    w2 = weight(flat, m2, i1)
+    return np.stack([i1, i2], axis=1), np.stack([w1, w2], axis=1) * scale
+
+
+def rule_bad_rows(flat, scoring_func="softmax"):
+    """Rows (of already capped float64 logits) that a router cannot route."""
+    bad = np.isnan(flat).any(axis=1)
+    if scoring_func in ("softmax", "sparsemixer"):
+        bad |= (flat == -np.inf).all(axis=1)
+    if scoring_func == "sqrtsoftplus":
+        bad |= (flat == np.inf).any(axis=1)
+    if scoring_func == "sparsemixer":
+        bad |= (flat > -np.inf).sum(axis=1) < 2
+    return bad
+
+
 def route_reference(
     logits,
     top_k,
@@ -110,33 +195,58 @@ def route_reference(
     topk_group=None,
     routed_scaling_factor=1.0,
     e_score_correction_bias=None,
+    moe_norm_min=None,
+    moe_router_logit_softcapping=None,
+    moe_normalize_expert_weights=None,
+    router_jitter_noise=None,
+    tid2eid=None,
+    input_ids=None,
+    zero_expert_num=None,
 ):
-    """(expert_ids int64, expert_weights float64), both shaped [..., top_k]."""
+    """(expert_ids int64, expert_weights float64), both shaped [..., top_k].
+
+    zero_expert_num does not change the routing (it names which ids are
+    identity experts); it is accepted so that a Router's options apply.
+    """
     z, flat = _rows(logits)
     n = flat.shape[1]
     if not 1 <= top_k <= n:
         raise ValueError(f"top_k must be in [1, {n}], got {top_k}")
     topk_group = n_group if topk_group is None else topk_group
     grouped = n_group > 1
+    bias = (
+        None if e_score_correction_bias is None else np.asarray(e_score_correction_bias, np.float64)
+    )
+    shape = z.shape[:-1] + (top_k,)
+    raw = flat  # the selection without a bias: the order of the logits
+    if moe_router_logit_softcapping:
+        cap = float(moe_router_logit_softcapping)
+        flat = cap * np.tanh(flat / cap)
+    if rule_bad_rows(flat, scoring_func).any():
+        r = int(np.flatnonzero(rule_bad_rows(flat, scoring_func))[0])
+        raise ValueError(f"logits row {r} cannot be routed by {scoring_func} ({flat[r]})")
+    if scoring_func == "sparsemixer":
+        if top_k != 2:
+            raise ValueError("sparsemixer routes to top_k=2 experts")
+        jitter = 0.01 if router_jitter_noise is None else router_jitter_noise
+        ids, w = _sparsemixer(flat, jitter, routed_scaling_factor)
+        return ids.reshape(shape), w.reshape(shape)
     if scoring_func == "softmax":
         if topk_on_logits:
             norm_topk_prob = True  # a softmax over the K picked logits
         weights_of = softmax(flat).reshape(flat.shape)
-        key = flat
-    elif scoring_func == "sigmoid":
-        _check_rows(flat, softmax_scoring=False)
-        weights_of = sigmoid(flat)
-        if e_score_correction_bias is None and not grouped:
-            key = flat
+        key = raw if bias is None else weights_of + bias
+    elif scoring_func in ("sigmoid", "sqrtsoftplus"):
+        weights_of = sigmoid(flat) if scoring_func == "sigmoid" else sqrtsoftplus(flat)
+        if bias is None and not grouped:
+            key = raw
         else:
-            key = (
-                weights_of
-                if e_score_correction_bias is None
-                else weights_of + np.asarray(e_score_correction_bias, np.float64)
-            )
+            key = weights_of if bias is None else weights_of + bias
     else:
         raise ValueError(f"unknown scoring_func {scoring_func!r}")
-    if grouped:
+    if tid2eid is not None:
+        ids = np.asarray(tid2eid, np.int64)[np.asarray(input_ids, np.int64).reshape(-1)]
+    elif grouped:
         # The experts of dropped groups rank below every kept one, a kept
         # -inf logit included: they are out of the selection altogether.
         keep = _kept_experts(key, n_group, topk_group, scoring_func == "sigmoid")
@@ -145,10 +255,19 @@ def route_reference(
         ids = _top_k(key, top_k)
     w = np.take_along_axis(weights_of, ids, axis=1)
     if norm_topk_prob:
-        eps = 1e-20 if (scoring_func == "sigmoid" or grouped) else 0.0
-        w = w / (w.sum(axis=1, keepdims=True) + eps)
+        eps = (
+            1e-20
+            if (scoring_func != "softmax" or grouped or bias is not None) and not moe_norm_min
+            else 0.0
+        )
+        if moe_normalize_expert_weights is not None:
+            q = float(moe_normalize_expert_weights)
+            w = w / (np.linalg.norm(w, ord=q, axis=1, keepdims=True) + eps)
+        elif moe_norm_min:
+            w = w / np.maximum(w.sum(axis=1, keepdims=True), moe_norm_min)
+        else:
+            w = w / (w.sum(axis=1, keepdims=True) + eps)
     w = w * routed_scaling_factor
-    shape = z.shape[:-1] + (top_k,)
     return ids.reshape(shape), w.reshape(shape)
 
 
@@ -217,6 +336,89 @@ def route_rows(
         topk_group=topk_group,
         routed_scaling_factor=routed_scaling_factor,
         e_score_correction_bias=bias,
+    )
+    expert_ids[: ids.size] = ids.reshape(-1)
+    expert_weights[: ids.size] = w.reshape(-1)
+    return 0
+
+
+_SCORES = ("softmax", "sigmoid", "sqrtsoftplus", "sparsemixer")
+
+
+def route_rows_rules(
+    logits,
+    top_k,
+    norm_topk_prob,
+    expert_ids,
+    expert_weights,
+    num_threads,
+    num_experts,
+    score,
+    softcap=0.0,
+    p_norm=0.0,
+    norm_min=0.0,
+    eps=0.0,
+    routed_scaling_factor=1.0,
+    jitter_eps=0.0,
+    bias=None,
+    tid2eid=None,
+    input_ids=None,
+):
+    """Kernel-compatible entry (see the compiled route_rows_rules); `eps` is
+    implied by the options here (the reference's own rule)."""
+    if (
+        type(logits) is not np.ndarray
+        or logits.ndim == 0
+        or logits.dtype not in (np.float32, np.float64)
+        or not logits.flags.c_contiguous
+        or not 0 <= score < len(_SCORES)
+    ):
+        return -1
+    n = logits.shape[-1]
+    n_rows = logits.size // n if n else 0
+    if (
+        n == 0
+        or (num_experts > 0 and n != num_experts)
+        or not 1 <= top_k <= n
+        or (bias is not None and bias.shape != (n,))
+        or expert_ids.size < n_rows * top_k
+        or expert_weights.size < n_rows * top_k
+        or not expert_ids.flags.writeable
+        or not expert_weights.flags.writeable
+        or np.may_share_memory(logits, expert_ids)
+        or np.may_share_memory(logits, expert_weights)
+        or (tid2eid is None) != (input_ids is None)
+    ):
+        return -1
+    if tid2eid is not None:
+        tok = np.asarray(input_ids).reshape(-1)
+        if tok.size != n_rows or ((tok < 0) | (tok >= len(tid2eid))).any():
+            return -1
+        if ((tid2eid[tok] < 0) | (tid2eid[tok] >= n)).any():
+            return -1
+    flat = logits.reshape(-1, n).astype(np.float64)
+    if softcap > 0:
+        capped = softcap * np.tanh(flat / softcap)
+    else:
+        capped = flat
+    bad = rule_bad_rows(capped, _SCORES[score])
+    if bad.any():
+        return int(bad.sum())
+    if n_rows == 0:
+        return 0
+    ids, w = route_reference(
+        flat,
+        top_k,
+        norm_topk_prob,
+        scoring_func=_SCORES[score],
+        routed_scaling_factor=routed_scaling_factor,
+        e_score_correction_bias=bias,
+        moe_norm_min=norm_min or None,
+        moe_router_logit_softcapping=softcap or None,
+        moe_normalize_expert_weights=p_norm or None,
+        router_jitter_noise=jitter_eps,
+        tid2eid=tid2eid,
+        input_ids=input_ids,
     )
     expert_ids[: ids.size] = ids.reshape(-1)
     expert_weights[: ids.size] = w.reshape(-1)

@@ -1,4 +1,5 @@
-"""A catalogue of bad inputs: each one a TypeError or ValueError naming the argument.
+"""A catalogue of bad inputs: each one a TypeError or ValueError naming the argument
+(AttributeError for a Router setting assigned after construction).
 
 Every case runs on each kernel path and on the NumPy reference behind the
 same API.  Output buffers are views into larger guard arrays, and the test
@@ -62,6 +63,25 @@ def route_into(logits, top_k=2, **kw):
         assert g.untouched_outside()
 
 
+class _Producer:
+    """Only the DLPack protocol, on a device of our choosing."""
+
+    def __init__(self, array, device=None):
+        self.array, self.device = array, device
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.device or self.array.__dlpack_device__()
+
+
+def _read_only_dlpack_output():
+    ids = np.zeros(8, np.int32)
+    ids.flags.writeable = False
+    return mr.RouterOutput(expert_ids=_Producer(ids), expert_weights=np.zeros(8, np.float32))
+
+
 def _overlapping_output():
     raw = np.zeros(16, np.float32)
     return mr.RouterOutput(expert_ids=raw.view(np.int32)[:8], expert_weights=raw[4:12])
@@ -88,6 +108,62 @@ CASES = [
         "top_k must be <= num_experts=16, got top_k=17",
     ),
     ("top_k numpy float", lambda: mr.route(GOOD, np.float64(2)), TypeError, "top_k must be an int"),
+    # --- flags and Router settings (issue 17) ---------------------------------
+    (
+        "norm_topk_prob str",
+        lambda: mr.route(GOOD, 2, norm_topk_prob="false"),
+        TypeError,
+        "norm_topk_prob must be a bool, got str 'false'",
+    ),
+    (
+        "norm_topk_prob str route_into",
+        lambda: route_into(GOOD, 2, norm_topk_prob="false"),
+        TypeError,
+        "norm_topk_prob must be a bool, got str",
+    ),
+    (
+        "norm_topk_prob int Router",
+        lambda: mr.Router(E, 2, 1),
+        TypeError,
+        "norm_topk_prob must be a bool, got int 1",
+    ),
+    (
+        "norm_topk_prob None",
+        lambda: mr.route(GOOD, 2, None),
+        TypeError,
+        "norm_topk_prob must be a bool, got NoneType",
+    ),
+    (
+        "topk_on_logits str",
+        lambda: mr.Router(E, 2, topk_on_logits="yes"),
+        TypeError,
+        "topk_on_logits must be a bool, got str",
+    ),
+    (
+        "Router top_k assigned",
+        lambda: setattr(mr.Router(E, 2), "top_k", 4),
+        AttributeError,
+        "Router.top_k is read-only",
+    ),
+    (
+        "Router num_threads assigned",
+        lambda: setattr(mr.Router(E, 2), "num_threads", 0),
+        AttributeError,
+        "Router.num_threads is read-only",
+    ),
+    (
+        "Router norm_topk_prob assigned",
+        lambda: setattr(mr.Router(E, 2), "norm_topk_prob", False),
+        AttributeError,
+        "Router.norm_topk_prob is read-only",
+    ),
+    (
+        "Router num_experts deleted",
+        lambda: delattr(mr.Router(E, 2), "num_experts"),
+        AttributeError,
+        "Router.num_experts is read-only",
+    ),
+    ("RouterOutput index 2", lambda: mr.route(GOOD, 2)[2], IndexError, "index out of range"),
     # --- logits: kinds, dtypes, shapes ---------------------------------------
     ("logits int", lambda: mr.route(GOOD.astype(np.int64), 2), TypeError, "got dtype int64"),
     ("logits bool", lambda: mr.route(GOOD > 0, 2), TypeError, "got dtype bool"),
@@ -101,8 +177,50 @@ CASES = [
     ("logits str", lambda: mr.route("logits", 1), TypeError, "got dtype <U6"),
     ("logits None", lambda: mr.route(None, 1), TypeError, "got dtype object"),
     ("logits dict", lambda: mr.route({"a": 1}, 1), TypeError, "got dtype object"),
-    ("logits ragged", lambda: mr.route([[1.0, 2.0], [3.0]], 1), ValueError, "inhomogeneous"),
+    (
+        "logits ragged",
+        lambda: mr.route([[1.0, 2.0], [3.0]], 1),
+        ValueError,
+        r"logits must be a rectangular array \[\.\.\., num_experts\].*inhomogeneous",
+    ),
+    (
+        "logits ragged Router",
+        lambda: mr.Router(2, 1)([[1.0, 2.0], [3.0]]),
+        ValueError,
+        "logits must be a rectangular array",
+    ),
     ("logits 0-d", lambda: mr.route(np.float32(1.0), 1), ValueError, "got a 0-d array"),
+    # --- DLPack producers (issue 14) ------------------------------------------
+    (
+        "logits DLPack on cuda",
+        lambda: route_into(_Producer(GOOD, device=(2, 0))),
+        ValueError,
+        "logits is on device cuda:0; moe_router routes on the CPU",
+    ),
+    (
+        "logits DLPack on metal",
+        lambda: mr.Router(E, 2)(_Producer(GOOD, device=(8, 0))),
+        ValueError,
+        "logits is on device metal:0",
+    ),
+    (
+        "logits DLPack cannot export",
+        lambda: route_into(_Producer(GOOD.astype(">f4"))),
+        TypeError,
+        "logits cannot be read through DLPack",
+    ),
+    (
+        "logits DLPack int",
+        lambda: route_into(_Producer(GOOD.astype(np.int16))),
+        TypeError,
+        r"logits must be a floating-point array \(float16, bfloat16, float32 or float64\)",
+    ),
+    (
+        "output DLPack read-only",
+        _read_only_dlpack_output,
+        ValueError,
+        "expert_ids must be writeable",
+    ),
     (
         "zero experts",
         lambda: mr.route(np.zeros((3, 0), np.float32), 1),
@@ -380,10 +498,12 @@ CASES = [
         "finite in float32",
     ),
     (
-        "bias with softmax",
-        lambda: mr.route(GOOD, 2, e_score_correction_bias=np.zeros(E)),
+        "bias with sparsemixer",
+        lambda: mr.route(
+            GOOD, 2, False, scoring_func="sparsemixer", e_score_correction_bias=np.zeros(E)
+        ),
         ValueError,
-        "is for scoring_func='sigmoid'",
+        "does not apply to scoring_func='sparsemixer'",
     ),
     (
         "scale negative",
@@ -407,7 +527,7 @@ CASES = [
         "scoring unknown",
         lambda: mr.route(GOOD, 2, scoring_func="relu"),
         ValueError,
-        "scoring_func must be 'softmax' or 'sigmoid'",
+        "scoring_func must be one of 'softmax', 'sigmoid', 'sqrtsoftplus', 'sparsemixer'",
     ),
     (
         "unknown option",
@@ -420,6 +540,65 @@ CASES = [
         lambda: mr.Router.from_hf_config({"model_type": "bert"}),
         ValueError,
         "'bert' is not a MoE model",
+    ),
+    (
+        "preset unsupported",
+        lambda: mr.Router.from_hf_config({"model_type": "nllb-moe"}),
+        ValueError,
+        "'nllb-moe' has no moe_router preset: top-2 with expert capacity",
+    ),
+    (
+        "preset field missing",
+        lambda: mr.Router.from_hf_config({"model_type": "qwen3_moe", "num_experts_per_tok": 2}),
+        ValueError,
+        "qwen3_moe config has no num_experts \\(nor its alias num_local_experts\\)",
+    ),
+    (
+        "preset dense layer",
+        lambda: mr.Router.from_hf_config(
+            {
+                "model_type": "glm4_moe",
+                "n_routed_experts": E,
+                "num_experts_per_tok": 2,
+                "num_hidden_layers": 3,
+            },
+            e_score_correction_bias=np.zeros(E),
+            layer_idx=0,
+        ),
+        ValueError,
+        "layer 0 of this glm4_moe config is a dense MLP",
+    ),
+    (
+        "preset layer_idx type",
+        lambda: mr.Router.from_hf_config(
+            {
+                "model_type": "mixtral",
+                "num_local_experts": E,
+                "num_experts_per_tok": 2,
+                "num_hidden_layers": 3,
+            },
+            layer_idx=1.0,
+        ),
+        TypeError,
+        "layer_idx must be an int",
+    ),
+    (
+        "moe_layers unknown",
+        lambda: mr.moe_layers({"model_type": "bert", "num_hidden_layers": 2}),
+        ValueError,
+        "'bert' is not a MoE model",
+    ),
+    (
+        "moe_layers not a config",
+        lambda: mr.moe_layers(["mixtral"]),
+        TypeError,
+        "config must be a dict",
+    ),
+    (
+        "moe_layers no layer count",
+        lambda: mr.moe_layers({"model_type": "mixtral"}),
+        ValueError,
+        "mixtral config has no num_hidden_layers",
     ),
 ]
 
@@ -720,3 +899,30 @@ def test_extreme_values_are_routed(any_path, values):
     assert all(len(set(r)) == 4 for r in ids.tolist())
     assert np.isfinite(out.expert_weights).all() and (out.expert_weights >= 0).all()
     np.testing.assert_allclose(out.expert_weights.sum(axis=1), 1.0, atol=1e-6)
+
+
+# --- torch tensors (issue 14): skipped without torch; CI installs it ----------
+TORCH_CASES = [
+    ("requires_grad", lambda t: t.randn(4, 16, requires_grad=True), TypeError, "logits.detach()"),
+    ("meta device", lambda t: t.randn(4, 16, device="meta"), ValueError, "routes on the CPU"),
+    ("int64", lambda t: t.zeros(4, 16, dtype=t.int64), TypeError, "float16, bfloat16"),
+    ("bool", lambda t: t.zeros(4, 16, dtype=t.bool), TypeError, "float16, bfloat16"),
+    ("complex", lambda t: t.zeros(4, 16, dtype=t.complex64), TypeError, "complex64"),
+    ("float8", lambda t: t.zeros(4, 16).to(t.float8_e4m3fn), TypeError, "float8_e4m3fn"),
+]
+
+
+@pytest.mark.parametrize("case", TORCH_CASES, ids=[c[0] for c in TORCH_CASES])
+@pytest.mark.parametrize("entry", ["route_into", "Router"])
+def test_torch_errors_name_logits_and_write_nothing(any_path, case, entry):
+    torch = pytest.importorskip("torch")
+    _, make, exc, fragment = case
+    logits = make(torch)
+    g = Guarded(8)
+    with pytest.raises(exc, match=fragment) as info:
+        if entry == "route_into":
+            mr.route_into(logits, 2, g.out)
+        else:
+            mr.Router(16, 2)(logits, out=g.out)
+    assert "logits" in str(info.value)
+    assert g.untouched_outside()

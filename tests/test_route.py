@@ -352,3 +352,85 @@ def test_torch_tensor_input_and_peer_result(rng):
     assert isinstance(out.expert_ids, torch.Tensor) and out.expert_ids.dtype == torch.int32
     np.testing.assert_array_equal(out.expert_ids.numpy(), ids.numpy())
     np.testing.assert_allclose(out.expert_weights.numpy(), w.numpy(), atol=WEIGHT_ATOL)
+
+
+def test_default_threads_split_only_large_batches_bit_identically(rng):
+    # The default (num_threads=None) splits from DEFAULT_PARALLEL_MIN_ROWS on;
+    # explicit threads from PARALLEL_MIN_ROWS.  Both give one thread's bits.
+    assert 1 <= mr.PARALLEL_MIN_ROWS <= mr.DEFAULT_PARALLEL_MIN_ROWS
+    assert mr.show_config(print_out=False)["default_parallel_min_rows"] == (
+        mr.DEFAULT_PARALLEL_MIN_ROWS
+    )
+    z = rng.standard_normal((mr.DEFAULT_PARALLEL_MIN_ROWS + 3, 32)).astype(np.float32)
+    serial = mr.route(z, 4, num_threads=1)
+    for out in (mr.route(z, 4), mr.Router(32, 4)(z), mr.route(z, 4, num_threads=2)):
+        np.testing.assert_array_equal(out.expert_ids, serial.expert_ids)
+        np.testing.assert_array_equal(out.expert_weights, serial.expert_weights)
+    assert_matches_reference(z, serial, 4)
+
+
+# --- settings read-only, RouterOutput as a pair (issue 17) -------------------
+
+
+def test_router_settings_are_read_only_and_the_router_keeps_routing_by_them(rng):
+    z = rng.standard_normal((5, 16)).astype(np.float32)
+    router = mr.Router(16, 2, norm_topk_prob=False, num_threads=1, ids_dtype=np.int64)
+    for name, value in [
+        ("num_experts", 8),
+        ("top_k", 4),
+        ("norm_topk_prob", True),
+        ("scoring_func", "sigmoid"),
+        ("topk_on_logits", True),
+        ("n_group", 2),
+        ("topk_group", 1),
+        ("routed_scaling_factor", 2.0),
+        ("e_score_correction_bias", None),
+        ("num_threads", 0),
+        ("ids_dtype", np.int32),
+        ("weights_dtype", np.float64),
+    ]:
+        before = getattr(router, name)
+        with pytest.raises(AttributeError, match=f"Router.{name} is read-only"):
+            setattr(router, name, value)
+        assert getattr(router, name) is before or getattr(router, name) == before
+    assert router.num_threads == 1 and router.top_k == 2 and router.num_experts == 16
+    assert router.ids_dtype == np.int64 and router.weights_dtype == np.float32
+    out = router(z)  # still the configured router: top-2, not renormalised, int64 ids
+    assert out.expert_ids.dtype == np.int64 and out.expert_ids.shape == (5, 2)
+    assert_matches_reference(z, out, 2, norm=False)
+    router.note = "other attributes stay free"  # only the settings are fixed
+    assert router.note == "other attributes stay free"
+
+
+@pytest.mark.parametrize("flag", [np.bool_(True), np.bool_(False)])
+def test_numpy_bools_are_bools(rng, flag):
+    z = rng.standard_normal((3, 16)).astype(np.float32)
+    assert_matches_reference(z, mr.route(z, 3, flag), 3, norm=bool(flag))
+    assert_matches_reference(z, mr.Router(16, 3, flag)(z), 3, norm=bool(flag))
+    out = mr.route_into(z, 3, mr.RouterOutput.empty(), flag)
+    assert_matches_reference(z, out, 3, norm=bool(flag))
+
+
+def test_router_output_is_indexable_like_the_pair_it_unpacks_as(rng):
+    z = rng.standard_normal((4, 16)).astype(np.float32)
+    out = mr.route(z, 2)
+    ids, weights = out
+    ref_ids, ref_w = ref.softmax_topk(z, 2, True)
+    assert len(out) == 2
+    assert out[0] is ids and out[1] is weights
+    assert out[-1] is weights and out[-2] is ids
+    assert out[:] == (ids, weights) and tuple(out) == (ids, weights)
+    np.testing.assert_array_equal(out[0], ref_ids)
+    np.testing.assert_allclose(out[1], ref_w, rtol=0, atol=WEIGHT_ATOL)
+    with pytest.raises(IndexError):
+        out[2]
+    with pytest.raises(TypeError):
+        out["expert_ids"]
+
+
+def test_docstrings_cover_the_call_threads_dtypes_and_errors():
+    call_doc = mr.Router.__call__.__doc__ or ""
+    assert "Route `logits`" in call_doc and "ValueError" in call_doc
+    for doc in (mr.Router.__doc__, mr.route.__doc__):
+        for word in ("num_threads", "ids_dtype", "weights_dtype", "TypeError", "ValueError"):
+            assert word in doc, word

@@ -377,3 +377,24 @@ def test_values_a_few_ulps_apart_and_signed_zeros_keep_their_order(kernel_path, 
     np.testing.assert_array_equal(got.expert_ids, ref_ids)
     np.testing.assert_allclose(got.expert_weights, ref_w, rtol=0, atol=2e-6)
     assert list(got.expert_ids[-1, : min(top_k, 3)]) == [3, 7, 30][:top_k]
+
+
+def test_python_m_in_an_unbuilt_checkout_says_what_to_do(tmp_path):
+    # `python -m moe_router` where the sources shadow the installed package
+    # (issue 14): a message saying what is wrong and what to run, not a
+    # circular-import error.
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(mr.__file__).parent
+    shutil.copytree(src, tmp_path / "moe_router", ignore=shutil.ignore_patterns("*.so", "*.pyd"))
+    (tmp_path / "setup.py").write_text("# a checkout\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "moe_router"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode != 0
+    assert "compiled core (moe_router._core_baseline) is not built" in run.stderr
+    assert "pip install ." in run.stderr and "build_ext --inplace" in run.stderr
+    assert "circular import" not in run.stderr

@@ -237,7 +237,7 @@ def test_llama4_weights_are_sigmoid_of_top_logits(any_path):
 @pytest.mark.parametrize(
     "kwargs, exc, msg",
     [
-        (dict(scoring_func="tanh"), ValueError, "scoring_func must be 'softmax' or 'sigmoid'"),
+        (dict(scoring_func="tanh"), ValueError, "scoring_func must be one of 'softmax', 'sigmoid'"),
         (dict(n_group=3), ValueError, "num_experts=16 must be divisible by n_group=3"),
         (dict(n_group=0), ValueError, "n_group must be >= 1"),
         (dict(n_group=4, topk_group=5), ValueError, "topk_group must be <= n_group=4"),
@@ -255,7 +255,11 @@ def test_llama4_weights_are_sigmoid_of_top_logits(any_path):
             "routed_scaling_factor must be finite",
         ),
         (dict(routed_scaling_factor="2"), TypeError, "routed_scaling_factor must be a real number"),
-        (dict(e_score_correction_bias=np.zeros(16)), ValueError, "is for scoring_func='sigmoid'"),
+        (
+            dict(scoring_func="sparsemixer", e_score_correction_bias=np.zeros(16)),
+            ValueError,
+            "does not apply to scoring_func='sparsemixer'",
+        ),
         (
             dict(scoring_func="sigmoid", e_score_correction_bias=np.zeros(15)),
             ValueError,
@@ -298,7 +302,10 @@ def test_sigmoid_accepts_all_neg_inf_rows(any_path):
         mr.route(np.array([[np.nan, 0.0]]), 1, scoring_func="sigmoid")
 
 
-# --- presets from Hugging Face configs --------------------------------------
+# --- presets from Hugging Face configs: the errors ---------------------------
+#
+# Each preset's routing is checked against the model's own transformers router
+# module in tests/test_presets_hf.py; these need no transformers.
 
 QWEN3 = {
     "model_type": "qwen3_moe",
@@ -306,200 +313,149 @@ QWEN3 = {
     "num_experts_per_tok": 8,
     "norm_topk_prob": True,
 }
-CONFIGS = {
-    "mixtral": {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2},
-    "qwen2_moe": {
-        "model_type": "qwen2_moe",
-        "num_experts": 60,
-        "num_experts_per_tok": 4,
-        "norm_topk_prob": False,
-    },
-    "qwen3_moe": QWEN3,
-    "olmoe": {
-        "model_type": "olmoe",
-        "num_experts": 64,
-        "num_experts_per_tok": 8,
-        "norm_topk_prob": False,
-    },
-    "deepseek_v2_greedy": {
-        "model_type": "deepseek_v2",
-        "n_routed_experts": 64,
-        "num_experts_per_tok": 6,
-        "topk_method": "greedy",
-        "norm_topk_prob": False,
-        "routed_scaling_factor": 1.0,
-    },
-    "deepseek_v2_group": {
-        "model_type": "deepseek_v2",
-        "n_routed_experts": 160,
-        "num_experts_per_tok": 6,
-        "topk_method": "group_limited_greedy",
-        "n_group": 8,
-        "topk_group": 3,
-        "norm_topk_prob": False,
-        "routed_scaling_factor": 16.0,
-    },
-    "deepseek_v3": {
-        "model_type": "deepseek_v3",
-        "n_routed_experts": 256,
-        "num_experts_per_tok": 8,
-        "n_group": 8,
-        "topk_group": 4,
-        "norm_topk_prob": True,
-        "routed_scaling_factor": 2.5,
-        "scoring_func": "sigmoid",
-        "topk_method": "noaux_tc",
-    },
-    "glm4_moe": {
-        "model_type": "glm4_moe",
-        "n_routed_experts": 128,
-        "num_experts_per_tok": 8,
-        "n_group": 1,
-        "topk_group": 1,
-        "norm_topk_prob": True,
-        "routed_scaling_factor": 2.5,
-    },
-    "gpt_oss": {"model_type": "gpt_oss", "num_local_experts": 32, "num_experts_per_tok": 4},
-    "llama4_text": {"model_type": "llama4_text", "num_local_experts": 16, "num_experts_per_tok": 1},
-}
+DEEPSEEK_V3 = {"model_type": "deepseek_v3", "n_routed_experts": 256, "num_experts_per_tok": 8}
+DEEPSEEK_V2 = {"model_type": "deepseek_v2", "n_routed_experts": 64, "num_experts_per_tok": 6}
 
 
-def _torch_router(torch, name, cfg, logits, bias):
-    """The model's router as transformers writes it (topk sorted for comparison)."""
-    F = torch.nn.functional
-    if name in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"):
-        w = F.softmax(logits, dim=1, dtype=torch.float)
-        w, ids = torch.topk(w, cfg["num_experts_per_tok"], dim=-1)
-        if name == "mixtral" or cfg.get("norm_topk_prob"):
-            w = w / w.sum(dim=-1, keepdim=True)
-        return ids, w
-    if name.startswith("deepseek_v2"):
-        k = cfg["num_experts_per_tok"]
-        scores = logits.softmax(dim=-1, dtype=torch.float32)
-        if cfg["topk_method"] == "greedy":
-            w, ids = torch.topk(scores, k=k, dim=-1)
-        else:
-            n, g = len(logits), cfg["n_group"]
-            group_scores = scores.view(n, g, -1).max(dim=-1).values
-            group_idx = torch.topk(group_scores, k=cfg["topk_group"], dim=-1)[1]
-            group_mask = torch.zeros_like(group_scores)
-            group_mask.scatter_(1, group_idx, 1)
-            score_mask = group_mask.unsqueeze(-1).expand(n, g, logits.shape[1] // g).reshape(n, -1)
-            tmp = scores.masked_fill(~score_mask.bool(), 0.0)
-            w, ids = torch.topk(tmp, k=k, dim=-1)
-        if k > 1 and cfg["norm_topk_prob"]:
-            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20) * cfg["routed_scaling_factor"]
-        else:
-            w = w * cfg["routed_scaling_factor"]
-        return ids, w
-    if name in ("deepseek_v3", "glm4_moe"):
-        n, g = len(logits), cfg["n_group"]
-        scores = logits.sigmoid()
-        choice = scores + bias.unsqueeze(0)
-        group_scores = choice.view(n, g, -1).topk(2, dim=-1)[0].sum(dim=-1)
-        group_idx = torch.topk(group_scores, k=cfg["topk_group"], dim=-1)[1]
-        group_mask = torch.zeros_like(group_scores)
-        group_mask.scatter_(1, group_idx, 1)
-        score_mask = group_mask.unsqueeze(-1).expand(n, g, logits.shape[1] // g).reshape(n, -1)
-        # -inf, as vLLM and SGLang do (transformers' 0.0 picks experts of
-        # dropped groups when the biased scores are negative).
-        tmp = choice.masked_fill(~score_mask.bool(), float("-inf"))
-        ids = torch.topk(tmp, k=cfg["num_experts_per_tok"], dim=-1)[1]
-        w = scores.gather(1, ids)
-        if cfg["norm_topk_prob"]:
-            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
-        return ids, w * cfg["routed_scaling_factor"]
-    if name == "gpt_oss":
-        v, ids = torch.topk(logits, cfg["num_experts_per_tok"], dim=-1)
-        return ids, F.softmax(v, dim=1, dtype=v.dtype)
-    if name == "llama4_text":
-        v, ids = torch.topk(logits, cfg["num_experts_per_tok"], dim=1)
-        return ids, torch.sigmoid(v.float())
-    raise AssertionError(name)
+@pytest.mark.parametrize(
+    "config, kwargs, msg",
+    [
+        ({"model_type": "llama"}, {}, "'llama' is not a MoE model moe_router knows"),
+        ({"model_type": "qwen3moe"}, {}, "Did you mean 'qwen3_moe'"),
+        ({"model_type": "mixtrel"}, {}, "Supported: .*mixtral"),
+        ({}, {}, "None is not a MoE model"),
+        ({"model_type": "qwen3_moe", "num_experts": 8}, {}, "has no num_experts_per_tok"),
+        (
+            {"model_type": "qwen3_moe", "num_experts_per_tok": 8},
+            {},
+            "qwen3_moe config has no num_experts \\(nor its alias num_local_experts\\)",
+        ),
+        (DEEPSEEK_V3, {}, "pass Router.from_hf_config"),
+        (
+            QWEN3,
+            dict(e_score_correction_bias=np.zeros(128)),
+            "qwen3_moe has no e_score_correction_bias",
+        ),
+        ({**DEEPSEEK_V2, "topk_method": "noaux"}, {}, "not supported"),
+        ({"model_type": "doge"}, {}, "'doge' has no moe_router preset: product-key routing"),
+        ({"model_type": "llama4"}, {}, "llama4 config has no text_config"),
+        ({"model_type": "dbrx"}, {}, "dbrx config has no ffn_config"),
+        (
+            {"model_type": "dbrx", "n_layers": 2, "ffn_config": {"moe_num_experts": 8}},
+            {},
+            "dbrx config has no moe_top_k",
+        ),
+        (
+            {**DEEPSEEK_V3, "num_hidden_layers": 6},
+            dict(layer_idx=1),
+            "layer 1 of this deepseek_v3 config is a dense MLP",
+        ),
+        ({**DEEPSEEK_V3, "num_hidden_layers": 6}, dict(layer_idx=6), "out of range"),
+        (QWEN3, dict(layer_idx=0), "has no num_hidden_layers"),
+        ({**QWEN3, "num_hidden_layers": 2}, dict(layer_idx="1"), "layer_idx must be an int"),
+        (
+            {
+                "model_type": "hunyuan_v1_moe",
+                "num_experts": [8, 16],
+                "moe_topk": 2,
+                "num_hidden_layers": 2,
+            },
+            {},
+            "sets num_experts per layer .* layer_idx",
+        ),
+        (
+            {
+                "model_type": "mistral4",
+                "n_routed_experts": 16,
+                "num_experts_per_tok": 2,
+                "n_group": 4,
+                "topk_group": 2,
+            },
+            {},
+            "n_group=4 scores a group by the sum",
+        ),
+        (
+            {
+                "model_type": "deepseek_v4",
+                "n_routed_experts": 16,
+                "num_experts_per_tok": 2,
+                "mlp_layer_types": ["hash_moe", "moe"],
+                "num_hidden_layers": 2,
+            },
+            dict(layer_idx=0),
+            "layer 0 of this deepseek_v4 config is hash-routed .* tid2eid=",
+        ),
+        (
+            {
+                "model_type": "deepseek_v4",
+                "n_routed_experts": 16,
+                "num_experts_per_tok": 2,
+                "mlp_layer_types": ["hash_moe", "moe"],
+                "num_hidden_layers": 2,
+            },
+            dict(
+                layer_idx=1,
+                tid2eid=np.zeros((4, 2), np.int64),
+                e_score_correction_bias=np.zeros(16),
+            ),
+            "layer 1 of this deepseek_v4 config is not hash-routed",
+        ),
+        (
+            {
+                "model_type": "cohere2_moe",
+                "num_experts": 8,
+                "num_experts_per_tok": 2,
+                "expert_selection_fn": "relu",
+            },
+            {},
+            "expert_selection_fn must be",
+        ),
+    ],
+)
+def test_from_hf_config_errors(config, kwargs, msg):
+    with pytest.raises((ValueError, TypeError), match=msg):
+        mr.Router.from_hf_config(config, **kwargs)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_preset_matches_transformers_router(kernel_path, name, rng):
-    torch = pytest.importorskip("torch")
-    cfg = CONFIGS[name]
-    e = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg["n_routed_experts"]
-    bias = None
-    if cfg["model_type"] in ("deepseek_v3", "glm4_moe"):
-        bias = rng.normal(-0.5, 1.0, e).astype(np.float32)  # often negative
-    router = mr.Router.from_hf_config(cfg, e_score_correction_bias=bias)
-    logits = (rng.standard_normal((200, e)) * 2).astype(np.float32)
-    out = router(logits)
-    ids, w = _torch_router(
-        torch, name, cfg, torch.from_numpy(logits), None if bias is None else torch.from_numpy(bias)
-    )
-    opts = {
-        k: getattr(router, k)
-        for k in (
-            "scoring_func",
-            "topk_on_logits",
-            "n_group",
-            "topk_group",
-            "routed_scaling_factor",
-        )
-    }
-    opts["e_score_correction_bias"] = bias
-    assert_routes_like(
-        logits,
-        out.expert_ids,
-        out.expert_weights,
-        ids.numpy(),
-        w.numpy(),
-        router.top_k,
-        router.norm_topk_prob,
-        opts,
-    )
-
-
-def test_from_hf_config_fields():
-    r = mr.Router.from_hf_config(QWEN3)
-    assert (r.num_experts, r.top_k, r.norm_topk_prob, r.scoring_func) == (128, 8, True, "softmax")
-    bias = np.zeros(256)
-    r = mr.Router.from_hf_config(CONFIGS["deepseek_v3"], e_score_correction_bias=bias)
-    assert (
-        r.num_experts,
-        r.top_k,
-        r.n_group,
-        r.topk_group,
-        r.routed_scaling_factor,
-        r.scoring_func,
-    ) == (256, 8, 8, 4, 2.5, "sigmoid")
-    r = mr.Router.from_hf_config({"model_type": "llama4", "text_config": CONFIGS["llama4_text"]})
-    assert (r.num_experts, r.top_k, r.scoring_func, r.topk_on_logits) == (16, 1, "sigmoid", True)
-    r = mr.Router.from_hf_config(CONFIGS["gpt_oss"])
-    assert r.topk_on_logits and r.norm_topk_prob
-    r = mr.Router.from_hf_config(CONFIGS["deepseek_v2_greedy"])
-    assert r.n_group == 1 and not r.norm_topk_prob
-
-    class Config:  # a transformers-style attribute object
+def test_from_hf_config_reads_objects_and_overrides():
+    class Config:  # a transformers-style attribute object, without transformers
         model_type = "mixtral"
         num_local_experts = 8
         num_experts_per_tok = 2
 
-    r = mr.Router.from_hf_config(Config())
-    assert (r.num_experts, r.top_k, r.norm_topk_prob) == (8, 2, True)
-    r = mr.Router.from_hf_config(QWEN3, num_threads=1)
-    assert r.num_threads == 1
+    r = mr.Router.from_hf_config(Config(), num_threads=1)
+    assert (r.num_experts, r.top_k, r.norm_topk_prob, r.num_threads) == (8, 2, True, 1)
+    with pytest.raises(TypeError, match="config must be a dict"):
+        mr.Router.from_hf_config(["mixtral"])
 
 
-@pytest.mark.parametrize(
-    "config, bias, msg",
-    [
-        ({"model_type": "llama"}, None, "'llama' is not a MoE model moe_router knows"),
-        ({}, None, "None is not a MoE model"),
-        ({"model_type": "qwen3_moe", "num_experts": 8}, None, "has no num_experts_per_tok"),
-        (CONFIGS["deepseek_v3"], None, "pass Router.from_hf_config"),
-        (QWEN3, np.zeros(128), "qwen3_moe has no e_score_correction_bias"),
-        ({**CONFIGS["deepseek_v2_greedy"], "topk_method": "noaux"}, None, "not supported"),
-    ],
-)
-def test_from_hf_config_errors(config, bias, msg):
-    with pytest.raises(ValueError, match=msg):
-        mr.Router.from_hf_config(config, e_score_correction_bias=bias)
+def test_hunyuan_per_layer_lists():
+    cfg = {
+        "model_type": "hunyuan_v1_moe",
+        "num_experts": [8, 16],
+        "moe_topk": [1, 4],
+        "num_hidden_layers": 2,
+    }
+    assert mr.moe_layers(cfg) == [0, 1]
+    r = mr.Router.from_hf_config(cfg, layer_idx=1)
+    assert (r.num_experts, r.top_k) == (16, 4)
+
+
+def test_presets_lists_the_variants():
+    p = mr.presets()
+    assert p["qwen3_moe"] == "softmax" and p["deepseek_v3"] == "sigmoid"
+    assert p["gpt_oss"] == "topk_logits_softmax" and p["llama4_text"] == "topk_logits_sigmoid"
+    assert set(p.values()) <= {
+        "softmax_biased",
+        "sqrtsoftplus",
+        "sparsemixer",
+        "softmax",
+        "softmax_grouped",
+        "topk_logits_softmax",
+        "topk_logits_sigmoid",
+        "sigmoid",
+    }
+    assert not set(p) & set(mr.unsupported())
 
 
 # --- the approximate selection of the float32 sigmoid routers (AVX2) ---------
@@ -633,3 +589,38 @@ def test_approximate_sigmoid_is_within_its_slack():
     assert err.max() <= 5.2e-4 - 2e-6, err.max()  # (the exact float32 sigmoid: within 2e-6)
     x[5] = np.nan
     assert core.sigmoid_approx_into(x, out) is True
+
+
+def test_readme_lists_every_preset_and_every_unsupported_type():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Router variants and model presets") :]
+    section = section[: section.index("\n## ", 3)]
+    for model_type in list(mr.presets()) + list(mr.unsupported()):
+        assert f"`{model_type}`" in section, model_type
+
+
+def test_per_layer_config_overrides_a_layers_fields():
+    # transformers' per_layer_config, as a config.json holds it: the fields that
+    # differ, keyed by the layer index as a (zero-padded) string
+    cfg = {
+        **QWEN3,
+        "num_hidden_layers": 3,
+        "per_layer_config": {"01": {"num_experts": 8, "num_experts_per_tok": 2}},
+    }
+    assert (mr.Router.from_hf_config(cfg, layer_idx=1).num_experts, 8) == (8, 8)
+    r = mr.Router.from_hf_config(cfg, layer_idx=2)
+    assert (r.num_experts, r.top_k) == (128, 8)
+    with pytest.raises(ValueError, match="per layer \\(per_layer_config\\): pass .*layer_idx"):
+        mr.Router.from_hf_config(cfg)
+    # settings that agree across layers need no layer_idx
+    same = {**cfg, "per_layer_config": {"01": {"num_attention_heads": 4}}}
+    assert mr.Router.from_hf_config(same).num_experts == 128
+
+
+def test_an_unknown_wrapper_around_a_known_text_model():
+    cfg = {"model_type": "some_new_vlm", "text_config": {**QWEN3}}
+    assert mr.Router.from_hf_config(cfg).num_experts == 128
+    with pytest.raises(ValueError, match="'some_new_vlm' is not a MoE model"):
+        mr.Router.from_hf_config({"model_type": "some_new_vlm", "text_config": {"model_type": "x"}})

@@ -39,6 +39,7 @@ struct Avx2F32 {
     static inline V max(V a, V b) { return _mm256_max_ps(a, b); }
     static inline V min(V a, V b) { return _mm256_min_ps(a, b); }
     static inline V div(V a, V b) { return _mm256_div_ps(a, b); }
+    static inline V sqrt(V a) { return _mm256_sqrt_ps(a); }
     static inline V gather(const float *z, const Py_ssize_t *idx, int k, float off, float pad)
     {
         return _mm256_setr_ps(MR_G(0), MR_G(1), MR_G(2), MR_G(3), MR_G(4), MR_G(5), MR_G(6), MR_G(7));
@@ -139,6 +140,7 @@ struct Avx2F64 {
     static inline V max(V a, V b) { return _mm256_max_pd(a, b); }
     static inline V min(V a, V b) { return _mm256_min_pd(a, b); }
     static inline V div(V a, V b) { return _mm256_div_pd(a, b); }
+    static inline V sqrt(V a) { return _mm256_sqrt_pd(a); }
     static inline V gather(const double *z, const Py_ssize_t *idx, int k, double off, double pad)
     {
         return _mm256_setr_pd(MR_G(0), MR_G(1), MR_G(2), MR_G(3));

@@ -32,6 +32,7 @@ struct Avx512F64 {
     static inline V max(V a, V b) { return _mm512_max_pd(a, b); }
     static inline V min(V a, V b) { return _mm512_min_pd(a, b); }
     static inline V div(V a, V b) { return _mm512_div_pd(a, b); }
+    static inline V sqrt(V a) { return _mm512_sqrt_pd(a); }
     static inline V gather(const double *z, const Py_ssize_t *idx, int k, double off, double pad)
     {
         return _mm512_setr_pd(MR_G(0), MR_G(1), MR_G(2), MR_G(3), MR_G(4), MR_G(5), MR_G(6), MR_G(7));

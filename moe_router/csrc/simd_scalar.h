@@ -4,7 +4,7 @@
  * simd_avx512.h have the same names and meanings):
  *
  *   T, V, W        element type, vector type, lanes per vector
- *   load, store, set, add, sub, mul, div, fma, max, min
+ *   load, store, set, add, sub, mul, div, sqrt, fma, max, min
  *   max(a, b)      b when either is NaN (the x86 rule): max(z, acc) skips
  *                  NaN in a running max, max(lo, x) keeps a NaN x
  *   gather         lane j = z[idx[j]] - off for j < k, else pad
@@ -39,6 +39,7 @@ template <class TT> struct ScalarVec {
     static inline V max(V a, V b) { return a > b ? a : b; }
     static inline V min(V a, V b) { return a < b ? a : b; }
     static inline V div(V a, V b) { return a / b; }
+    static inline V sqrt(V a) { return ::sqrt(a); }
     static inline V gather(const T *z, const Py_ssize_t *idx, int k, T off, T pad) { return MR_G(0); }
     static MR_HOT V swap(V v, int s) /* one lane: never called */
     {

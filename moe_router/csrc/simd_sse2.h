@@ -23,6 +23,7 @@ struct Sse2F32 {
     static inline V max(V a, V b) { return _mm_max_ps(a, b); }
     static inline V min(V a, V b) { return _mm_min_ps(a, b); }
     static inline V div(V a, V b) { return _mm_div_ps(a, b); }
+    static inline V sqrt(V a) { return _mm_sqrt_ps(a); }
     static inline V gather(const float *z, const Py_ssize_t *idx, int k, float off, float pad)
     {
         return _mm_setr_ps(MR_G(0), MR_G(1), MR_G(2), MR_G(3));
@@ -103,6 +104,7 @@ struct Sse2F64 {
     static inline V max(V a, V b) { return _mm_max_pd(a, b); }
     static inline V min(V a, V b) { return _mm_min_pd(a, b); }
     static inline V div(V a, V b) { return _mm_div_pd(a, b); }
+    static inline V sqrt(V a) { return _mm_sqrt_pd(a); }
     static inline V gather(const double *z, const Py_ssize_t *idx, int k, double off, double pad)
     {
         return _mm_setr_pd(MR_G(0), MR_G(1));

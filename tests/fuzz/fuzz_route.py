@@ -32,12 +32,31 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from test_plan import numpy_combine, numpy_permute, numpy_plan  # noqa: E402
 from test_variants import assert_routes_like  # noqa: E402
 
-DTYPES = [np.float32, np.float64, np.float16, ">f4", np.int32]
+try:
+    import ml_dtypes
+
+    DTYPES = [np.float32, np.float64, np.float16, ">f4", np.int32, ml_dtypes.bfloat16]
+except ImportError:
+    DTYPES = [np.float32, np.float64, np.float16, ">f4", np.int32]
+
+
+class Producer:
+    """Only the DLPack protocol (the path a torch-free producer takes)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
 
 
 def one_input(data):
     fdp = atheris.FuzzedDataProvider(data)
-    route_part(fdp)
+    _route_case(fdp)
+    _config_case(fdp)
     dispatch_part(fdp)
 
 
@@ -92,7 +111,7 @@ def dispatch_part(fdp):
     assert np.array_equal(y, oracle, equal_nan=True)
 
 
-def route_part(fdp):
+def _route_case(fdp):
     num_experts = fdp.ConsumeIntInRange(0, 48)
     batch = fdp.ConsumeIntInRange(0, 5)
     dtype = DTYPES[fdp.ConsumeIntInRange(0, len(DTYPES) - 1)]
@@ -131,18 +150,89 @@ def route_part(fdp):
         )
         norm = norm or opts["scoring_func"] == "softmax"
     api = fdp.ConsumeIntInRange(0, 2)
+    # The logits as given, or through DLPack (a producer that cannot
+    # export them, such as NumPy for bfloat16 or >f4, must give TypeError).
+    given = Producer(z) if fdp.ConsumeBool() else z
     try:
         if api == 0:
-            out = mr.route(z, top_k, norm, **opts)
+            out = mr.route(given, top_k, norm, **opts)
         elif api == 1:
-            out = mr.route_into(z, top_k, mr.RouterOutput.empty(), norm, **opts)
+            out = mr.route_into(given, top_k, mr.RouterOutput.empty(), norm, **opts)
         else:
-            out = mr.Router(num_experts, top_k, norm, **opts)(z)
+            out = mr.Router(num_experts, top_k, norm, **opts)(given)
     except (TypeError, ValueError):
         return
     zz = np.asarray(z, np.float64)
     oracle = ref.route_reference(zz, top_k, norm, **opts)
     assert_routes_like(zz, out.expert_ids, out.expert_weights, *oracle, top_k, norm, opts)
+
+
+CONFIG_FIELDS = [
+    "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts",
+    "num_experts_per_tok", "moe_topk", "moe_k", "moe_top_k", "norm_topk_prob", "n_group",
+    "topk_group", "routed_scaling_factor", "route_scale", "topk_method", "scoring_func",
+    "expert_selection_fn", "moe_norm_min", "zero_expert_num", "moe_router_logit_softcapping",
+    "router_jitter_noise", "moe_normalize_expert_weights", "use_expert_bias",
+    "num_hidden_layers", "n_layers", "first_k_dense_replace", "moe_layer_freq",
+    "num_dense_layers", "mlp_layer_types", "mlp_only_layers", "decoder_sparse_step",
+    "expert_layer_period", "expert_layer_offset", "moe_layers", "interleave_moe_layer_step",
+    "layers_block_type", "hybrid_override_pattern", "moe_layer_start_index",
+    "moe_layer_end_index", "moe_layer_interval", "text_config", "ffn_config",
+    "per_layer_config", "pyramid_num_routed",
+]  # fmt: skip
+
+
+def _config_value(fdp, depth=0):
+    kind = fdp.ConsumeIntInRange(0, 8)
+    if kind == 0:
+        return fdp.ConsumeIntInRange(-2, 40)
+    if kind == 1:
+        return fdp.ConsumeFloat()
+    if kind == 2:
+        return None
+    if kind == 3:
+        return fdp.ConsumeBool()
+    if kind == 4:
+        return ["softmax", "sigmoid", "sqrtsoftplus", "greedy", "E-M*", "x"][
+            fdp.ConsumeIntInRange(0, 5)
+        ]
+    if kind == 5:
+        return [fdp.ConsumeIntInRange(-1, 40) for _ in range(fdp.ConsumeIntInRange(0, 6))]
+    if kind == 6:
+        words = ["dense", "sparse", "moe", "hash_moe", 3]
+        return [words[fdp.ConsumeIntInRange(0, 4)] for _ in range(fdp.ConsumeIntInRange(0, 6))]
+    if kind == 7 and depth == 0:
+        return _config_dict(fdp, depth + 1)
+    return "8"
+
+
+def _config_dict(fdp, depth=0):
+    types = sorted(mr.presets()) + sorted(mr.unsupported()) + ["llama4", "dbrx", "bert"]
+    config = {"model_type": types[fdp.ConsumeIntInRange(0, len(types) - 1)]}
+    for _ in range(fdp.ConsumeIntInRange(0, 12)):
+        field = CONFIG_FIELDS[fdp.ConsumeIntInRange(0, len(CONFIG_FIELDS) - 1)]
+        config[field] = _config_value(fdp, depth)
+    return config
+
+
+def _config_case(fdp):
+    """Any config dict: from_hf_config and moe_layers answer or raise TypeError/ValueError."""
+    if fdp.remaining_bytes() == 0:
+        return
+    config = _config_dict(fdp)
+    bias = np.zeros(fdp.ConsumeIntInRange(1, 40)) if fdp.ConsumeBool() else None
+    layer_idx = fdp.ConsumeIntInRange(-1, 8) if fdp.ConsumeBool() else None
+    try:
+        router = mr.Router.from_hf_config(config, e_score_correction_bias=bias, layer_idx=layer_idx)
+    except (TypeError, ValueError):
+        pass
+    else:
+        assert 1 <= router.top_k <= router.num_experts
+    try:
+        layers = mr.moe_layers(config)
+    except (TypeError, ValueError):
+        return
+    assert all(type(i) is int and i >= 0 for i in layers)
 
 
 def main():

@@ -1,0 +1,457 @@
+# The scoring rules beyond route_rows' softmax / sigmoid routers: included by
+# each `_core_<isa>.pyx` after _router_kernels.pxi, whose row operations
+# (_topk, _softmax_sum, the csrc declarations) it reuses.  One row at a time
+# (`_rules_row`), every row (`_rules_rows`, the OpenMP loop as _route_rows'),
+# and `route_rows_rules`, the entry point that Router / route_into call for a
+# variant with one of these rules:
+#
+#   softcap        z' = cap * tanh(z / cap) before anything else (Laguna)
+#   softmax + bias S = top-K(p + b), w = p[S] (ERNIE 4.5, LongCat-Flash)
+#   sqrtsoftplus   s = sqrt(softplus(z)), S = top-K(s [+ b]) (DeepSeek-V4)
+#   tid2eid        S = tid2eid[input_id] (DeepSeek-V4 hash layers)
+#   sparsemixer    PhiMoE's eval-mode top-2
+#   divisors       w /= ||w||_p (DBRX), w /= max(sum, moe_norm_min) (ERNIE)
+#
+# The contract is route_rows': a few C checks, -1 for anything else (the
+# Python layer then validates and raises), else the number of bad rows.
+
+cdef extern from "csrc/rules.hpp" nogil:
+    void mr_softcap_into[T](const T* z, Py_ssize_t n, T cap, T* out)
+    T mr_exp_into[T](const T* z, Py_ssize_t n, T m, T* e)
+    void mr_div_bias_into[T](const T* e, Py_ssize_t n, T total, const T* bias, T* p, T* key)
+    T mr_sqrtsoftplus_into[T](const T* z, Py_ssize_t n, T cap, const T* bias, T* s, T* key,
+                              T* lanes)
+    T mr_sigmoid_bias_into[T](const T* z, Py_ssize_t n, T cap, const T* bias, T* s, T* key,
+                              T* lanes)
+    void mr_topk_small[T](const T* z, Py_ssize_t n, int k, Py_ssize_t* idx)
+    T mr_exp_cap_into[T](const T* z, Py_ssize_t n, T cap, T m, T* e)
+    void mr_picked_sqrtsoftplus[T](const T* z, const Py_ssize_t* idx, int k, T* out)
+    T mr_sparsemixer_sum[T](const T* z, Py_ssize_t n, T m, T thr, Py_ssize_t skip)
+
+from libc.math cimport pow as c_pow
+
+# Scoring rules (the `score` argument of route_rows_rules).
+cdef enum:
+    SCORE_SOFTMAX = 0
+    SCORE_SIGMOID = 1
+    SCORE_SQRTSOFTPLUS = 2
+    SCORE_SPARSEMIXER = 3
+
+# Row statuses besides _router_kernels.pxi's.
+cdef enum:
+    ROW_POS_INF = 3      # sqrtsoftplus: a +inf score
+    ROW_ONE_EXPERT = 4   # sparsemixer: fewer than two experts above -inf
+
+SCORE_KINDS = {"softmax": SCORE_SOFTMAX, "sigmoid": SCORE_SIGMOID,
+               "sqrtsoftplus": SCORE_SQRTSOFTPLUS, "sparsemixer": SCORE_SPARSEMIXER}
+
+
+cdef struct RulesCtx:
+    Py_ssize_t n_rows
+    Py_ssize_t n
+    Py_ssize_t k
+    int score
+    bint norm
+    double cap          # > 0: soft-cap the logits
+    double p_norm       # 0: divide by the sum; > 0: by the p-norm (inf: the max)
+    double norm_min     # > 0: the divisor is at least this (on the probabilities)
+    double eps          # added to the sum (or p-norm) when renormalising
+    double scale        # routed_scaling_factor
+    double thr          # sparsemixer: 2 * router_jitter_noise
+    const void* bias    # selection bias in the logits' dtype, or NULL
+    const int64_t* table  # tid2eid [vocab, k], or NULL
+    const int64_t* tokens # input ids [n_rows] (with table)
+    void* scratch
+    Py_ssize_t scratch_per_thread
+    int num_threads
+
+
+cdef inline void _picked_block(const floating* z, const floating* s, const id_t* ids,
+                               Py_ssize_t kb, floating m, const RulesCtx* cx,
+                               floating* out) noexcept nogil:
+    # out[0..kb) (kb <= MR_BLOCK) = the unnormalised weights of the picked
+    # experts: s[id] where all scores were computed (s not NULL), else from
+    # the logits (soft-capped first, when the router caps): exp(z - m)
+    # (softmax, m the capped max; +inf logits share the mass), sigmoid(z),
+    # sqrt(softplus(z)).
+    cdef Py_ssize_t j
+    cdef Py_ssize_t idx[MR_BLOCK]
+    cdef floating zp[MR_BLOCK]
+    cdef const floating* src = z
+    if s != NULL:
+        for j in range(kb):
+            out[j] = s[ids[j]]
+        return
+    if cx.score == SCORE_SOFTMAX and m == INFINITY:  # (no cap: it leaves no inf)
+        for j in range(kb):
+            out[j] = 1 if z[ids[j]] == INFINITY else 0
+        return
+    if cx.cap > 0:
+        for j in range(kb):
+            zp[j] = z[ids[j]]
+            idx[j] = j
+        mr_softcap_into(<const floating*>zp, kb, <floating>cx.cap, zp)
+        src = zp
+    else:
+        for j in range(kb):
+            idx[j] = ids[j]
+    if cx.score == SCORE_SOFTMAX:
+        mr_picked_exp(src, idx, <int>kb, m, out)
+    elif cx.score == SCORE_SIGMOID:
+        mr_picked_sigmoid(src, idx, <int>kb, out)
+    else:
+        mr_picked_sqrtsoftplus(src, idx, <int>kb, out)
+
+
+cdef inline void _rules_topk(const floating* key, Py_ssize_t n, Py_ssize_t k,
+                             const floating* lanes, id_t* ids_out) noexcept nogil:
+    # The top-k of a NaN-free row: branch-free ranks for short rows, else
+    # _router_kernels.pxi's _topk (lanes: key's, from mr_max_lanes).
+    cdef Py_ssize_t idx[2 * MR_BLOCK + 1]
+    cdef Py_ssize_t j
+    if n <= 2 * MR_BLOCK:
+        mr_topk_small(key, n, <int>k, idx)
+        for j in range(k):
+            ids_out[j] = <id_t>idx[j]
+    else:
+        _topk(key, n, k, lanes, ids_out, 0, <floating*>NULL)
+
+
+cdef inline double _p_norm(const floating* e, Py_ssize_t k, double p) noexcept nogil:
+    # ||e[0..k)||_p in double, scaled by the largest |e| (no overflow or
+    # underflow for large p); p = inf: the largest.  e >= 0 here.
+    cdef double mx = 0, acc = 0
+    cdef Py_ssize_t j
+    for j in range(k):
+        if e[j] > mx:
+            mx = e[j]
+    if mx == 0 or p == INFINITY:
+        return mx
+    for j in range(k):
+        acc += c_pow(e[j] / mx, p)
+    return mx * c_pow(acc, 1.0 / p)
+
+
+cdef int _sparsemixer_row(const floating* zc, const floating* lanes, const RulesCtx* cx,
+                          floating m, id_t* ids_out, weight_t* w_out) noexcept nogil:
+    # PhiMoE's sparsemixer at inference: expert 1 is the arg max, its weight
+    # the softmax at it over the experts not masked by the relative
+    # threshold (m - z) / max(|z|, m) > 2 * jitter_eps; expert 2 the same
+    # over the others with expert 1 left out.  Ties: the smaller index.
+    cdef Py_ssize_t n = cx.n, j, i1, i2, n_inf = 0
+    cdef floating m2, thr = <floating>cx.thr, scale = <floating>cx.scale
+    cdef floating w1, w2
+    cdef id_t two[2]
+    _rules_topk(zc, n, 2, lanes, two)  # (value descending, index ascending)
+    i1 = two[0]
+    i2 = two[1]
+    m2 = zc[i2]
+    if m2 == -INFINITY:
+        return ROW_ONE_EXPERT
+    if m2 == INFINITY:  # (+inf logits share the mass, as the softmax routers')
+        for j in range(n):
+            n_inf += zc[j] == INFINITY
+    if m == INFINITY:
+        w1 = 1 / <floating>n_inf
+    else:
+        w1 = 1 / mr_sparsemixer_sum(zc, n, m, thr, -1)
+    if m2 == INFINITY:
+        w2 = 1 / <floating>(n_inf - 1)
+    else:
+        w2 = 1 / mr_sparsemixer_sum(zc, n, m2, thr, i1)
+    ids_out[0] = <id_t>i1
+    ids_out[1] = <id_t>i2
+    w_out[0] = <weight_t>(w1 * scale)
+    w_out[1] = <weight_t>(w2 * scale)
+    return ROW_OK
+
+
+cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
+                    const int64_t* table_row, id_t* ids_out, weight_t* w_out) noexcept nogil:
+    """Route one row under the rules of cx: ROW_OK, or why it cannot be routed.
+
+    scratch holds 3 * n + MR_BLOCK values: the capped logits (the
+    sparsemixer and the unnormalised softmax), the scores (when every
+    expert's is needed: a bias), the selection keys, then the picked
+    experts' scores.  table_row: the row's tid2eid entry, or NULL.  The
+    selection without a bias is on the raw logits: the cap and the scores
+    are increasing functions of them, and the logits keep apart values
+    whose capped scores round to the same number.
+    """
+    cdef floating lanes[MR_BLOCK]
+    cdef Py_ssize_t n = cx.n, k = cx.k, j
+    cdef floating* s = NULL
+    cdef floating* key = scratch + 2 * n
+    cdef floating m, mc, total, key_max
+    cdef floating cap = <floating>cx.cap
+    cdef int has_nan
+    cdef int score = cx.score
+    if cx.bias != NULL and (score == SCORE_SIGMOID or score == SCORE_SQRTSOFTPLUS):
+        # One pass: the scores, the keys, their lane maxima, and the NaN
+        # check (a NaN logit makes its key NaN, and the bias is finite).
+        s = scratch + n
+        if score == SCORE_SIGMOID:
+            key_max = mr_sigmoid_bias_into(z, n, cap, <const floating*>cx.bias, s, key, lanes)
+        else:
+            key_max = mr_sqrtsoftplus_into(z, n, cap, <const floating*>cx.bias, s, key, lanes)
+        if key_max != key_max:
+            return ROW_NAN
+        if key_max == INFINITY:  # (sqrtsoftplus of +inf; the sigmoid is <= 1)
+            return ROW_POS_INF
+        if table_row == NULL:
+            _rules_topk(key, n, k, lanes, ids_out)
+        return _rules_weights(z, cx, scratch, s, table_row, 0, 0, ids_out, w_out)
+    # The softmax routers (and the ones without a bias): the row max first.
+    m = mr_max_lanes(z, n, lanes, &has_nan)
+    if has_nan:
+        return ROW_NAN
+    mc = m  # the capped row max
+    if cap > 0:
+        mr_softcap_into(&m, 1, cap, &mc)
+    if (score == SCORE_SOFTMAX or score == SCORE_SPARSEMIXER) and mc == -INFINITY:
+        return ROW_ALL_NEG_INF
+    if score == SCORE_SQRTSOFTPLUS and mc == INFINITY:
+        return ROW_POS_INF
+    if score == SCORE_SPARSEMIXER:
+        if cap > 0:
+            mr_softcap_into(z, n, cap, scratch)
+            mr_max_lanes(scratch, n, lanes, &has_nan)
+            return _sparsemixer_row(scratch, lanes, cx, mc, ids_out, w_out)
+        return _sparsemixer_row(z, lanes, cx, m, ids_out, w_out)
+    if cx.bias != NULL:
+        # Every expert's score, then the selection on score + bias.
+        s = scratch + n
+        if score == SCORE_SOFTMAX:
+            if mc == INFINITY:
+                total = 0
+                for j in range(n):
+                    s[j] = 1 if z[j] == INFINITY else 0
+                    total += s[j]
+            elif cap > 0:
+                total = mr_exp_cap_into(z, n, cap, mc, s)
+            else:
+                total = mr_exp_into(z, n, m, s)
+            mr_div_bias_into(s, n, total, <const floating*>cx.bias, s, key)
+            total = 1  # s holds the probabilities now
+        if table_row == NULL:
+            mr_max_lanes(key, n, lanes, &has_nan)
+            _rules_topk(key, n, k, lanes, ids_out)
+    elif table_row == NULL:
+        _rules_topk(z, n, k, lanes, ids_out)
+    return _rules_weights(z, cx, scratch, s, table_row, m, mc, ids_out, w_out)
+
+
+cdef int _rules_weights(const floating* z, const RulesCtx* cx, floating* scratch,
+                        const floating* s, const int64_t* table_row, floating m, floating mc,
+                        id_t* ids_out, weight_t* w_out) noexcept nogil:
+    # The second half of _rules_row: the ids from the table (if any), the
+    # picked experts' weights.  s: every expert's score, or NULL; m, mc:
+    # the row's max, raw and capped (softmax only).
+    cdef Py_ssize_t n = cx.n, k = cx.k, j, kb
+    cdef floating* e = scratch + 2 * n  # the picked scores (after the selection)
+    cdef floating total = 1, divisor, scale = <floating>cx.scale
+    cdef floating cap = <floating>cx.cap
+    cdef double block_sums = 0
+    cdef int score = cx.score
+    if table_row != NULL:
+        for j in range(k):
+            ids_out[j] = <id_t>table_row[j]
+    # The picked experts' scores into e, block by block; their sum in
+    # double across blocks (one block: its mr_sum_k, as _route_row's).
+    j = 0
+    while j < k:
+        kb = min(MR_BLOCK, k - j)
+        _picked_block(z, s, ids_out + j, kb, mc, cx, e + j)
+        block_sums += mr_sum_k(e + j, <int>kb)
+        j += MR_BLOCK
+    if score == SCORE_SOFTMAX and s == NULL and (not cx.norm or cx.norm_min > 0):
+        # the full softmax sum (of the capped logits)
+        total = mr_exp_cap_into(z, n, cap, mc, scratch) if cap > 0 else _softmax_sum(z, n, m)
+    if not cx.norm:
+        divisor = total if score == SCORE_SOFTMAX else 1
+    elif cx.p_norm > 0:
+        divisor = <floating>(_p_norm(e, k, cx.p_norm) + cx.eps)
+    else:
+        divisor = <floating>block_sums + <floating>cx.eps
+        if cx.norm_min > 0 and divisor < <floating>cx.norm_min * total:
+            # ERNIE: the probabilities' sum clamped below at moe_norm_min
+            divisor = <floating>cx.norm_min * total
+    for j in range(k):
+        w_out[j] = <weight_t>((e[j] * scale) / divisor)
+    return ROW_OK
+
+
+cdef Py_ssize_t _rules_rows(const floating* logits, id_t* ids_out, weight_t* w_out,
+                            const RulesCtx* cx) noexcept nogil:
+    """Route every row; returns the number of rows that could not be routed."""
+    cdef Py_ssize_t r, n_bad = 0, n = cx.n, k = cx.k
+    cdef floating* scratch = <floating*>cx.scratch
+    cdef Py_ssize_t per_thread = cx.scratch_per_thread
+    cdef const int64_t* table = cx.table
+    if cx.num_threads > 1:
+        for r in prange(cx.n_rows, num_threads=cx.num_threads, schedule='static'):
+            n_bad += _rules_row(logits + r * n, cx, scratch + threadid() * per_thread,
+                                table + cx.tokens[r] * k if table != NULL else NULL,
+                                ids_out + r * k, w_out + r * k) != ROW_OK
+    else:
+        for r in range(cx.n_rows):
+            n_bad += _rules_row(logits + r * n, cx, scratch,
+                                table + cx.tokens[r] * k if table != NULL else NULL,
+                                ids_out + r * k, w_out + r * k) != ROW_OK
+    return n_bad
+
+
+cdef Py_ssize_t _rules_rows_w(const floating* logits, id_t* ids_out, void* w_out, bint w64,
+                              const RulesCtx* cx) noexcept nogil:
+    if w64:
+        return _rules_rows(logits, ids_out, <double*>w_out, cx)
+    return _rules_rows(logits, ids_out, <float*>w_out, cx)
+
+
+cdef Py_ssize_t _rules_rows_typed(const floating* logits, void* ids_out, bint ids64,
+                                  void* w_out, bint w64, const RulesCtx* cx) noexcept nogil:
+    if ids64:
+        return _rules_rows_w(logits, <int64_t*>ids_out, w_out, w64, cx)
+    return _rules_rows_w(logits, <int32_t*>ids_out, w_out, w64, cx)
+
+
+def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
+                     cnp.ndarray expert_ids, cnp.ndarray expert_weights,
+                     int num_threads, Py_ssize_t num_experts, int score,
+                     double softcap=0, double p_norm=0, double norm_min=0, double eps=0,
+                     double routed_scaling_factor=1.0, double jitter_eps=0,
+                     object bias=None, object tid2eid=None, object input_ids=None):
+    """Route logits [..., num_experts] under a scoring rule (see the top of
+    _rules_kernels.pxi) into flat output buffers.
+
+    Returns the number of rows that could not be routed, 0 when all were,
+    or -1 without writing anything when the call is not the plain case
+    (route_rows' conditions, and: score or the settings out of range, a
+    bias not a C-contiguous [num_experts] array of the logits' dtype,
+    tid2eid not a C-contiguous int64 [vocab, top_k] array, input_ids not a
+    C-contiguous int64 array of the logits' leading shape, an id out of [0, vocab) or
+    a table entry of a routed token out of [0, num_experts)).  The table
+    entries are checked for the routed tokens only, with the GIL held.
+    """
+    cdef cnp.ndarray arr, tab, tok
+    cdef int nd, lt, wt, it
+    cdef Py_ssize_t n, n_bad = 0, r, j, vocab = 0
+    cdef const int64_t* tp
+    cdef const int64_t* ip_tok
+    cdef int64_t t
+    cdef void* lp
+    cdef void* ip
+    cdef void* wp
+    cdef RulesCtx cx
+    if not cnp.PyArray_CheckExact(logits):
+        return -1
+    arr = <cnp.ndarray>logits
+    nd = cnp.PyArray_NDIM(arr)
+    if nd == 0:
+        return -1
+    n = cnp.PyArray_DIM(arr, nd - 1)
+    lt = cnp.PyArray_TYPE(arr)
+    wt = cnp.PyArray_TYPE(expert_weights)
+    it = cnp.PyArray_TYPE(expert_ids)
+    if (n == 0 or (num_experts > 0 and n != num_experts) or top_k < 1 or top_k > n
+            or score < SCORE_SOFTMAX or score > SCORE_SPARSEMIXER
+            or (score == SCORE_SPARSEMIXER and top_k != 2)
+            or not (softcap >= 0 and p_norm >= 0 and norm_min >= 0 and eps >= 0
+                    and jitter_eps >= 0 and routed_scaling_factor > 0)
+            or softcap == INFINITY or norm_min == INFINITY or eps == INFINITY
+            or jitter_eps == INFINITY or routed_scaling_factor == INFINITY
+            or (lt != cnp.NPY_FLOAT32 and lt != cnp.NPY_FLOAT64)
+            or (wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64)
+            or (it != cnp.NPY_INT32 and it != cnp.NPY_UINT32 and it != cnp.NPY_INT64)
+            or not cnp.PyArray_ISNOTSWAPPED(arr)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(expert_ids)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(expert_weights)
+            or not cnp.PyArray_ISWRITEABLE(expert_ids)
+            or not cnp.PyArray_ISWRITEABLE(expert_weights)
+            or not cnp.PyArray_ISNOTSWAPPED(expert_ids)
+            or not cnp.PyArray_ISNOTSWAPPED(expert_weights)):
+        return -1
+    if (it == cnp.NPY_INT32 and n > 2147483648) or (it == cnp.NPY_UINT32 and n > 4294967296):
+        return -1
+    cx.bias = NULL
+    if bias is not None:
+        if (not cnp.PyArray_CheckExact(bias) or cnp.PyArray_TYPE(<cnp.ndarray>bias) != lt
+                or cnp.PyArray_NDIM(<cnp.ndarray>bias) != 1 or cnp.PyArray_DIM(<cnp.ndarray>bias, 0) != n
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>bias)
+                or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>bias) or score == SCORE_SPARSEMIXER):
+            return -1
+        cx.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
+    cx.n_rows = cnp.PyArray_SIZE(arr) // n
+    if (cnp.PyArray_SIZE(expert_ids) < cx.n_rows * top_k
+            or cnp.PyArray_SIZE(expert_weights) < cx.n_rows * top_k
+            or _overlap(arr, expert_ids) or _overlap(arr, expert_weights)
+            or _overlap(expert_ids, expert_weights)):
+        return -1
+    cx.table = NULL
+    cx.tokens = NULL
+    if tid2eid is not None:
+        if (not cnp.PyArray_CheckExact(tid2eid) or not cnp.PyArray_CheckExact(input_ids)
+                or score == SCORE_SPARSEMIXER):
+            return -1
+        tab = <cnp.ndarray>tid2eid
+        tok = <cnp.ndarray>input_ids
+        if (cnp.PyArray_TYPE(tab) != cnp.NPY_INT64 or cnp.PyArray_NDIM(tab) != 2
+                or cnp.PyArray_DIM(tab, 1) != top_k or not cnp.PyArray_IS_C_CONTIGUOUS(tab)
+                or not cnp.PyArray_ISNOTSWAPPED(tab)
+                or cnp.PyArray_TYPE(tok) != cnp.NPY_INT64 or cnp.PyArray_SIZE(tok) != cx.n_rows
+                or not cnp.PyArray_IS_C_CONTIGUOUS(tok) or not cnp.PyArray_ISNOTSWAPPED(tok)
+                or _overlap(tok, expert_ids) or _overlap(tok, expert_weights)):
+            return -1
+        if cnp.PyArray_NDIM(tok) != nd - 1:
+            return -1
+        for j in range(nd - 1):  # one id per token, in the logits' leading shape
+            if cnp.PyArray_DIM(tok, j) != cnp.PyArray_DIM(arr, j):
+                return -1
+        vocab = cnp.PyArray_DIM(tab, 0)
+        tp = <const int64_t*>cnp.PyArray_DATA(tab)
+        ip_tok = <const int64_t*>cnp.PyArray_DATA(tok)
+        for r in range(cx.n_rows):  # what the rows will read, all in range
+            t = ip_tok[r]
+            if t < 0 or t >= vocab:
+                return -1
+            for j in range(top_k):
+                if tp[t * top_k + j] < 0 or tp[t * top_k + j] >= n:
+                    return -1
+        cx.table = tp
+        cx.tokens = ip_tok
+    elif input_ids is not None:
+        return -1
+    if cx.n_rows == 0:
+        return 0
+    if cx.n_rows < _parallel_min_rows:
+        num_threads = 1
+    elif num_threads <= 0:
+        num_threads = mr_openmp_max_threads()
+    cx.n = n
+    cx.k = top_k
+    cx.score = score
+    cx.norm = norm_topk_prob
+    cx.cap = softcap
+    cx.p_norm = p_norm
+    cx.norm_min = norm_min
+    cx.eps = eps
+    cx.scale = routed_scaling_factor
+    cx.thr = 2 * jitter_eps
+    cx.num_threads = num_threads
+    cx.scratch_per_thread = 3 * n + MR_BLOCK
+    cx.scratch = malloc(num_threads * cx.scratch_per_thread * cnp.PyArray_ITEMSIZE(arr))
+    if cx.scratch == NULL:
+        raise MemoryError()
+    lp = cnp.PyArray_DATA(arr)
+    ip = cnp.PyArray_DATA(expert_ids)
+    wp = cnp.PyArray_DATA(expert_weights)
+    with nogil:
+        if lt == cnp.NPY_FLOAT32:
+            n_bad = _rules_rows_typed(<const float*>lp, ip, it == cnp.NPY_INT64, wp,
+                                      wt == cnp.NPY_FLOAT64, &cx)
+        else:
+            n_bad = _rules_rows_typed(<const double*>lp, ip, it == cnp.NPY_INT64, wp,
+                                      wt == cnp.NPY_FLOAT64, &cx)
+    free(cx.scratch)
+    return n_bad

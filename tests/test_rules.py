@@ -1,0 +1,316 @@
+"""The scoring rules of route_rows_rules against the float64 NumPy reference.
+
+Softmax with a selection bias (ERNIE 4.5, LongCat-Flash), moe_norm_min,
+tanh soft-capping (Laguna), p-norm renormalisation (DBRX), sqrtsoftplus
+and tid2eid hash routing (DeepSeek-V4), sparsemixer (PhiMoE), and
+zero_expert_num (LongCat-Flash), on every compiled path and the reference
+behind the same API.  As in test_variants.py, a row whose ids differ from
+the reference's must be a near tie of its float64 selection keys, and its
+weights must still be the reference's weights of the ids the kernel chose.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import moe_router as mr
+from moe_router import reference as ref
+
+TIE_TOL = 1e-5
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+# name: (options given num_experts and rng, top_k rule, norm_topk_prob)
+RULES = {
+    "ernie_bias_norm_min": lambda n, rng: dict(
+        e_score_correction_bias=rng.normal(-0.1, 0.2, n), moe_norm_min=1e-12
+    ),
+    "longcat_bias_scaled": lambda n, rng: dict(
+        e_score_correction_bias=rng.normal(0, 0.1, n),
+        routed_scaling_factor=6.0,
+        zero_expert_num=n // 3,
+    ),
+    "laguna_cap_sigmoid_bias": lambda n, rng: dict(
+        scoring_func="sigmoid",
+        e_score_correction_bias=rng.normal(-0.5, 0.5, n),
+        moe_router_logit_softcapping=2.5,
+    ),
+    "softcap_softmax": lambda n, rng: dict(moe_router_logit_softcapping=1.5),
+    "softcap_sigmoid": lambda n, rng: dict(
+        scoring_func="sigmoid", moe_router_logit_softcapping=30.0
+    ),
+    "dbrx_p1": lambda n, rng: dict(moe_normalize_expert_weights=1.0),
+    "dbrx_p2": lambda n, rng: dict(moe_normalize_expert_weights=2.0),
+    "dbrx_p_half": lambda n, rng: dict(moe_normalize_expert_weights=0.5),
+    "dbrx_p_inf": lambda n, rng: dict(moe_normalize_expert_weights=float("inf")),
+    "norm_min_large": lambda n, rng: dict(moe_norm_min=0.9),
+    "v4_bias": lambda n, rng: dict(
+        scoring_func="sqrtsoftplus",
+        e_score_correction_bias=rng.normal(0, 0.3, n),
+        routed_scaling_factor=1.5,
+    ),
+    "sqrtsoftplus": lambda n, rng: dict(scoring_func="sqrtsoftplus"),
+    "sqrtsoftplus_capped_bias": lambda n, rng: dict(
+        scoring_func="sqrtsoftplus",
+        e_score_correction_bias=rng.normal(0, 0.3, n),
+        moe_router_logit_softcapping=4.0,
+    ),
+}
+# rules that hold with norm_topk_prob=False too
+UNNORMALISED_OK = {
+    "longcat_bias_scaled",
+    "softcap_softmax",
+    "softcap_sigmoid",
+    "sqrtsoftplus",
+    "v4_bias",
+    "sqrtsoftplus_capped_bias",
+}
+
+
+def _capped(flat, opts):
+    cap = opts.get("moe_router_logit_softcapping")
+    return cap * np.tanh(flat / cap) if cap else flat
+
+
+def _keys(z, opts):
+    """The float64 selection keys of each row (the order the router picks in)."""
+    flat = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
+    bias = opts.get("e_score_correction_bias")
+    if bias is None:
+        return flat
+    c = _capped(flat, opts)
+    sf = opts.get("scoring_func", "softmax")
+    score = {"softmax": ref.softmax, "sigmoid": ref.sigmoid, "sqrtsoftplus": ref.sqrtsoftplus}[sf]
+    return score(c).reshape(flat.shape) + np.asarray(bias, np.float64)
+
+
+def _near_tie(keys, top_k):
+    v = np.sort(keys)[::-1][: top_k + 1]
+    v = v[np.isfinite(v)]
+    return len(v) > 1 and np.min(np.abs(np.diff(v))) < TIE_TOL * max(1.0, np.max(np.abs(v)))
+
+
+def assert_like_reference(z, out, top_k, norm, opts):
+    ids = out.expert_ids.reshape(-1, top_k).astype(np.int64)
+    w = out.expert_weights.reshape(-1, top_k).astype(np.float64)
+    oid, ow = ref.route_reference(z, top_k, norm, **opts)
+    oid, ow = oid.reshape(-1, top_k), ow.reshape(-1, top_k)
+    scale = opts.get("routed_scaling_factor", 1.0)
+    atol = 2e-6 * max(1.0, scale) * (4 if z.dtype == np.float32 else 1)
+    assert np.isfinite(w).all() and (w >= 0).all()
+    same = (ids == oid).all(axis=1)
+    np.testing.assert_allclose(w[same], ow[same], rtol=2e-6, atol=atol)
+    if (~same).any():
+        keys = _keys(z, opts)
+        for r in np.flatnonzero(~same):
+            assert _near_tie(keys[r], top_k), f"row {r}: {ids[r]} != {oid[r]} without a near tie"
+        # the weights of the ids the kernel chose: the reference with a
+        # table that holds exactly those ids (one token id per row)
+        rows = np.flatnonzero(~same)
+        tw = ref.route_reference(
+            z.reshape(-1, z.shape[-1])[rows],
+            top_k,
+            norm,
+            **{**opts, "e_score_correction_bias": None},
+            tid2eid=ids[rows],
+            input_ids=np.arange(len(rows)),
+        )[1]
+        np.testing.assert_allclose(w[rows], tw, rtol=2e-6, atol=atol)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+@given(data=st.data())
+@SETTINGS
+def test_rules_match_reference(any_path, rule, data):
+    n = data.draw(st.integers(1, 80), label="num_experts")
+    top_k = data.draw(st.integers(1, min(n, 20)), label="top_k")
+    batch = data.draw(st.integers(0, 6), label="batch")
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
+    norm = data.draw(st.booleans(), label="norm") if rule in UNNORMALISED_OK else True
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    scale = data.draw(st.sampled_from([0.5, 3.0, 12.0]), label="logit scale")
+    rng = np.random.default_rng(seed)
+    opts = RULES[rule](n, rng)
+    if "zero_expert_num" in opts and opts["zero_expert_num"] >= n:
+        opts["zero_expert_num"] = 0
+    z = (rng.standard_normal((batch, n)) * scale).astype(dtype)
+    if data.draw(st.booleans(), label="ties"):
+        z = np.round(z)  # many equal logits: ties resolve to the smaller index
+    router = mr.Router(n, top_k, norm, **opts)
+    assert_like_reference(z, router(z), top_k, norm, opts)
+    out = mr.route(z, top_k, norm, **opts)
+    assert_like_reference(z, out, top_k, norm, opts)
+
+
+@given(data=st.data())
+@SETTINGS
+def test_sparsemixer_matches_reference(any_path, data):
+    n = data.draw(st.integers(2, 70), label="num_experts")
+    batch = data.draw(st.integers(0, 6), label="batch")
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
+    eps = data.draw(st.sampled_from([0.0, 0.01, 0.1, 0.5, 2.0]), label="router_jitter_noise")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    z = (rng.standard_normal((batch, n)) * data.draw(st.sampled_from([0.3, 3.0]))).astype(dtype)
+    if data.draw(st.booleans(), label="ties"):
+        z = np.round(z)
+    opts = dict(scoring_func="sparsemixer", router_jitter_noise=eps)
+    out = mr.Router(n, 2, False, **opts)(z)
+    ids = out.expert_ids.astype(np.int64)
+    oid, ow = ref.route_reference(z, 2, False, **opts)
+    # the two arg maxes are exact (no arithmetic); the masks compare a
+    # ratio to 2 * eps, which float32 may decide the other way within a
+    # few ulps of the threshold
+    np.testing.assert_array_equal(ids, oid)
+    zz = np.asarray(z, np.float64)
+    w = out.expert_weights.astype(np.float64)
+    for r in range(batch):
+        for j, skip in ((0, None), (1, oid[r, 0])):
+            m = zz[r, oid[r, j]]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = (m - zz[r]) / np.maximum(np.abs(zz[r]), m)
+            near = np.abs(ratio - 2 * eps) < 1e-5 * max(1.0, 2 * eps)
+            if skip is not None:
+                near[skip] = False
+            if not near.any():
+                np.testing.assert_allclose(w[r, j], ow[r, j], rtol=2e-6, atol=1e-7)
+    assert ((w > 0) & (w <= 1 + 1e-6)).all()
+
+
+def test_sparsemixer_by_hand():
+    # z = [2, 1.99, 0, -5], eps = 0.01 (mask where (m - z) / max(|z|, m) > 0.02)
+    z = np.array([[2.0, 1.99, 0.0, -5.0]])
+    out = mr.Router(4, 2, False, scoring_func="sparsemixer")(z)
+    # expert 1 = 0; unmasked: z0 (ratio 0) and z1 (0.01 / 2 = 0.005)
+    w1 = 1 / (1 + np.exp(1.99 - 2.0))
+    # expert 2 = 1, m2 = 1.99; unmasked besides expert 0 (removed): z1 only
+    # (z2: 1.99 / 1.99 = 1; z3: 6.99 / 5 > 0.02)
+    np.testing.assert_array_equal(out.expert_ids, [[0, 1]])
+    np.testing.assert_allclose(out.expert_weights, [[w1, 1.0]], rtol=1e-6)
+
+
+def test_hash_routing_ids_come_from_the_table(any_path):
+    rng = np.random.default_rng(3)
+    n, k, vocab = 24, 4, 50
+    table = rng.integers(0, n, (vocab, k))
+    table[7] = [5, 5, 0, 23]  # repeats are routed as given
+    z = rng.standard_normal((3, 5, n)).astype(np.float32)
+    tokens = rng.integers(0, vocab, (3, 5))
+    tokens[0, 0] = 7
+    router = mr.Router(n, k, scoring_func="sqrtsoftplus", tid2eid=table, routed_scaling_factor=1.5)
+    out = router(z, input_ids=tokens)
+    np.testing.assert_array_equal(out.expert_ids, table[tokens])
+    s = ref.sqrtsoftplus(z.astype(np.float64))
+    w = np.take_along_axis(s, table[tokens], axis=-1)
+    w = w / (w.sum(-1, keepdims=True) + 1e-20) * 1.5
+    np.testing.assert_allclose(out.expert_weights, w, rtol=3e-6)
+    # the same through route / route_into (the validating path), other dtypes
+    out2 = mr.route(
+        z.astype(np.float64),
+        k,
+        scoring_func="sqrtsoftplus",
+        tid2eid=table,
+        routed_scaling_factor=1.5,
+        input_ids=tokens.astype(np.int32).tolist(),
+        ids_dtype=np.int64,
+        weights_dtype=np.float64,
+    )
+    np.testing.assert_array_equal(out2.expert_ids, table[tokens])
+    np.testing.assert_allclose(out2.expert_weights, w, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "opts, norm",
+    [
+        (dict(e_score_correction_bias=np.linspace(-1, 1, 300), moe_norm_min=1e-12), True),
+        (dict(scoring_func="sqrtsoftplus", e_score_correction_bias=np.zeros(300)), True),
+        (dict(scoring_func="sigmoid", moe_router_logit_softcapping=3.0), True),
+        (dict(moe_normalize_expert_weights=2.0), True),
+        (dict(scoring_func="sparsemixer"), False),
+    ],
+)
+def test_thread_counts_give_the_same_bits(kernel_path, opts, norm):
+    rng = np.random.default_rng(11)
+    z = rng.standard_normal((301, 300)).astype(np.float32)
+    k = 2 if opts.get("scoring_func") == "sparsemixer" else 7
+    one = mr.route(z, k, norm, num_threads=1, **opts)
+    two = mr.route(z, k, norm, num_threads=2, **opts)
+    np.testing.assert_array_equal(one.expert_ids, two.expert_ids)
+    assert one.expert_weights.tobytes() == two.expert_weights.tobytes()
+    # a row routes the same alone as in a batch
+    single = mr.route(z[150:151], k, norm, **opts)
+    assert single.expert_weights.tobytes() == one.expert_weights[150:151].tobytes()
+
+
+def test_identity_expert_start():
+    r = mr.Router(768, 12, False, e_score_correction_bias=np.zeros(768), zero_expert_num=256)
+    assert r.identity_expert_start == 512 and r.zero_expert_num == 256
+    assert mr.Router(16, 2).identity_expert_start is None
+    # zero experts are ranked like any other: only the boundary is named
+    z = np.full((1, 16), -3.0, np.float32)
+    z[0, 14] = 5.0
+    out = mr.Router(16, 1, zero_expert_num=4)(z)
+    assert out.expert_ids[0, 0] == 14 >= mr.Router(16, 1, zero_expert_num=4).identity_expert_start
+
+
+@pytest.mark.parametrize(
+    "values, opts, ok",
+    [
+        ([np.inf, 1.0, -np.inf, 0.0], dict(scoring_func="sqrtsoftplus"), False),  # +inf score
+        ([np.inf, 1.0, -np.inf, 0.0], dict(moe_router_logit_softcapping=5.0), True),  # capped
+        ([-np.inf] * 4, dict(moe_router_logit_softcapping=5.0), True),  # capped to -5: uniform
+        ([-np.inf] * 4, dict(e_score_correction_bias=np.zeros(4)), False),  # no softmax
+        ([-np.inf] * 4, dict(scoring_func="sqrtsoftplus"), True),  # scores 0, weights 0
+        ([np.inf, np.inf, 0.0, 1.0], dict(e_score_correction_bias=[0, 0, 0, 1.0]), True),
+        ([3.0, -np.inf, -np.inf, -np.inf], dict(scoring_func="sparsemixer"), False),
+        ([np.inf, np.inf, 0.0, 1.0], dict(scoring_func="sparsemixer"), True),
+    ],
+)
+def test_infinities(any_path, values, opts, ok):
+    z = np.array([[0.5, -0.25, 1.0, 2.0], values], np.float32)
+    norm = opts.get("scoring_func") != "sparsemixer"
+    k = 2
+    if not ok:
+        with pytest.raises(ValueError, match="logits row 1"):
+            mr.route(z, k, norm, **opts)
+        return
+    out = mr.route(z, k, norm, **opts)
+    assert np.isfinite(out.expert_weights).all()
+    oid, ow = ref.route_reference(z, k, norm, **opts)
+    np.testing.assert_array_equal(out.expert_ids, oid)
+    np.testing.assert_allclose(out.expert_weights, ow, rtol=1e-6, atol=1e-7)
+
+
+def test_nan_rows_are_named(any_path):
+    z = np.zeros((3, 8), np.float32)
+    z[2, 5] = np.nan
+    for opts in (
+        dict(scoring_func="sqrtsoftplus", e_score_correction_bias=np.zeros(8)),
+        dict(scoring_func="sigmoid", e_score_correction_bias=np.zeros(8)),
+        dict(e_score_correction_bias=np.zeros(8)),
+        dict(moe_router_logit_softcapping=2.0),
+        dict(moe_normalize_expert_weights=2.0),
+    ):
+        with pytest.raises(ValueError, match="row 2 contains NaN"):
+            mr.Router(8, 2, **opts)(z)
+    with pytest.raises(ValueError, match="row 2 contains NaN"):
+        mr.Router(8, 2, False, scoring_func="sparsemixer")(z)
+
+
+def test_extreme_logits_stay_finite(any_path):
+    z = np.array(
+        [[3e38, -3e38] * 8, [1e-45, -1e-45] * 8, [88.0, -88.0] * 8, [1e30] * 16], np.float32
+    )
+    for opts in (
+        dict(scoring_func="sqrtsoftplus", e_score_correction_bias=np.full(16, -0.5)),
+        dict(e_score_correction_bias=np.full(16, 0.1), moe_norm_min=1e-12),
+        dict(scoring_func="sigmoid", moe_router_logit_softcapping=30.0),
+        dict(moe_normalize_expert_weights=3.0),
+    ):
+        out = mr.route(z, 4, **opts)
+        assert np.isfinite(out.expert_weights).all() and (out.expert_weights >= 0).all()
+        oid, ow = ref.route_reference(z, 4, **opts)
+        np.testing.assert_allclose(out.expert_weights, ow, rtol=2e-6, atol=1e-7)
