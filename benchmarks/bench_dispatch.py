@@ -145,7 +145,7 @@ def bench_combine(rounds, torch, Ts=(1, 32, 256, 4096)):
                 return weighted[inv].view(T, K, H).sum(dim=1).to(tdt)
 
             c = {
-                "moe_router combine": lambda: mr.combine(expert_out, p, w, out),
+                "moe_router combine": lambda: mr.combine(expert_out, p, w, out, num_threads=1),
                 "index_add_ (eager)": index_add,
                 "grouped_mm recombination": grouped_mm_recombine,
             }
