@@ -326,6 +326,8 @@ def plan_into(
     """
     if type(plan) is not DispatchPlan:
         raise TypeError(f"plan must be a DispatchPlan, got {type(plan).__name__}")
+    if type(expert_ids) is RouterOutput:
+        expert_ids = expert_ids.expert_ids
     if (
         block_size is None
         and capacity is None
