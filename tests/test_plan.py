@@ -438,3 +438,22 @@ def test_streaming_copies_give_the_same_rows(kernel_path, dtype, rng):
             same_bits(mr.permute(hidden, p, out), want)
     finally:
         kernel.set_dispatch_stream_min_bytes(old)
+
+
+def test_router_identity_experts_feed_the_plan(kernel_path, rng):
+    # LongCat-Flash style: the Router's identity_expert_start is the plan's;
+    # identity slots take no rows and add w * hidden[t] (a float64 loop here).
+    router = mr.Router(24, 4, zero_expert_num=8)
+    assert router.identity_expert_start == 16
+    out = router(rng.standard_normal((50, 24)).astype(np.float32))
+    p = mr.plan(out, 24, identity_expert_start=router.identity_expert_start)
+    ids = out.expert_ids
+    assert p.num_identity_slots == int((ids >= 16).sum())
+    assert p.num_rows == int((ids < 16).sum())
+    hidden = rng.standard_normal((50, 12)).astype(np.float32)
+    y = mr.combine(mr.permute(hidden, p), p, out, hidden_states=hidden)
+    want = np.zeros((50, 12))
+    w = out.expert_weights.astype(np.float64)
+    for t, k in np.ndindex(ids.shape):
+        want[t] += w[t, k] * hidden[t]  # routed experts are the identity here too
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
