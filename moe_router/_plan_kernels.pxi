@@ -25,10 +25,11 @@ cdef extern from "csrc/plan.hpp" nogil:
 
 # permute / combine split across threads only when they move at least this
 # many bytes of rows (permute: its output; combine: the expert rows it reads).
-# Measured on a host shared by other jobs (bench_dispatch.py --only threads):
-# 2 threads were slower up to 8 MiB and even at 16 MiB; at hidden 2048
-# float32 top-8 this threshold is T = 256.
-DISPATCH_PARALLEL_MIN_BYTES = 16 << 20
+# bench_dispatch.py --only threads, hidden 2048 float32 top-8, 2 threads vs 1
+# on a quiet moment of the shared host: T=16 (1 MiB) permute 1.64x, combine
+# 1.76x; T=64 1.84x, 1.99x (on a busy host any split suffers from a
+# descheduled thread).
+DISPATCH_PARALLEL_MIN_BYTES = 1 << 20
 
 cdef Py_ssize_t _dispatch_parallel_min_bytes = DISPATCH_PARALLEL_MIN_BYTES
 
