@@ -46,6 +46,12 @@ def _threads_arg(num_threads):
 # --- arrays in, arrays out (NumPy, ml_dtypes bfloat16, torch) ---------------
 
 
+_DTYPE_NAMES = {
+    np.dtype(t): np.dtype(t).name
+    for t in (np.float32, np.float64, np.float16, np.int32, np.uint32, np.int64)
+}
+
+
 def _asarray(obj, name, writeable=False):
     """(ndarray, dtype name, was a torch tensor): a zero-copy view where possible.
 
@@ -53,6 +59,13 @@ def _asarray(obj, name, writeable=False):
     "bfloat16" (torch tensors, DLPack, and ml_dtypes arrays, recognised by
     dtype name without importing ml_dtypes).
     """
+    if _tensors.is_torch(obj) and not obj.requires_grad:
+        try:  # CPU tensors of a NumPy dtype: .numpy() is the cheapest view
+            arr = obj.numpy()
+        except (TypeError, RuntimeError):
+            pass  # bfloat16, another device ...: _tensors explains or converts
+        else:
+            return arr, _DTYPE_NAMES.get(arr.dtype) or arr.dtype.name, True
     arr, dtype_name, is_torch = _tensors.asarray(obj, name, writeable)
     if dtype_name == "bfloat16" and arr.dtype.kind != "u":
         arr = arr.view(np.uint16)

@@ -457,3 +457,17 @@ def test_router_identity_experts_feed_the_plan(kernel_path, rng):
     for t, k in np.ndindex(ids.shape):
         want[t] += w[t, k] * hidden[t]  # routed experts are the identity here too
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_inputs_that_cannot_be_read_are_explained(kernel_path):
+    torch = pytest.importorskip("torch")
+    p = mr.plan(np.array([[0, 1]], np.int32), 2)
+    hidden = torch.randn(1, 4, requires_grad=True)
+    with pytest.raises(TypeError, match="hidden_states requires grad"):
+        mr.permute(hidden, p)
+    x = mr.permute(hidden.detach(), p)
+    out = torch.empty(1, 8)[:, ::2]  # not contiguous
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        mr.combine(x, p, torch.ones(1, 2), out)
+    y = mr.combine(x, p, torch.ones(1, 2))
+    assert torch.equal(y, 2 * hidden.detach())
