@@ -52,6 +52,21 @@ _DTYPE_NAMES = {
 }
 
 
+_TORCH_NUMPY_DTYPES = None
+
+
+def _torch_numpy_dtypes():
+    """The torch dtypes .numpy() views (torch is imported: a tensor was seen)."""
+    global _TORCH_NUMPY_DTYPES
+    if _TORCH_NUMPY_DTYPES is None:
+        import torch
+
+        _TORCH_NUMPY_DTYPES = frozenset(
+            (torch.float32, torch.float64, torch.float16, torch.int32, torch.int64)
+        )
+    return _TORCH_NUMPY_DTYPES
+
+
 def _asarray(obj, name, writeable=False):
     """(ndarray, dtype name, was a torch tensor): a zero-copy view where possible.
 
@@ -59,11 +74,11 @@ def _asarray(obj, name, writeable=False):
     "bfloat16" (torch tensors, DLPack, and ml_dtypes arrays, recognised by
     dtype name without importing ml_dtypes).
     """
-    if _tensors.is_torch(obj) and not obj.requires_grad:
+    if _tensors.is_torch(obj) and not obj.requires_grad and obj.dtype in _torch_numpy_dtypes():
         try:  # CPU tensors of a NumPy dtype: .numpy() is the cheapest view
             arr = obj.numpy()
         except (TypeError, RuntimeError):
-            pass  # bfloat16, another device ...: _tensors explains or converts
+            pass  # another device ...: _tensors explains
         else:
             return arr, _DTYPE_NAMES.get(arr.dtype) or arr.dtype.name, True
     arr, dtype_name, is_torch = _tensors.asarray(obj, name, writeable)
