@@ -87,6 +87,7 @@ def plan_rows(
     capacity: int,
     block_size: int,
     bufs: tuple[npt.NDArray[np.int64], ...],
+    num_threads: int = 1,
 ) -> int: ...
 def permute_rows(
     hidden: object,
@@ -116,5 +117,7 @@ def combine_rows(
 ) -> int: ...
 
 DISPATCH_STREAM_MIN_BYTES: int
+PLAN_PARALLEL_MIN_SLOTS: int
 
+def set_plan_parallel_min_slots(n_slots: int) -> int: ...
 def set_dispatch_stream_min_bytes(n_bytes: int) -> int: ...

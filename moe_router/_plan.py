@@ -122,9 +122,10 @@ class DispatchPlan:
         self = cls.__new__(cls)
         z = np.zeros
         # counts, offsets, cursor, sorted_token_ids, sorted_slot_ids, slot_of,
-        # active, block_experts, stats: the kernel's buffers.
+        # active, block_experts, stats, share counts (threads x experts): the
+        # kernel's buffers.
         self._bufs = (z(0, _I64), z(1, _I64), z(0, _I64), z(0, _I64), z(0, _I64), z(0, _I64),
-                      z(0, _I64), z(0, _I64), z(_N_STATS, _I64))  # fmt: skip
+                      z(0, _I64), z(0, _I64), z(_N_STATS, _I64), z(0, _I64))  # fmt: skip
         self._clear()
         return self
 
@@ -137,7 +138,9 @@ class DispatchPlan:
         self._views = None
 
     def _reserve(self, n_slots, n_local, rows_max, blocks_max):
-        counts, offsets, cursor, tok, slot, slot_of, active, blocks, stats = self._bufs
+        counts, offsets, cursor, tok, slot, slot_of, active, blocks, stats, shares = self._bufs
+        if shares.size < _dispatch.default_threads * n_local:
+            shares = np.zeros(_dispatch.default_threads * n_local, _I64)
         if counts.size < n_local:
             counts, cursor, active = (np.zeros(n_local, _I64) for _ in range(3))
             offsets = np.zeros(n_local + 1, _I64)
@@ -149,7 +152,7 @@ class DispatchPlan:
             slot_of = np.zeros(max(n_slots, 2 * slot_of.size), _I64)
         if blocks.size < blocks_max:
             blocks = np.zeros(max(blocks_max, 2 * blocks.size), _I64)
-        self._bufs = (counts, offsets, cursor, tok, slot, slot_of, active, blocks, stats)
+        self._bufs = (counts, offsets, cursor, tok, slot, slot_of, active, blocks, stats, shares)
 
     def _view(self, name):
         views = self._views
@@ -162,7 +165,7 @@ class DispatchPlan:
         return v
 
     def _make_view(self, name):
-        counts, offsets, _, tok, slot, slot_of, active, blocks, stats = self._bufs
+        counts, offsets, _, tok, slot, slot_of, active, blocks, stats, _ = self._bufs
         L = self._opts[2]
         if name == "tokens_per_expert":
             v = counts[:L]
@@ -297,7 +300,10 @@ def _raise_bad_id(ids, orig, rc, num_experts):
     )
 
 
-def _plan_checked(expert_ids, num_experts, p, block_size, capacity, expert_map, identity_start):
+def _plan_checked(
+    expert_ids, num_experts, p, block_size, capacity, expert_map, identity_start, num_threads=None
+):
+    threads = _threads_arg(num_threads)
     ids, orig = _as_ids(expert_ids)
     num_experts = check_int(num_experts, "num_experts", low=1)
     S = (
@@ -321,7 +327,9 @@ def _plan_checked(expert_ids, num_experts, p, block_size, capacity, expert_map, 
     rows_max = n + min(L, n) * (B - 1)
     p._reserve(n, L, rows_max, rows_max // B if block_size is not None else 0)
     # A negative block size asks the kernel for block_expert_ids too.
-    rc = _kernel().plan_rows(ids, num_experts, S, m, L, C, B if block_size is None else -B, p._bufs)
+    rc = _kernel().plan_rows(
+        ids, num_experts, S, m, L, C, B if block_size is None else -B, p._bufs, threads
+    )
     if rc != -1:
         p._clear()
         if rc >= 0:
@@ -346,6 +354,7 @@ def plan_into(
     capacity: int | None = None,
     expert_map: npt.ArrayLike | None = None,
     identity_expert_start: int | None = None,
+    num_threads: int | None = None,
 ) -> DispatchPlan:
     """Build the dispatch plan of `expert_ids` into `plan`, reusing its memory; returns `plan`.
 
@@ -362,11 +371,20 @@ def plan_into(
         and expert_map is None
         and identity_expert_start is None
         and type(num_experts) is int
+        and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
     ):
         # The plain case in a few C checks; anything else takes the validating path.
         if (
             _kernel().plan_rows(
-                expert_ids, num_experts, num_experts, None, num_experts, -1, 1, plan._bufs
+                expert_ids,
+                num_experts,
+                num_experts,
+                None,
+                num_experts,
+                -1,
+                1,
+                plan._bufs,
+                num_threads or 0,
             )
             == -1
         ):
@@ -375,7 +393,14 @@ def plan_into(
             plan._views = None
             return plan
     return _plan_checked(
-        expert_ids, num_experts, plan, block_size, capacity, expert_map, identity_expert_start
+        expert_ids,
+        num_experts,
+        plan,
+        block_size,
+        capacity,
+        expert_map,
+        identity_expert_start,
+        num_threads,
     )
 
 
@@ -387,6 +412,7 @@ def plan(
     capacity: int | None = None,
     expert_map: npt.ArrayLike | None = None,
     identity_expert_start: int | None = None,
+    num_threads: int | None = None,
 ) -> DispatchPlan:
     """The dispatch plan of a routing: its slots sorted by expert (allocates a new plan).
 
@@ -404,6 +430,8 @@ def plan(
         local expert.
     identity_expert_start: ids >= this are identity experts (LongCat-Flash's
         zero-computation experts): they take no rows; combine adds w * hidden[t].
+    num_threads: threads for a plain plan of at least PLAN_PARALLEL_MIN_SLOTS
+        slots (default: all OpenMP threads); the plan is the same for any.
     """
     return _plan_checked(
         expert_ids,
@@ -413,6 +441,7 @@ def plan(
         capacity,
         expert_map,
         identity_expert_start,
+        num_threads,
     )
 
 

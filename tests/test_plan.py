@@ -471,3 +471,28 @@ def test_torch_inputs_that_cannot_be_read_are_explained(kernel_path):
         mr.combine(x, p, torch.ones(1, 2), out)
     y = mr.combine(x, p, torch.ones(1, 2))
     assert torch.equal(y, 2 * hidden.detach())
+
+
+@pytest.mark.parametrize("threads", [2, 3, 64])
+def test_plan_on_threads_is_the_serial_plan(kernel_path, threads, rng):
+    kernel = _dispatch.kernel
+    old = kernel.set_plan_parallel_min_slots(1)
+    try:
+        for T, K, E, dtype in [(1, 1, 1, np.int32), (5, 2, 3, np.uint32), (300, 8, 64, np.int64),
+                               (2049, 6, 160, np.int32)]:  # fmt: skip
+            ids = random_ids(rng, T, K, E, dtype, distinct=False)
+            for block in (None, 16):
+                want = numpy_plan(ids, E, block)
+                assert_plan_equal(mr.plan(ids, E, block_size=block, num_threads=threads), want)
+                p = mr.DispatchPlan.empty()
+                got = mr.plan_into(ids, E, p, block_size=block, num_threads=threads)
+                assert_plan_equal(got, want)
+            # The first bad id is the serial plan's first, whatever share holds it.
+            bad = ids.astype(np.int64)
+            bad[T // 2 :, -1] = E
+            bad[T - 1, 0] = -1
+            t, k = (T // 2, K - 1) if K > 1 or T // 2 < T - 1 else (T - 1, 0)
+            with pytest.raises(ValueError, match=f"token {t}, k={k} has id"):
+                mr.plan(bad, E, num_threads=threads)
+    finally:
+        kernel.set_plan_parallel_min_slots(old)

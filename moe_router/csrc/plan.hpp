@@ -400,6 +400,102 @@ static int64_t mr_plan_ids(int id_kind, const void *ids, int64_t T, int64_t K, i
 #undef MR_PLAN_ARGS
 }
 
+
+/* The plain plan (no expert_map, identity experts or capacity) in shares
+ * of tokens, for threads: each share counts its own slots per expert
+ * (mr_plan_count), one serial step turns the per-share counts into each
+ * share's start row per expert (mr_plan_starts: expert-major, share-minor,
+ * so share j's slots of an expert follow share j-1's: the serial order),
+ * and each share scatters its slots from there (mr_plan_scatter).  The
+ * result is the serial plan, bit for bit. */
+template <class I>
+static int64_t mr_plan_count_t(const I *ids, int64_t t0, int64_t t1, int64_t K, int64_t E, int64_t L,
+                               int64_t *share_counts, int64_t *slot_of)
+{
+    for (int64_t e = 0; e < L; e++)
+        share_counts[e] = 0;
+    for (int64_t i = t0 * K; i < t1 * K; i++) {
+        int64_t v = (int64_t)ids[i];
+        if ((uint64_t)v >= (uint64_t)E)
+            return i;
+        slot_of[i] = v;
+        share_counts[v]++;
+    }
+    return -1;
+}
+
+static int64_t mr_plan_count(int id_kind, const void *ids, int64_t t0, int64_t t1, int64_t K, int64_t E,
+                             int64_t L, int64_t *share_counts, int64_t *slot_of)
+{
+    if (id_kind == 0)
+        return mr_plan_count_t((const int32_t *)ids, t0, t1, K, E, L, share_counts, slot_of);
+    if (id_kind == 1)
+        return mr_plan_count_t((const uint32_t *)ids, t0, t1, K, E, L, share_counts, slot_of);
+    return mr_plan_count_t((const int64_t *)ids, t0, t1, K, E, L, share_counts, slot_of);
+}
+
+/* shares x L counts -> start rows (in place); the totals, offsets (padded
+ * to B), active experts, block experts and stats as mr_plan writes them. */
+static void mr_plan_starts(int64_t shares, int64_t T, int64_t K, int64_t L, int64_t B, int64_t *share_counts,
+                           int64_t *counts, int64_t *offsets, int64_t *active, int64_t *block_experts,
+                           int64_t *stats)
+{
+    int64_t rows = 0, n_active = 0, n_blocks = 0;
+    for (int64_t e = 0; e < L; e++) {
+        offsets[e] = rows;
+        int64_t c = 0;
+        for (int64_t j = 0; j < shares; j++) {
+            int64_t cj = share_counts[j * L + e];
+            share_counts[j * L + e] = rows + c;
+            c += cj;
+        }
+        counts[e] = c;
+        if (c > 0)
+            active[n_active++] = e;
+        int64_t padded = B == 1 ? c : (c + B - 1) / B * B;
+        if (block_experts != nullptr) {
+            for (int64_t b = 0; b < padded / B; b++)
+                block_experts[n_blocks + b] = e;
+        }
+        n_blocks += padded / B;
+        rows += padded;
+    }
+    offsets[L] = rows;
+    stats[MR_ST_ROWS] = rows;
+    stats[MR_ST_ACTIVE] = n_active;
+    stats[MR_ST_DROPPED] = 0;
+    stats[MR_ST_IDENTITY] = 0;
+    stats[MR_ST_REMOTE] = 0;
+    stats[MR_ST_BLOCKS] = n_blocks;
+}
+
+static void mr_plan_scatter(int64_t t0, int64_t t1, int64_t K, int64_t *cursor, int64_t *tok, int64_t *slot,
+                            int64_t *slot_of)
+{
+    for (int64_t t = t0; t < t1; t++) {
+        for (int64_t k = 0; k < K; k++) {
+            int64_t i = t * K + k, p = cursor[slot_of[i]]++;
+            tok[p] = t;
+            slot[p] = i;
+            slot_of[i] = p;
+        }
+    }
+}
+
+/* Padding rows after a share-wise scatter: each expert's real rows end at
+ * offsets[e] + counts[e]. */
+static void mr_plan_pad(int64_t T, int64_t K, int64_t L, const int64_t *counts, const int64_t *offsets,
+                        int64_t *tok, int64_t *slot, int64_t *stats)
+{
+    for (int64_t e = 0; e < L; e++) {
+        for (int64_t p = offsets[e] + counts[e]; p < offsets[e + 1]; p++) {
+            tok[p] = T;
+            slot[p] = T * K;
+        }
+    }
+    stats[MR_ST_TOKENS] = T;
+}
+
 }  // namespace
 
 #if defined(__GNUC__) && !defined(__clang__)
