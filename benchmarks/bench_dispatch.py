@@ -164,7 +164,10 @@ def bench_threads(rounds, torch):
     x = np.empty((p.num_rows, H), np.float32)
     y = np.empty((T, H), np.float32)
     w = rng.random((T, K)).astype(np.float32)
+    q = mr.DispatchPlan.empty()
     c = {
+        "plan 1 thread": lambda: mr.plan_into(ids, E, q, num_threads=1),
+        "plan 2 threads": lambda: mr.plan_into(ids, E, q, num_threads=2),
         "permute 1 thread": lambda: mr.permute(hidden, p, x, num_threads=1),
         "permute 2 threads": lambda: mr.permute(hidden, p, x, num_threads=2),
         "combine 1 thread": lambda: mr.combine(x, p, w, y, num_threads=1),
@@ -172,7 +175,7 @@ def bench_threads(rounds, torch):
     }
     med = medians(interleaved(c, rounds))
     print(f"\nthreads, float32, T={T} (openmp: {_dispatch.kernel.build_info()['openmp']})")
-    for op in ("permute", "combine"):
+    for op in ("plan", "permute", "combine"):
         one, two = med[f"{op} 1 thread"], med[f"{op} 2 threads"]
         print(
             f"  {op}: 1 thread {one * 1e3:.2f} ms, 2 threads {two * 1e3:.2f} ms: {one / two:.2f}x"

@@ -751,6 +751,12 @@ DISPATCH_CASES = [
     ),
     ("DispatchPlan()", lambda: mr.DispatchPlan(), TypeError, "DispatchPlan.empty()"),
     (
+        "plan num_threads 0",
+        lambda: mr.plan_into(IDS, 4, mr.DispatchPlan.empty(), num_threads=0),
+        ValueError,
+        "num_threads must be >= 1",
+    ),
+    (
         "permute hidden wrong rows",
         lambda: _permute_into((6, 8), hidden=HID[:2]),
         ValueError,
