@@ -430,8 +430,11 @@ def plan(
         local expert.
     identity_expert_start: ids >= this are identity experts (LongCat-Flash's
         zero-computation experts): they take no rows; combine adds w * hidden[t].
-    num_threads: threads for a plain plan of at least PLAN_PARALLEL_MIN_SLOTS
-        slots (default: all OpenMP threads); the plan is the same for any.
+    num_threads: None (default): one thread below DEFAULT_PARALLEL_MIN_ROWS
+        (4096) tokens, all OpenMP threads above, as the router; N: N threads
+        for a plain plan of at least PLAN_PARALLEL_MIN_SLOTS (8192) slots.
+        The plan is the same for any count (so are permute's and combine's
+        results, which take the same rule with 1 MiB of rows).
     """
     return _plan_checked(
         expert_ids,

@@ -134,7 +134,8 @@ def plan_rows(object expert_ids, Py_ssize_t num_experts, Py_ssize_t identity_sta
     bufs: (counts, offsets, cursor, sorted_token_ids, sorted_slot_ids,
     slot_of, active, block_experts, stats, share_counts), int64.  The plain
     case of at least PLAN_PARALLEL_MIN_SLOTS slots runs on num_threads (<= 0:
-    the OpenMP default) when share_counts holds threads * num_local values.  block_size < 0: pad to
+    all OpenMP threads from DEFAULT_PARALLEL_MIN_ROWS tokens, one below)
+    when share_counts holds threads * num_local values.  block_size < 0: pad to
     -block_size and write block_experts.  Returns -1 when built,
     the first flat index t * top_k + k whose id is outside [0, num_experts),
     -2 if expert_map holds a value outside [-1, num_local), or -3 without
@@ -199,6 +200,7 @@ def plan_rows(object expert_ids, Py_ssize_t num_experts, Py_ssize_t identity_sta
     cdef int nt = 1
     cdef int64_t* shares = NULL
     if (mp == NULL and S == E and C < 0 and n >= _plan_parallel_min_slots and num_threads != 1
+            and (num_threads > 0 or T >= _default_parallel_min_rows)
             and cnp.PyArray_CheckExact(bufs[9])):
         nt = num_threads if num_threads > 0 else mr_openmp_max_threads()
         nt = <int>min(<Py_ssize_t>nt, T, <Py_ssize_t>MAX_PLAN_SHARES)
@@ -216,8 +218,14 @@ def plan_rows(object expert_ids, Py_ssize_t num_experts, Py_ssize_t identity_sta
     return r
 
 
-cdef inline int _threads_for(Py_ssize_t out_bytes, Py_ssize_t units, int num_threads) noexcept:
+cdef inline int _threads_for(Py_ssize_t out_bytes, Py_ssize_t units, int num_threads,
+                             Py_ssize_t n_tokens) noexcept:
+    # The router's rule: by default (num_threads <= 0) one thread below
+    # DEFAULT_PARALLEL_MIN_ROWS tokens (a busy host's descheduled thread
+    # costs more than a small split saves); N threads from the measured size.
     if out_bytes < _dispatch_parallel_min_bytes:
+        return 1
+    if num_threads <= 0 and n_tokens < _default_parallel_min_rows:
         return 1
     if num_threads <= 0:
         num_threads = mr_openmp_max_threads()
@@ -306,7 +314,7 @@ def permute_rows(object hidden, int dtype_code, Py_ssize_t width, Py_ssize_t n_t
     cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef const int64_t* tp = _i64(sorted_token_ids)
     cdef const int64_t* sp = _i64(sorted_slot_ids)
-    nt = _threads_for(n_rows * width * isz, n_rows, num_threads)
+    nt = _threads_for(n_rows * width * isz, n_rows, num_threads, n_tokens)
     cdef int stream = n_rows * width * isz >= _dispatch_stream_min_bytes
     with nogil:
         if nt == 1:
@@ -361,7 +369,7 @@ def combine_rows(object expert_out, int dtype_code, Py_ssize_t width, Py_ssize_t
     cdef const void* ep = cnp.PyArray_DATA(<cnp.ndarray>expert_out)
     cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef const int64_t* so = _i64(slot_of)
-    nt = _threads_for(n_tokens * width * isz * top_k, n_tokens, num_threads)
+    nt = _threads_for(n_tokens * width * isz * top_k, n_tokens, num_threads, n_tokens)
     with nogil:
         if nt == 1:
             mr_combine_rows(dtype_code, ep, so, top_k, wp, wk, hp, width, 0, n_tokens, op)
