@@ -492,6 +492,12 @@ class _Variant:
         self.softcap = _check_real(
             softcap, "moe_router_logit_softcapping", low=0.0, allow_none=True
         )
+        if self.softcap and not 1e-6 <= self.softcap <= 1e38:
+            # (it divides and multiplies float32 logits: keep it finite there)
+            raise ValueError(
+                f"moe_router_logit_softcapping must be 0 or None (no cap) or in "
+                f"[1e-6, 1e38], got {self.softcap}"
+            )
         self.norm_min = _check_real(norm_min, "moe_norm_min", low=0.0, allow_none=True)
         self.jitter = _check_real(jitter, "router_jitter_noise", low=0.0, allow_none=True)
         self.moe_normalize_expert_weights = p_norm
@@ -579,7 +585,10 @@ class _Variant:
         # Routers whose selection is not on the weights' own order divide by
         # (sum + 1e-20), as DeepSeek's: the picked scores may all be 0.
         self.eps = (
-            1e-20 if (sf != "softmax" or self.bias32 is not None) and not self.norm_min else 0.0
+            1e-20
+            if (sf != "softmax" or self.bias32 is not None or self.tid2eid is not None)
+            and not self.norm_min
+            else 0.0
         )
 
     def bias_for(self, dtype):

@@ -148,7 +148,7 @@ cdef int _sparsemixer_row(const floating* zc, const floating* lanes, const Rules
     m2 = zc[i2]
     if m2 == -INFINITY:
         return ROW_ONE_EXPERT
-    if m2 == INFINITY:  # (+inf logits share the mass, as the softmax routers')
+    if m == INFINITY:  # (+inf logits share the mass, as the softmax routers')
         for j in range(n):
             n_inf += zc[j] == INFINITY
     if m == INFINITY:
@@ -264,15 +264,16 @@ cdef int _rules_weights(const floating* z, const RulesCtx* cx, floating* scratch
         _picked_block(z, s, ids_out + j, kb, mc, cx, e + j)
         block_sums += mr_sum_k(e + j, <int>kb)
         j += MR_BLOCK
-    if score == SCORE_SOFTMAX and s == NULL and (not cx.norm or cx.norm_min > 0):
-        # the full softmax sum (of the capped logits)
+    if score == SCORE_SOFTMAX and s == NULL and (not cx.norm or cx.norm_min > 0 or cx.eps > 0):
+        # the full softmax sum (of the capped logits): the weights are
+        # e / total, and the divisors below are on that scale
         total = mr_exp_cap_into(z, n, cap, mc, scratch) if cap > 0 else _softmax_sum(z, n, m)
     if not cx.norm:
         divisor = total if score == SCORE_SOFTMAX else 1
     elif cx.p_norm > 0:
-        divisor = <floating>(_p_norm(e, k, cx.p_norm) + cx.eps)
+        divisor = <floating>(_p_norm(e, k, cx.p_norm) + cx.eps * total)
     else:
-        divisor = <floating>block_sums + <floating>cx.eps
+        divisor = <floating>(block_sums + cx.eps * total)
         if cx.norm_min > 0 and divisor < <floating>cx.norm_min * total:
             # ERNIE: the probabilities' sum clamped below at moe_norm_min
             divisor = <floating>cx.norm_min * total
