@@ -162,23 +162,36 @@ template <class T> static inline T mr_exp_into(const T *z, Py_ssize_t n, T m, T 
     return (T)total.total();
 }
 
-/* p[i] = e[i] / total (in place allowed), key[i] = p[i] + bias[i]: the
- * softmax probabilities and their biased selection scores. */
+/* p[i] = e[i] * (1 / total) (in place allowed), key[i] = p[i] + bias[i]:
+ * the softmax probabilities and their biased selection scores; lanes[l] =
+ * the max of the keys whose index is l modulo MR_BLOCK (mr_max_lanes'
+ * lanes, for the top-k; no NaN is left here). */
 template <class T>
-static inline void mr_div_bias_into(const T *e, Py_ssize_t n, T total, const T *bias, T *p, T *key)
+static inline void mr_div_bias_into(const T *e, Py_ssize_t n, T total, const T *bias, T *p, T *key, T *lanes)
 {
     using S = Vec<T>;
-    const typename S::V vt = S::set(total);
+    typedef typename S::V V;
+    const V inv = S::set((T)1 / total);
+    V acc[MR_NV];
+    for (int j = 0; j < MR_NV; j++)
+        acc[j] = S::set(-INFINITY);
     Py_ssize_t i = 0;
-    for (; i + S::W <= n; i += S::W) {
-        const typename S::V v = S::div(S::load(e + i), vt);
-        S::store(p + i, v);
-        S::store(key + i, S::add(v, S::load(bias + i)));
-    }
-    for (; i < n; i++) { /* one division and one add: the same in any lane */
-        const T v = e[i] / total;
+    for (; i + MR_BLOCK <= n; i += MR_BLOCK)
+        for (int j = 0; j < MR_NV; j++) {
+            const V v = S::mul(S::load(e + i + j * S::W), inv);
+            const V kv = S::add(v, S::load(bias + i + j * S::W));
+            S::store(p + i + j * S::W, v);
+            S::store(key + i + j * S::W, kv);
+            acc[j] = S::max(kv, acc[j]);
+        }
+    for (int j = 0; j < MR_NV; j++)
+        S::store(lanes + j * S::W, acc[j]);
+    const T inv_s = (T)1 / total;
+    for (int l = 0; i < n; i++, l++) { /* one multiply and one add: the same in any lane */
+        const T v = e[i] * inv_s;
         p[i] = v;
         key[i] = v + bias[i];
+        lanes[l] = key[i] > lanes[l] ? key[i] : lanes[l];
     }
 }
 
