@@ -551,6 +551,11 @@ class _Variant:
                 raise ValueError(f"tid2eid holds expert ids outside [0, num_experts={num_experts})")
             if sf == "sparsemixer":
                 raise ValueError("tid2eid (hash routing) does not combine with sparsemixer")
+            if self.bias32 is not None:
+                raise ValueError(
+                    "e_score_correction_bias selects experts, which tid2eid (hash routing) "
+                    "already does: pass one of them"
+                )
             self.tid2eid = np.array(table, dtype=np.int64, order="C")  # a private copy
             self.tid2eid.flags.writeable = False
         if zero_expert_num is None:

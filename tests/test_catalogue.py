@@ -521,6 +521,14 @@ CASES = [
         r"tid2eid holds expert ids outside \[0, num_experts=16\)",
     ),
     (
+        "tid2eid with bias",
+        lambda: mr.Router(
+            E, 2, tid2eid=np.zeros((10, 2), np.int64), e_score_correction_bias=np.zeros(E)
+        ),
+        ValueError,
+        "tid2eid \\(hash routing\\) already does",
+    ),
+    (
         "input_ids missing",
         lambda: mr.Router(E, 2, tid2eid=np.zeros((10, 2), np.int64))(GOOD),
         ValueError,
