@@ -319,14 +319,12 @@ def _raise_bad_rule_rows(flat, batch_shape, v):
     z = np.asarray(flat, np.float64)
     if v.softcap:
         z = v.softcap * np.tanh(z / v.softcap)
+    sf = v.scoring_func
     nan_rows = np.isnan(z).any(axis=1)
-    neginf = (z == -np.inf).all(axis=1) if v.score in (0, 3) else np.zeros_like(nan_rows)
-    posinf = (z == np.inf).any(axis=1) if v.scoring_func == "sqrtsoftplus" else neginf & False
-    one = (
-        (z > -np.inf).sum(axis=1) < 2
-        if v.scoring_func == "sparsemixer"
-        else np.zeros_like(nan_rows)
-    )
+    none = np.zeros_like(nan_rows)
+    neginf = (z == -np.inf).all(axis=1) if sf in ("softmax", "sparsemixer") else none
+    posinf = (z == np.inf).any(axis=1) if sf == "sqrtsoftplus" else none
+    one = (z > -np.inf).sum(axis=1) < 2 if sf == "sparsemixer" else none
     bad = np.flatnonzero(nan_rows | neginf | posinf | one)
     r = int(bad[0])
     where = f"row {r}"
