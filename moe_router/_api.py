@@ -430,14 +430,12 @@ def _raise_bad_rule_rows(flat, batch_shape, v):
     z = np.asarray(flat, np.float64)
     if v.softcap:
         z = v.softcap * np.tanh(z / v.softcap)
+    sf = v.scoring_func
     nan_rows = np.isnan(z).any(axis=1)
-    neginf = (z == -np.inf).all(axis=1) if v.score in (0, 3) else np.zeros_like(nan_rows)
-    posinf = (z == np.inf).any(axis=1) if v.scoring_func == "sqrtsoftplus" else neginf & False
-    one = (
-        (z > -np.inf).sum(axis=1) < 2
-        if v.scoring_func == "sparsemixer"
-        else np.zeros_like(nan_rows)
-    )
+    none = np.zeros_like(nan_rows)
+    neginf = (z == -np.inf).all(axis=1) if sf in ("softmax", "sparsemixer") else none
+    posinf = (z == np.inf).any(axis=1) if sf == "sqrtsoftplus" else none
+    one = (z > -np.inf).sum(axis=1) < 2 if sf == "sparsemixer" else none
     bad = np.flatnonzero(nan_rows | neginf | posinf | one)
     r = int(bad[0])
     where = f"row {r}"
@@ -605,6 +603,12 @@ class _Variant:
         self.softcap = _check_real(
             softcap, "moe_router_logit_softcapping", low=0.0, allow_none=True
         )
+        if self.softcap and not 1e-6 <= self.softcap <= 1e38:
+            # (it divides and multiplies float32 logits: keep it finite there)
+            raise ValueError(
+                f"moe_router_logit_softcapping must be 0 or None (no cap) or in "
+                f"[1e-6, 1e38], got {self.softcap}"
+            )
         self.norm_min = _check_real(norm_min, "moe_norm_min", low=0.0, allow_none=True)
         self.jitter = _check_real(jitter, "router_jitter_noise", low=0.0, allow_none=True)
         self.moe_normalize_expert_weights = p_norm
@@ -658,6 +662,11 @@ class _Variant:
                 raise ValueError(f"tid2eid holds expert ids outside [0, num_experts={num_experts})")
             if sf == "sparsemixer":
                 raise ValueError("tid2eid (hash routing) does not combine with sparsemixer")
+            if self.bias32 is not None:
+                raise ValueError(
+                    "e_score_correction_bias selects experts, which tid2eid (hash routing) "
+                    "already does: pass one of them"
+                )
             self.tid2eid = np.array(table, dtype=np.int64, order="C")  # a private copy
             self.tid2eid.flags.writeable = False
         if zero_expert_num is None:
@@ -692,7 +701,10 @@ class _Variant:
         # Routers whose selection is not on the weights' own order divide by
         # (sum + 1e-20), as DeepSeek's: the picked scores may all be 0.
         self.eps = (
-            1e-20 if (sf != "softmax" or self.bias32 is not None) and not self.norm_min else 0.0
+            1e-20
+            if (sf != "softmax" or self.bias32 is not None or self.tid2eid is not None)
+            and not self.norm_min
+            else 0.0
         )
 
     def bias_for(self, dtype):

@@ -6,7 +6,8 @@
 # variant with one of these rules:
 #
 #   softcap        z' = cap * tanh(z / cap) before anything else (Laguna)
-#   softmax + bias S = top-K(p + b), w = p[S] (ERNIE 4.5, LongCat-Flash)
+#   softmax + bias S = top-K(p + b), w = p[S], p = e * (1 / sum e) (ERNIE 4.5,
+#                  LongCat-Flash)
 #   sqrtsoftplus   s = sqrt(softplus(z)), S = top-K(s [+ b]) (DeepSeek-V4)
 #   tid2eid        S = tid2eid[input_id] (DeepSeek-V4 hash layers)
 #   sparsemixer    PhiMoE's eval-mode top-2
@@ -18,7 +19,8 @@
 cdef extern from "csrc/rules.hpp" nogil:
     void mr_softcap_into[T](const T* z, Py_ssize_t n, T cap, T* out)
     T mr_exp_into[T](const T* z, Py_ssize_t n, T m, T* e)
-    void mr_div_bias_into[T](const T* e, Py_ssize_t n, T total, const T* bias, T* p, T* key)
+    void mr_div_bias_into[T](const T* e, Py_ssize_t n, T total, const T* bias, T* p, T* key,
+                             T* lanes)
     T mr_sqrtsoftplus_into[T](const T* z, Py_ssize_t n, T cap, const T* bias, T* s, T* key,
                               T* lanes)
     T mr_sigmoid_bias_into[T](const T* z, Py_ssize_t n, T cap, const T* bias, T* s, T* key,
@@ -28,7 +30,7 @@ cdef extern from "csrc/rules.hpp" nogil:
     void mr_picked_sqrtsoftplus[T](const T* z, const Py_ssize_t* idx, int k, T* out)
     T mr_sparsemixer_sum[T](const T* z, Py_ssize_t n, T m, T thr, Py_ssize_t skip)
 
-from libc.math cimport pow as c_pow
+from libc.math cimport pow as c_pow, sqrt
 
 # Scoring rules (the `score` argument of route_rows_rules).
 cdef enum:
@@ -127,6 +129,10 @@ cdef inline double _p_norm(const floating* e, Py_ssize_t k, double p) noexcept n
             mx = e[j]
     if mx == 0 or p == INFINITY:
         return mx
+    if p == 2:  # (no pow: it is most of a short row's time)
+        for j in range(k):
+            acc += (e[j] / mx) * (e[j] / mx)
+        return mx * sqrt(acc)
     for j in range(k):
         acc += c_pow(e[j] / mx, p)
     return mx * c_pow(acc, 1.0 / p)
@@ -148,7 +154,7 @@ cdef int _sparsemixer_row(const floating* zc, const floating* lanes, const Rules
     m2 = zc[i2]
     if m2 == -INFINITY:
         return ROW_ONE_EXPERT
-    if m2 == INFINITY:  # (+inf logits share the mass, as the softmax routers')
+    if m == INFINITY:  # (+inf logits share the mass, as the softmax routers')
         for j in range(n):
             n_inf += zc[j] == INFINITY
     if m == INFINITY:
@@ -231,10 +237,8 @@ cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
                 total = mr_exp_cap_into(z, n, cap, mc, s)
             else:
                 total = mr_exp_into(z, n, m, s)
-            mr_div_bias_into(s, n, total, <const floating*>cx.bias, s, key)
-            total = 1  # s holds the probabilities now
+            mr_div_bias_into(s, n, total, <const floating*>cx.bias, s, key, lanes)
         if table_row == NULL:
-            mr_max_lanes(key, n, lanes, &has_nan)
             _rules_topk(key, n, k, lanes, ids_out)
     elif table_row == NULL:
         _rules_topk(z, n, k, lanes, ids_out)
@@ -264,15 +268,16 @@ cdef int _rules_weights(const floating* z, const RulesCtx* cx, floating* scratch
         _picked_block(z, s, ids_out + j, kb, mc, cx, e + j)
         block_sums += mr_sum_k(e + j, <int>kb)
         j += MR_BLOCK
-    if score == SCORE_SOFTMAX and s == NULL and (not cx.norm or cx.norm_min > 0):
-        # the full softmax sum (of the capped logits)
+    if score == SCORE_SOFTMAX and s == NULL and (not cx.norm or cx.norm_min > 0 or cx.eps > 0):
+        # the full softmax sum (of the capped logits): the weights are
+        # e / total, and the divisors below are on that scale
         total = mr_exp_cap_into(z, n, cap, mc, scratch) if cap > 0 else _softmax_sum(z, n, m)
     if not cx.norm:
         divisor = total if score == SCORE_SOFTMAX else 1
     elif cx.p_norm > 0:
-        divisor = <floating>(_p_norm(e, k, cx.p_norm) + cx.eps)
+        divisor = <floating>(_p_norm(e, k, cx.p_norm) + cx.eps * total)
     else:
-        divisor = <floating>block_sums + <floating>cx.eps
+        divisor = <floating>(block_sums + cx.eps * total)
         if cx.norm_min > 0 and divisor < <floating>cx.norm_min * total:
             # ERNIE: the probabilities' sum clamped below at moe_norm_min
             divisor = <floating>cx.norm_min * total

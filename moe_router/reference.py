@@ -55,7 +55,8 @@ divisors (norm_topk_prob)
     moe_normalize_expert_weights = q: w /= (||w||_q + eps) (q = inf: the
     max); moe_norm_min: w /= max(sum(w), moe_norm_min); else
     w /= (sum(w) + eps); eps = 1e-20 for the routers whose selection is
-    not on the weights' own order (sigmoid, sqrtsoftplus, groups, a bias)
+    not on the weights' own order (sigmoid, sqrtsoftplus, groups, a bias,
+    tid2eid)
     unless moe_norm_min is set, else 0.
 
 `route_rows` has the signature of the compiled kernels' entry point, so the
@@ -257,12 +258,22 @@ def route_reference(
     if norm_topk_prob:
         eps = (
             1e-20
-            if (scoring_func != "softmax" or grouped or bias is not None) and not moe_norm_min
+            if (scoring_func != "softmax" or grouped or bias is not None or tid2eid is not None)
+            and not moe_norm_min
             else 0.0
         )
         if moe_normalize_expert_weights is not None:
             q = float(moe_normalize_expert_weights)
-            w = w / (np.linalg.norm(w, ord=q, axis=1, keepdims=True) + eps)
+            # ||w||_q scaled by the largest weight (no under- or overflow
+            # for large q); q = inf: that largest weight
+            big = w.max(axis=1, keepdims=True)
+            if q == np.inf:
+                qnorm = big
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ratio = np.where(big > 0, w / big, 0.0)
+                qnorm = big * (ratio**q).sum(axis=1, keepdims=True) ** (1.0 / q)
+            w = w / (qnorm + eps)
         elif moe_norm_min:
             w = w / np.maximum(w.sum(axis=1, keepdims=True), moe_norm_min)
         else:
