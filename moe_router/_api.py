@@ -402,7 +402,7 @@ def _as_input_ids(input_ids, batch_shape, variant):
     return np.ascontiguousarray(ids, dtype=np.int64)
 
 
-def _call_rules(arr, top_k, out, v, threads, input_ids):
+def _call_rules(arr, top_k, out, v, threads, input_ids, bf16_bits=False):
     """route_rows_rules with a variant's settings."""
     return _dispatch.kernel.route_rows_rules(
         arr,
@@ -422,6 +422,7 @@ def _call_rules(arr, top_k, out, v, threads, input_ids):
         v.bias_for(arr.dtype),
         v.tid2eid,
         input_ids,
+        bf16_bits,
     )
 
 
@@ -769,17 +770,14 @@ def _route_checked(
         raise ValueError("out's buffers must not overlap the logits")
     if variant.rules:
         tokens = _as_input_ids(input_ids, arr.shape[:-1], variant)
-        if bf16_bits or arr.dtype.itemsize == 2:
-            # The rules kernel reads float32 / float64: half precisions are
-            # widened here (exactly, one copy) until it reads them itself.
-            arr = _as_float(arr, bf16_bits)
-        n_bad = _call_rules(arr, top_k, out, variant, threads, tokens)
+        n_bad = _call_rules(arr, top_k, out, variant, threads, tokens, bf16_bits)
         if n_bad < 0:
             raise RuntimeError(
                 "moe_router: the kernel refused validated input (a bug; please report)"
             )
         if n_bad:
-            _raise_bad_rule_rows(arr.reshape(-1, arr.shape[-1]), arr.shape[:-1], variant)
+            flat = _as_float(arr, bf16_bits).reshape(-1, arr.shape[-1])
+            _raise_bad_rule_rows(flat, arr.shape[:-1], variant)
         if type(logits) is not np.ndarray and _tensors.is_torch(logits):
             out._set_view(arr.shape, top_k, True)
         return out
@@ -1193,12 +1191,18 @@ class Router:
                 None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)),
                 v.tid2eid,
                 input_ids,
+                False,
+                out._foreign_shape,
             )
-            if rc == 0:  # (ndarray logits: anything else took -1)
-                shape = logits.shape  # type: ignore[union-attr]
-                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
-                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
-                return out
+            if rc == 0:
+                if type(logits) is np.ndarray:
+                    shape = logits.shape
+                    if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                        out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                    return out
+                if out._top_k == self.top_k and type(logits) is out._foreign_type:
+                    return out  # a tensor of the shape the views have
+                return out._finish_foreign(logits, self.top_k)
         elif input_ids is not None:
             rc = -1
         elif v.plain and type(logits) is np.ndarray:

@@ -320,12 +320,57 @@ cdef Py_ssize_t _rules_rows_typed(const floating* logits, void* ids_out, bint id
     return _rules_rows_w(logits, <int32_t*>ids_out, w_out, w64, cx)
 
 
+cdef Py_ssize_t _rules_half_chunk(const uint16_t* logits, bint bf16, Py_ssize_t r0,
+                                  Py_ssize_t r1, char* ids_out, Py_ssize_t id_size,
+                                  bint ids64, char* w_out, Py_ssize_t w_size, bint w64,
+                                  const RulesCtx* cx, int tid, float* heap_buf) noexcept nogil:
+    # Rows [r0, r1) of half-precision logits widened into float32 (exactly)
+    # and routed as float32, on the calling thread: _route_half_chunk's rule.
+    cdef float stack_buf[HALF_CHUNK_FLOATS]
+    cdef float* buf = heap_buf if heap_buf != NULL else stack_buf
+    cdef RulesCtx sub = cx[0]
+    cdef Py_ssize_t n = cx.n, k = cx.k
+    if bf16:
+        mr_widen_bf16(logits + r0 * n, (r1 - r0) * n, buf)
+    else:
+        mr_widen_f16(logits + r0 * n, (r1 - r0) * n, buf)
+    sub.n_rows = r1 - r0
+    sub.num_threads = 1
+    sub.scratch = <char*>cx.scratch + tid * cx.scratch_per_thread * sizeof(float)
+    if cx.tokens != NULL:
+        sub.tokens = cx.tokens + r0
+    return _rules_rows_typed(<const float*>buf, ids_out + r0 * k * id_size, ids64,
+                             w_out + r0 * k * w_size, w64, &sub)
+
+
+cdef Py_ssize_t _rules_rows_half(const uint16_t* logits, bint bf16, void* ids_out, bint ids64,
+                                 void* w_out, bint w64, const RulesCtx* cx,
+                                 float* heap_buf) noexcept nogil:
+    cdef Py_ssize_t n = cx.n, n_bad = 0, c, n_chunks, rows_per_chunk
+    cdef Py_ssize_t id_size = 8 if ids64 else 4, w_size = 8 if w64 else 4
+    rows_per_chunk = 2 if heap_buf != NULL else max(2, (HALF_CHUNK_FLOATS // n) & ~1)
+    n_chunks = (cx.n_rows + rows_per_chunk - 1) // rows_per_chunk
+    if cx.num_threads > 1 and n_chunks > 1:
+        for c in prange(n_chunks, num_threads=cx.num_threads, schedule='static'):
+            n_bad += _rules_half_chunk(
+                logits, bf16, c * rows_per_chunk, min(cx.n_rows, (c + 1) * rows_per_chunk),
+                <char*>ids_out, id_size, ids64, <char*>w_out, w_size, w64, cx, threadid(),
+                heap_buf + threadid() * 2 * n if heap_buf != NULL else NULL)
+    else:
+        for c in range(n_chunks):
+            n_bad += _rules_half_chunk(
+                logits, bf16, c * rows_per_chunk, min(cx.n_rows, (c + 1) * rows_per_chunk),
+                <char*>ids_out, id_size, ids64, <char*>w_out, w_size, w64, cx, 0, heap_buf)
+    return n_bad
+
+
 def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                      cnp.ndarray expert_ids, cnp.ndarray expert_weights,
                      int num_threads, Py_ssize_t num_experts, int score,
                      double softcap=0, double p_norm=0, double norm_min=0, double eps=0,
                      double routed_scaling_factor=1.0, double jitter_eps=0,
-                     object bias=None, object tid2eid=None, object input_ids=None):
+                     object bias=None, object tid2eid=None, object input_ids=None,
+                     bint bf16_bits=False, object views_shape=None):
     """Route logits [..., num_experts] under a scoring rule (see the top of
     _rules_kernels.pxi) into flat output buffers.
 
@@ -337,25 +382,27 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     C-contiguous int64 array of the logits' leading shape, an id out of [0, vocab) or
     a table entry of a routed token out of [0, num_experts)).  The table
     entries are checked for the routed tokens only, with the GIL held.
+    Logits are read as route_rows reads them (float16 / bfloat16 widened a
+    few rows at a time, DLPack tensors; hash routing takes ndarrays only),
+    with its bf16_bits, views_shape and -2 return.
     """
     cdef cnp.ndarray arr, tab, tok
+    cdef LogitsRef ref
     cdef int nd, lt, wt, it
-    cdef Py_ssize_t n, n_bad = 0, r, j, vocab = 0
+    cdef Py_ssize_t n, n_bad = 0, r, j, vocab = 0, item
     cdef const int64_t* tp
     cdef const int64_t* ip_tok
     cdef int64_t t
-    cdef void* lp
     cdef void* ip
     cdef void* wp
+    cdef float* heap_buf = NULL
     cdef RulesCtx cx
-    if not cnp.PyArray_CheckExact(logits):
+    if _logits_ref(logits, &ref, bf16_bits, views_shape) != 0:
         return -1
-    arr = <cnp.ndarray>logits
-    nd = cnp.PyArray_NDIM(arr)
-    if nd == 0:
-        return -1
-    n = cnp.PyArray_DIM(arr, nd - 1)
-    lt = cnp.PyArray_TYPE(arr)
+    n = ref.n
+    # Half precisions are routed as float32: their scratch and bias too.
+    lt = cnp.NPY_FLOAT64 if ref.kind == LK_F64 else cnp.NPY_FLOAT32
+    item = 8 if ref.kind == LK_F64 else 4
     wt = cnp.PyArray_TYPE(expert_weights)
     it = cnp.PyArray_TYPE(expert_ids)
     if (n == 0 or (num_experts > 0 and n != num_experts) or top_k < 1 or top_k > n
@@ -365,11 +412,8 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                     and jitter_eps >= 0 and routed_scaling_factor > 0)
             or softcap == INFINITY or norm_min == INFINITY or eps == INFINITY
             or jitter_eps == INFINITY or routed_scaling_factor == INFINITY
-            or (lt != cnp.NPY_FLOAT32 and lt != cnp.NPY_FLOAT64)
             or (wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64)
             or (it != cnp.NPY_INT32 and it != cnp.NPY_UINT32 and it != cnp.NPY_INT64)
-            or not cnp.PyArray_ISNOTSWAPPED(arr)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
             or not cnp.PyArray_IS_C_CONTIGUOUS(expert_ids)
             or not cnp.PyArray_IS_C_CONTIGUOUS(expert_weights)
             or not cnp.PyArray_ISWRITEABLE(expert_ids)
@@ -387,18 +431,21 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                 or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>bias) or score == SCORE_SPARSEMIXER):
             return -1
         cx.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
-    cx.n_rows = cnp.PyArray_SIZE(arr) // n
+    cx.n_rows = ref.n_rows
     if (cnp.PyArray_SIZE(expert_ids) < cx.n_rows * top_k
             or cnp.PyArray_SIZE(expert_weights) < cx.n_rows * top_k
-            or _overlap(arr, expert_ids) or _overlap(arr, expert_weights)
+            or _overlap_bytes(ref.data, ref.nbytes, expert_ids)
+            or _overlap_bytes(ref.data, ref.nbytes, expert_weights)
             or _overlap(expert_ids, expert_weights)):
         return -1
     cx.table = NULL
     cx.tokens = NULL
     if tid2eid is not None:
         if (not cnp.PyArray_CheckExact(tid2eid) or not cnp.PyArray_CheckExact(input_ids)
-                or score == SCORE_SPARSEMIXER):
+                or score == SCORE_SPARSEMIXER or not cnp.PyArray_CheckExact(logits)):
             return -1
+        arr = <cnp.ndarray>logits
+        nd = cnp.PyArray_NDIM(arr)
         tab = <cnp.ndarray>tid2eid
         tok = <cnp.ndarray>input_ids
         if (cnp.PyArray_TYPE(tab) != cnp.NPY_INT64 or cnp.PyArray_NDIM(tab) != 2
@@ -428,8 +475,8 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     elif input_ids is not None:
         return -1
     if cx.n_rows == 0:
-        return 0
-    if cx.n_rows < _parallel_min_rows:
+        return -2 if ref.from_dl and not ref.same_shape else 0
+    if cx.n_rows < _parallel_min_rows or (num_threads <= 0 and cx.n_rows < _default_parallel_min_rows):
         num_threads = 1
     elif num_threads <= 0:
         num_threads = mr_openmp_max_threads()
@@ -445,18 +492,29 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     cx.thr = 2 * jitter_eps
     cx.num_threads = num_threads
     cx.scratch_per_thread = 3 * n + MR_BLOCK
-    cx.scratch = malloc(num_threads * cx.scratch_per_thread * cnp.PyArray_ITEMSIZE(arr))
+    cx.scratch = malloc(num_threads * cx.scratch_per_thread * item)
     if cx.scratch == NULL:
         raise MemoryError()
-    lp = cnp.PyArray_DATA(arr)
+    if (ref.kind == LK_F16 or ref.kind == LK_BF16) and 2 * n > HALF_CHUNK_FLOATS:
+        heap_buf = <float*>malloc(num_threads * 2 * n * sizeof(float))
+        if heap_buf == NULL:
+            free(cx.scratch)
+            raise MemoryError()
     ip = cnp.PyArray_DATA(expert_ids)
     wp = cnp.PyArray_DATA(expert_weights)
     with nogil:
-        if lt == cnp.NPY_FLOAT32:
-            n_bad = _rules_rows_typed(<const float*>lp, ip, it == cnp.NPY_INT64, wp,
+        if ref.kind == LK_F32:
+            n_bad = _rules_rows_typed(<const float*>ref.data, ip, it == cnp.NPY_INT64, wp,
+                                      wt == cnp.NPY_FLOAT64, &cx)
+        elif ref.kind == LK_F64:
+            n_bad = _rules_rows_typed(<const double*>ref.data, ip, it == cnp.NPY_INT64, wp,
                                       wt == cnp.NPY_FLOAT64, &cx)
         else:
-            n_bad = _rules_rows_typed(<const double*>lp, ip, it == cnp.NPY_INT64, wp,
-                                      wt == cnp.NPY_FLOAT64, &cx)
+            n_bad = _rules_rows_half(<const uint16_t*>ref.data, ref.kind == LK_BF16, ip,
+                                     it == cnp.NPY_INT64, wp, wt == cnp.NPY_FLOAT64, &cx,
+                                     heap_buf)
+    free(heap_buf)
     free(cx.scratch)
+    if n_bad == 0 and ref.from_dl and not ref.same_shape:
+        return -2
     return n_bad

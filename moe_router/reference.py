@@ -374,16 +374,19 @@ def route_rows_rules(
     bias=None,
     tid2eid=None,
     input_ids=None,
+    bf16_bits=False,
+    views_shape=None,
 ):
     """Kernel-compatible entry (see the compiled route_rows_rules); `eps` is
-    implied by the options here (the reference's own rule)."""
-    if (
-        type(logits) is not np.ndarray
-        or logits.ndim == 0
-        or logits.dtype not in (np.float32, np.float64)
-        or not logits.flags.c_contiguous
-        or not 0 <= score < len(_SCORES)
-    ):
+    implied by the options here (the reference's own rule).  Half precisions
+    are widened to float32 first, as the kernels do."""
+    if type(logits) is not np.ndarray or logits.ndim == 0 or not logits.flags.c_contiguous:
+        return -1
+    if logits.dtype == np.float16 or logits.dtype.name == "bfloat16":
+        logits = logits.astype(np.float32)
+    elif bf16_bits and logits.dtype == np.uint16:
+        logits = (logits.astype(np.uint32) << 16).view(np.float32)
+    if logits.dtype not in (np.float32, np.float64) or not 0 <= score < len(_SCORES):
         return -1
     n = logits.shape[-1]
     n_rows = logits.size // n if n else 0
