@@ -306,9 +306,12 @@ def dlpack_view(object obj, str name="array", bint writeable=False):
     cdef MrDLManagedTensorVersioned* versioned
     cdef _DLPackOwner owner
     cdef bint read_only = False
-    if api != NULL:
+    # A descriptor has no read-only flag: the exchange table serves reads
+    # (the view is then read-only), and writes only for types whose memory
+    # is always writeable (torch's: the types that say requires_grad).
+    if api != NULL and (not writeable or _xapi_grad):
         if api.dltensor_from_py_object_no_sync(<void*>obj, &t) == 0:
-            arr, dtype_name = _dl_to_numpy(&t, obj, False, name)
+            arr, dtype_name = _dl_to_numpy(&t, obj, not writeable, name)
             return arr, dtype_name, False
         PyErr_Clear()  # the protocol below gives the producer's own message
     try:
