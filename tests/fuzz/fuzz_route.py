@@ -78,6 +78,8 @@ def one_input(data):
             out = mr.Router(num_experts, top_k, norm, **opts)(z)
     except (TypeError, ValueError):
         return
+    # The output is the pair it unpacks as (issue 17).
+    assert len(out) == 2 and out[0] is out.expert_ids and out[-1] is out.expert_weights
     zz = np.asarray(z, np.float64)
     oracle = ref.route_reference(zz, top_k, norm, **opts)
     assert_routes_like(zz, out.expert_ids, out.expert_weights, *oracle, top_k, norm, opts)
