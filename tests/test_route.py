@@ -475,9 +475,20 @@ print(threads() - before)
 {at}
 print(threads() - before)
 """
-    env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="1")
+    # The subprocess imports the same moe_router this test run does.
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="2",
+        OPENBLAS_NUM_THREADS="1",
+        PYTHONPATH=os.path.dirname(os.path.dirname(mr.__file__)),
+    )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     unsplit, split = (int(line) for line in done.stdout.split())
