@@ -149,6 +149,8 @@ def _route_case(fdp):
             out = mr.Router(num_experts, top_k, norm, **opts)(given)
     except (TypeError, ValueError):
         return
+    # The output is the pair it unpacks as (issue 17).
+    assert len(out) == 2 and out[0] is out.expert_ids and out[-1] is out.expert_weights
     zz = np.asarray(z, np.float64)
     if variant == 7:  # the arg maxes exactly; the masks may flip at the threshold
         oracle = ref.route_reference(zz, top_k, norm, **opts)
