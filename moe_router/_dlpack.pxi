@@ -218,12 +218,24 @@ _DL_CODE_NAMES = {0: "int", 1: "uint", 2: "float", 3: "opaque", 4: "bfloat", 5: 
                   6: "bool"}
 
 
+# (code, bits) -> (NumPy dtype, name), filled on first sight of each.
+cdef dict _dl_dtypes = {}
+
+
 cdef object _dl_numpy_dtype(const MrDLTensor* t):
     # (NumPy dtype of the view, dtype name); bfloat16 is viewed as its uint16
     # bits (NumPy has no bfloat16 without ml_dtypes).  None if unsupported.
     cdef int code = t.dtype.code, bits = t.dtype.bits
     if t.dtype.lanes != 1:
         return None
+    key = code * 256 + bits
+    found = _dl_dtypes.get(key)
+    if found is None:
+        found = _dl_dtypes[key] = _dl_numpy_dtype_uncached(code, bits)
+    return found
+
+
+cdef object _dl_numpy_dtype_uncached(int code, int bits):
     if code == MR_DL_FLOAT and bits in (16, 32, 64):
         name = f"float{bits}"
         return np.dtype(name), name
