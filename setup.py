@@ -12,6 +12,11 @@ Environment switches:
   MOE_ROUTER_OPENMP=0    build without OpenMP even if the compiler has it
   MOE_ROUTER_ISA=baseline[,avx2...]  build only these modules (baseline is
                          always built: the dispatch asks the CPU through it)
+  MOE_ROUTER_WERROR=1    compiler warnings are errors (CI: the build has none
+                         at -Wall, and must not gain any)
+
+The modules are compiled in parallel, one per core (pip runs build_ext
+without -j, so it is set here; `-j N` on the command line still wins).
 """
 
 import glob
@@ -20,6 +25,7 @@ import platform
 import sys
 import tempfile
 import textwrap
+import time
 
 import numpy as np
 from Cython.Build import cythonize
@@ -34,6 +40,7 @@ def _env_flag(name, default="0"):
 SANITIZE = _env_flag("MOE_ROUTER_SANITIZE")
 DEBUG = _env_flag("MOE_ROUTER_DEBUG") or SANITIZE
 WANT_OPENMP = _env_flag("MOE_ROUTER_OPENMP", "1")
+WERROR = _env_flag("MOE_ROUTER_WERROR")
 ONLY_ISAS = {
     isa.strip() for isa in os.environ.get("MOE_ROUTER_ISA", "").lower().split(",") if isa.strip()
 }
@@ -106,6 +113,20 @@ OPENMP_PROBE = textwrap.dedent("""
 class BuildExt(build_ext):
     """Adds per-variant ISA flags and OpenMP where the compiler supports them."""
 
+    def finalize_options(self):
+        super().finalize_options()
+        # The three modules take about a minute each: one per core at once.
+        if not self.parallel:
+            self.parallel = min(len(self.extensions), os.cpu_count() or 1)
+
+    def build_extension(self, ext):
+        # pip shows this only with -v (it hides a backend's output otherwise).
+        start = time.monotonic()
+        print(f"moe_router: compiling {ext.name} ...", file=sys.stderr, flush=True)
+        super().build_extension(ext)
+        took = time.monotonic() - start
+        print(f"moe_router: {ext.name} done in {took:.0f} s", file=sys.stderr, flush=True)
+
     def build_extensions(self):
         unix_like = self.compiler.compiler_type == "unix"
         openmp = []
@@ -120,6 +141,8 @@ class BuildExt(build_ext):
         # -fno-trapping-math lets gcc if-convert the float compares of the
         # kernels (we never rely on FP exceptions); results are unchanged.
         opt = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-fno-trapping-math"]
+        if WERROR and unix_like:
+            opt += ["-Wall", "-Werror"]
         # The GNU dialect: its default -ffp-contract=fast is the contraction
         # the kernels' results are defined with (ISO -std=c++17 turns it off).
         std = ["-std=gnu++17"]
@@ -147,7 +170,11 @@ class BuildExt(build_ext):
             ext.extra_compile_args = (std + opt + isa_flags + openmp) if unix_like else []
             ext.extra_link_args = (openmp + (opt if SANITIZE else [])) if unix_like else []
             kept.append(ext)
-        self.extensions = kept
+        # Widest instruction set first: the largest modules start first, so
+        # the parallel build does not end on one of them alone.
+        self.extensions = sorted(
+            kept, key=lambda e: -list(ISA_VARIANTS).index(e.name[len("moe_router._core_") :])
+        )
         super().build_extensions()
 
 
@@ -175,8 +202,13 @@ def _extensions():
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             )
         )
+    # Cython's translation too runs one module per core.
     return cythonize(
-        exts, compiler_directives=COMPILER_DIRECTIVES, include_path=["moe_router"], quiet=True
+        exts,
+        compiler_directives=COMPILER_DIRECTIVES,
+        include_path=["moe_router"],
+        quiet=True,
+        nthreads=min(len(exts), os.cpu_count() or 1),
     )
 
 

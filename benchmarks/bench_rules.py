@@ -3,7 +3,8 @@
     python benchmarks/bench_rules.py [--rounds 30] [--only ernie4_5_moe,...]
 
 One row per model at its config's router shape, batch 1 and 256, one
-thread: the Router (route_rows_rules) against the PyTorch form of that
+thread: the Router (route_rows_rules), and the plain softmax Router of the
+same shape for scale, against the PyTorch form of that
 model's transformers router from its logits (moe_router._bench; before
 timing, each form is checked against the transformers module itself on
 random weights, where transformers is installed).  Timing as
@@ -137,6 +138,8 @@ def main():
         k = opts.pop("top_k")
         norm = opts.pop("norm_topk_prob", True)
         router = mr.Router(e, k, norm, num_threads=1, **opts)
+        # the plain softmax router of the same shape: what the rule costs on top
+        plain = mr.Router(e, k, num_threads=1)
         for batch in (1, 256):
             # Batch 1 cycles through 64 one-token rows, as a decode loop would.
             pool = [
@@ -152,6 +155,9 @@ def main():
                 )
             else:
                 c["Router"] = lambda it=iter(range(10**12)): router(pool[next(it) % len(pool)])
+            c["plain Router, same shape"] = lambda it=iter(range(10**12)): plain(
+                pool[next(it) % len(pool)]
+            )
             if torch is not None:
                 kw = {}
                 if hashed:

@@ -51,7 +51,7 @@ def show_config(print_out: bool = True) -> dict[str, Any]:
     path that routes it, and "path_features" gives, per path this CPU runs,
     its SIMD name and the tuned routines compiled into it.
     """
-    kernel = getattr(_dispatch, "kernel", None)
+    kernel: Any = getattr(_dispatch, "kernel", None)
     info = kernel.build_info() if hasattr(kernel, "build_info") else {}
     available = _dispatch.available_paths()
     by_dtype = getattr(_dispatch, "paths_by_dtype", None)

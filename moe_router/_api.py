@@ -402,7 +402,7 @@ def _as_input_ids(input_ids, batch_shape, variant):
     return np.ascontiguousarray(ids, dtype=np.int64)
 
 
-def _call_rules(arr, top_k, out, v, threads, input_ids):
+def _call_rules(arr, top_k, out, v, threads, input_ids, bf16_bits=False):
     """route_rows_rules with a variant's settings."""
     return _dispatch.kernel.route_rows_rules(
         arr,
@@ -422,6 +422,7 @@ def _call_rules(arr, top_k, out, v, threads, input_ids):
         v.bias_for(arr.dtype),
         v.tid2eid,
         input_ids,
+        bf16_bits,
     )
 
 
@@ -430,14 +431,12 @@ def _raise_bad_rule_rows(flat, batch_shape, v):
     z = np.asarray(flat, np.float64)
     if v.softcap:
         z = v.softcap * np.tanh(z / v.softcap)
+    sf = v.scoring_func
     nan_rows = np.isnan(z).any(axis=1)
-    neginf = (z == -np.inf).all(axis=1) if v.score in (0, 3) else np.zeros_like(nan_rows)
-    posinf = (z == np.inf).any(axis=1) if v.scoring_func == "sqrtsoftplus" else neginf & False
-    one = (
-        (z > -np.inf).sum(axis=1) < 2
-        if v.scoring_func == "sparsemixer"
-        else np.zeros_like(nan_rows)
-    )
+    none = np.zeros_like(nan_rows)
+    neginf = (z == -np.inf).all(axis=1) if sf in ("softmax", "sparsemixer") else none
+    posinf = (z == np.inf).any(axis=1) if sf == "sqrtsoftplus" else none
+    one = (z > -np.inf).sum(axis=1) < 2 if sf == "sparsemixer" else none
     bad = np.flatnonzero(nan_rows | neginf | posinf | one)
     r = int(bad[0])
     where = f"row {r}"
@@ -605,6 +604,12 @@ class _Variant:
         self.softcap = _check_real(
             softcap, "moe_router_logit_softcapping", low=0.0, allow_none=True
         )
+        if self.softcap and not 1e-6 <= self.softcap <= 1e38:
+            # (it divides and multiplies float32 logits: keep it finite there)
+            raise ValueError(
+                f"moe_router_logit_softcapping must be 0 or None (no cap) or in "
+                f"[1e-6, 1e38], got {self.softcap}"
+            )
         self.norm_min = _check_real(norm_min, "moe_norm_min", low=0.0, allow_none=True)
         self.jitter = _check_real(jitter, "router_jitter_noise", low=0.0, allow_none=True)
         self.moe_normalize_expert_weights = p_norm
@@ -658,6 +663,11 @@ class _Variant:
                 raise ValueError(f"tid2eid holds expert ids outside [0, num_experts={num_experts})")
             if sf == "sparsemixer":
                 raise ValueError("tid2eid (hash routing) does not combine with sparsemixer")
+            if self.bias32 is not None:
+                raise ValueError(
+                    "e_score_correction_bias selects experts, which tid2eid (hash routing) "
+                    "already does: pass one of them"
+                )
             self.tid2eid = np.array(table, dtype=np.int64, order="C")  # a private copy
             self.tid2eid.flags.writeable = False
         if zero_expert_num is None:
@@ -692,7 +702,10 @@ class _Variant:
         # Routers whose selection is not on the weights' own order divide by
         # (sum + 1e-20), as DeepSeek's: the picked scores may all be 0.
         self.eps = (
-            1e-20 if (sf != "softmax" or self.bias32 is not None) and not self.norm_min else 0.0
+            1e-20
+            if (sf != "softmax" or self.bias32 is not None or self.tid2eid is not None)
+            and not self.norm_min
+            else 0.0
         )
 
     def bias_for(self, dtype):
@@ -757,17 +770,14 @@ def _route_checked(
         raise ValueError("out's buffers must not overlap the logits")
     if variant.rules:
         tokens = _as_input_ids(input_ids, arr.shape[:-1], variant)
-        if bf16_bits or arr.dtype.itemsize == 2:
-            # The rules kernel reads float32 / float64: half precisions are
-            # widened here (exactly, one copy) until it reads them itself.
-            arr = _as_float(arr, bf16_bits)
-        n_bad = _call_rules(arr, top_k, out, variant, threads, tokens)
+        n_bad = _call_rules(arr, top_k, out, variant, threads, tokens, bf16_bits)
         if n_bad < 0:
             raise RuntimeError(
                 "moe_router: the kernel refused validated input (a bug; please report)"
             )
         if n_bad:
-            _raise_bad_rule_rows(arr.reshape(-1, arr.shape[-1]), arr.shape[:-1], variant)
+            flat = _as_float(arr, bf16_bits).reshape(-1, arr.shape[-1])
+            _raise_bad_rule_rows(flat, arr.shape[:-1], variant)
         if type(logits) is not np.ndarray and _tensors.is_torch(logits):
             out._set_view(arr.shape, top_k, True)
         return out
@@ -1181,12 +1191,18 @@ class Router:
                 None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)),
                 v.tid2eid,
                 input_ids,
+                False,
+                out._foreign_shape,
             )
-            if rc == 0:  # (ndarray logits: anything else took -1)
-                shape = logits.shape  # type: ignore[union-attr]
-                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
-                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
-                return out
+            if rc == 0:
+                if type(logits) is np.ndarray:
+                    shape = logits.shape
+                    if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                        out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                    return out
+                if out._top_k == self.top_k and type(logits) is out._foreign_type:
+                    return out  # a tensor of the shape the views have
+                return out._finish_foreign(logits, self.top_k)
         elif input_ids is not None:
             rc = -1
         elif v.plain and type(logits) is np.ndarray:

@@ -72,6 +72,8 @@ def route_rows_rules(
     bias: npt.NDArray[np.floating[Any]] | None = None,
     tid2eid: npt.NDArray[np.int64] | None = None,
     input_ids: npt.NDArray[np.int64] | None = None,
+    bf16_bits: bool = False,
+    views_shape: object = None,
 ) -> int: ...
 
 # Dispatch kernels (_plan_kernels.pxi); moe_router/_plan.py validates around them.

@@ -218,12 +218,24 @@ _DL_CODE_NAMES = {0: "int", 1: "uint", 2: "float", 3: "opaque", 4: "bfloat", 5: 
                   6: "bool"}
 
 
+# (code, bits) -> (NumPy dtype, name), filled on first sight of each.
+cdef dict _dl_dtypes = {}
+
+
 cdef object _dl_numpy_dtype(const MrDLTensor* t):
     # (NumPy dtype of the view, dtype name); bfloat16 is viewed as its uint16
     # bits (NumPy has no bfloat16 without ml_dtypes).  None if unsupported.
     cdef int code = t.dtype.code, bits = t.dtype.bits
     if t.dtype.lanes != 1:
         return None
+    key = code * 256 + bits
+    found = _dl_dtypes.get(key)
+    if found is None:
+        found = _dl_dtypes[key] = _dl_numpy_dtype_uncached(code, bits)
+    return found
+
+
+cdef object _dl_numpy_dtype_uncached(int code, int bits):
     if code == MR_DL_FLOAT and bits in (16, 32, 64):
         name = f"float{bits}"
         return np.dtype(name), name
@@ -306,9 +318,12 @@ def dlpack_view(object obj, str name="array", bint writeable=False):
     cdef MrDLManagedTensorVersioned* versioned
     cdef _DLPackOwner owner
     cdef bint read_only = False
-    if api != NULL:
+    # A descriptor has no read-only flag: the exchange table serves reads
+    # (the view is then read-only), and writes only for types whose memory
+    # is always writeable (torch's: the types that say requires_grad).
+    if api != NULL and (not writeable or _xapi_grad):
         if api.dltensor_from_py_object_no_sync(<void*>obj, &t) == 0:
-            arr, dtype_name = _dl_to_numpy(&t, obj, False, name)
+            arr, dtype_name = _dl_to_numpy(&t, obj, not writeable, name)
             return arr, dtype_name, False
         PyErr_Clear()  # the protocol below gives the producer's own message
     try:

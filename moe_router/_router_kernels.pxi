@@ -148,7 +148,12 @@ cdef inline int _topk_groups(const floating* sel, Py_ssize_t n, Py_ssize_t size,
     # also went to e_out.
     cdef Py_ssize_t idx[MR_BLOCK + 1]
     cdef Py_ssize_t j
-    cdef int r = mr_topk_groups(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
+    cdef int r
+    # idx[0..k) is written when r >= 0 (never for k > MR_BLOCK); gcc cannot
+    # see it through every inlining, so it is cleared first.
+    for j in range(min(k, MR_BLOCK + 1)):
+        idx[j] = 0
+    r = mr_topk_groups(sel, n, size, kept, n_kept, <int>k, lanes, idx, m, e_out)
     if r >= 0:
         for j in range(k):
             ids_out[j] = <id_t>idx[j]

@@ -6,7 +6,8 @@
 # variant with one of these rules:
 #
 #   softcap        z' = cap * tanh(z / cap) before anything else (Laguna)
-#   softmax + bias S = top-K(p + b), w = p[S] (ERNIE 4.5, LongCat-Flash)
+#   softmax + bias S = top-K(p + b), w = p[S], p = e * (1 / sum e) (ERNIE 4.5,
+#                  LongCat-Flash)
 #   sqrtsoftplus   s = sqrt(softplus(z)), S = top-K(s [+ b]) (DeepSeek-V4)
 #   tid2eid        S = tid2eid[input_id] (DeepSeek-V4 hash layers)
 #   sparsemixer    PhiMoE's eval-mode top-2
@@ -18,7 +19,8 @@
 cdef extern from "csrc/rules.hpp" nogil:
     void mr_softcap_into[T](const T* z, Py_ssize_t n, T cap, T* out)
     T mr_exp_into[T](const T* z, Py_ssize_t n, T m, T* e)
-    void mr_div_bias_into[T](const T* e, Py_ssize_t n, T total, const T* bias, T* p, T* key)
+    void mr_div_bias_into[T](const T* e, Py_ssize_t n, T total, const T* bias, T* p, T* key,
+                             T* lanes)
     T mr_sqrtsoftplus_into[T](const T* z, Py_ssize_t n, T cap, const T* bias, T* s, T* key,
                               T* lanes)
     T mr_sigmoid_bias_into[T](const T* z, Py_ssize_t n, T cap, const T* bias, T* s, T* key,
@@ -28,7 +30,7 @@ cdef extern from "csrc/rules.hpp" nogil:
     void mr_picked_sqrtsoftplus[T](const T* z, const Py_ssize_t* idx, int k, T* out)
     T mr_sparsemixer_sum[T](const T* z, Py_ssize_t n, T m, T thr, Py_ssize_t skip)
 
-from libc.math cimport pow as c_pow
+from libc.math cimport pow as c_pow, sqrt
 
 # Scoring rules (the `score` argument of route_rows_rules).
 cdef enum:
@@ -127,6 +129,10 @@ cdef inline double _p_norm(const floating* e, Py_ssize_t k, double p) noexcept n
             mx = e[j]
     if mx == 0 or p == INFINITY:
         return mx
+    if p == 2:  # (no pow: it is most of a short row's time)
+        for j in range(k):
+            acc += (e[j] / mx) * (e[j] / mx)
+        return mx * sqrt(acc)
     for j in range(k):
         acc += c_pow(e[j] / mx, p)
     return mx * c_pow(acc, 1.0 / p)
@@ -148,7 +154,7 @@ cdef int _sparsemixer_row(const floating* zc, const floating* lanes, const Rules
     m2 = zc[i2]
     if m2 == -INFINITY:
         return ROW_ONE_EXPERT
-    if m2 == INFINITY:  # (+inf logits share the mass, as the softmax routers')
+    if m == INFINITY:  # (+inf logits share the mass, as the softmax routers')
         for j in range(n):
             n_inf += zc[j] == INFINITY
     if m == INFINITY:
@@ -231,10 +237,8 @@ cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
                 total = mr_exp_cap_into(z, n, cap, mc, s)
             else:
                 total = mr_exp_into(z, n, m, s)
-            mr_div_bias_into(s, n, total, <const floating*>cx.bias, s, key)
-            total = 1  # s holds the probabilities now
+            mr_div_bias_into(s, n, total, <const floating*>cx.bias, s, key, lanes)
         if table_row == NULL:
-            mr_max_lanes(key, n, lanes, &has_nan)
             _rules_topk(key, n, k, lanes, ids_out)
     elif table_row == NULL:
         _rules_topk(z, n, k, lanes, ids_out)
@@ -264,15 +268,16 @@ cdef int _rules_weights(const floating* z, const RulesCtx* cx, floating* scratch
         _picked_block(z, s, ids_out + j, kb, mc, cx, e + j)
         block_sums += mr_sum_k(e + j, <int>kb)
         j += MR_BLOCK
-    if score == SCORE_SOFTMAX and s == NULL and (not cx.norm or cx.norm_min > 0):
-        # the full softmax sum (of the capped logits)
+    if score == SCORE_SOFTMAX and s == NULL and (not cx.norm or cx.norm_min > 0 or cx.eps > 0):
+        # the full softmax sum (of the capped logits): the weights are
+        # e / total, and the divisors below are on that scale
         total = mr_exp_cap_into(z, n, cap, mc, scratch) if cap > 0 else _softmax_sum(z, n, m)
     if not cx.norm:
         divisor = total if score == SCORE_SOFTMAX else 1
     elif cx.p_norm > 0:
-        divisor = <floating>(_p_norm(e, k, cx.p_norm) + cx.eps)
+        divisor = <floating>(_p_norm(e, k, cx.p_norm) + cx.eps * total)
     else:
-        divisor = <floating>block_sums + <floating>cx.eps
+        divisor = <floating>(block_sums + cx.eps * total)
         if cx.norm_min > 0 and divisor < <floating>cx.norm_min * total:
             # ERNIE: the probabilities' sum clamped below at moe_norm_min
             divisor = <floating>cx.norm_min * total
@@ -315,12 +320,57 @@ cdef Py_ssize_t _rules_rows_typed(const floating* logits, void* ids_out, bint id
     return _rules_rows_w(logits, <int32_t*>ids_out, w_out, w64, cx)
 
 
+cdef Py_ssize_t _rules_half_chunk(const uint16_t* logits, bint bf16, Py_ssize_t r0,
+                                  Py_ssize_t r1, char* ids_out, Py_ssize_t id_size,
+                                  bint ids64, char* w_out, Py_ssize_t w_size, bint w64,
+                                  const RulesCtx* cx, int tid, float* heap_buf) noexcept nogil:
+    # Rows [r0, r1) of half-precision logits widened into float32 (exactly)
+    # and routed as float32, on the calling thread: _route_half_chunk's rule.
+    cdef float stack_buf[HALF_CHUNK_FLOATS]
+    cdef float* buf = heap_buf if heap_buf != NULL else stack_buf
+    cdef RulesCtx sub = cx[0]
+    cdef Py_ssize_t n = cx.n, k = cx.k
+    if bf16:
+        mr_widen_bf16(logits + r0 * n, (r1 - r0) * n, buf)
+    else:
+        mr_widen_f16(logits + r0 * n, (r1 - r0) * n, buf)
+    sub.n_rows = r1 - r0
+    sub.num_threads = 1
+    sub.scratch = <char*>cx.scratch + tid * cx.scratch_per_thread * sizeof(float)
+    if cx.tokens != NULL:
+        sub.tokens = cx.tokens + r0
+    return _rules_rows_typed(<const float*>buf, ids_out + r0 * k * id_size, ids64,
+                             w_out + r0 * k * w_size, w64, &sub)
+
+
+cdef Py_ssize_t _rules_rows_half(const uint16_t* logits, bint bf16, void* ids_out, bint ids64,
+                                 void* w_out, bint w64, const RulesCtx* cx,
+                                 float* heap_buf) noexcept nogil:
+    cdef Py_ssize_t n = cx.n, n_bad = 0, c, n_chunks, rows_per_chunk
+    cdef Py_ssize_t id_size = 8 if ids64 else 4, w_size = 8 if w64 else 4
+    rows_per_chunk = 2 if heap_buf != NULL else max(2, (HALF_CHUNK_FLOATS // n) & ~1)
+    n_chunks = (cx.n_rows + rows_per_chunk - 1) // rows_per_chunk
+    if cx.num_threads > 1 and n_chunks > 1:
+        for c in prange(n_chunks, num_threads=cx.num_threads, schedule='static'):
+            n_bad += _rules_half_chunk(
+                logits, bf16, c * rows_per_chunk, min(cx.n_rows, (c + 1) * rows_per_chunk),
+                <char*>ids_out, id_size, ids64, <char*>w_out, w_size, w64, cx, threadid(),
+                heap_buf + threadid() * 2 * n if heap_buf != NULL else NULL)
+    else:
+        for c in range(n_chunks):
+            n_bad += _rules_half_chunk(
+                logits, bf16, c * rows_per_chunk, min(cx.n_rows, (c + 1) * rows_per_chunk),
+                <char*>ids_out, id_size, ids64, <char*>w_out, w_size, w64, cx, 0, heap_buf)
+    return n_bad
+
+
 def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                      cnp.ndarray expert_ids, cnp.ndarray expert_weights,
                      int num_threads, Py_ssize_t num_experts, int score,
                      double softcap=0, double p_norm=0, double norm_min=0, double eps=0,
                      double routed_scaling_factor=1.0, double jitter_eps=0,
-                     object bias=None, object tid2eid=None, object input_ids=None):
+                     object bias=None, object tid2eid=None, object input_ids=None,
+                     bint bf16_bits=False, object views_shape=None):
     """Route logits [..., num_experts] under a scoring rule (see the top of
     _rules_kernels.pxi) into flat output buffers.
 
@@ -332,25 +382,27 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     C-contiguous int64 array of the logits' leading shape, an id out of [0, vocab) or
     a table entry of a routed token out of [0, num_experts)).  The table
     entries are checked for the routed tokens only, with the GIL held.
+    Logits are read as route_rows reads them (float16 / bfloat16 widened a
+    few rows at a time, DLPack tensors; hash routing takes ndarrays only),
+    with its bf16_bits, views_shape and -2 return.
     """
     cdef cnp.ndarray arr, tab, tok
+    cdef LogitsRef ref
     cdef int nd, lt, wt, it
-    cdef Py_ssize_t n, n_bad = 0, r, j, vocab = 0
+    cdef Py_ssize_t n, n_bad = 0, r, j, vocab = 0, item
     cdef const int64_t* tp
     cdef const int64_t* ip_tok
     cdef int64_t t
-    cdef void* lp
     cdef void* ip
     cdef void* wp
+    cdef float* heap_buf = NULL
     cdef RulesCtx cx
-    if not cnp.PyArray_CheckExact(logits):
+    if _logits_ref(logits, &ref, bf16_bits, views_shape) != 0:
         return -1
-    arr = <cnp.ndarray>logits
-    nd = cnp.PyArray_NDIM(arr)
-    if nd == 0:
-        return -1
-    n = cnp.PyArray_DIM(arr, nd - 1)
-    lt = cnp.PyArray_TYPE(arr)
+    n = ref.n
+    # Half precisions are routed as float32: their scratch and bias too.
+    lt = cnp.NPY_FLOAT64 if ref.kind == LK_F64 else cnp.NPY_FLOAT32
+    item = 8 if ref.kind == LK_F64 else 4
     wt = cnp.PyArray_TYPE(expert_weights)
     it = cnp.PyArray_TYPE(expert_ids)
     if (n == 0 or (num_experts > 0 and n != num_experts) or top_k < 1 or top_k > n
@@ -360,11 +412,8 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                     and jitter_eps >= 0 and routed_scaling_factor > 0)
             or softcap == INFINITY or norm_min == INFINITY or eps == INFINITY
             or jitter_eps == INFINITY or routed_scaling_factor == INFINITY
-            or (lt != cnp.NPY_FLOAT32 and lt != cnp.NPY_FLOAT64)
             or (wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64)
             or (it != cnp.NPY_INT32 and it != cnp.NPY_UINT32 and it != cnp.NPY_INT64)
-            or not cnp.PyArray_ISNOTSWAPPED(arr)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
             or not cnp.PyArray_IS_C_CONTIGUOUS(expert_ids)
             or not cnp.PyArray_IS_C_CONTIGUOUS(expert_weights)
             or not cnp.PyArray_ISWRITEABLE(expert_ids)
@@ -382,18 +431,21 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                 or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>bias) or score == SCORE_SPARSEMIXER):
             return -1
         cx.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
-    cx.n_rows = cnp.PyArray_SIZE(arr) // n
+    cx.n_rows = ref.n_rows
     if (cnp.PyArray_SIZE(expert_ids) < cx.n_rows * top_k
             or cnp.PyArray_SIZE(expert_weights) < cx.n_rows * top_k
-            or _overlap(arr, expert_ids) or _overlap(arr, expert_weights)
+            or _overlap_bytes(ref.data, ref.nbytes, expert_ids)
+            or _overlap_bytes(ref.data, ref.nbytes, expert_weights)
             or _overlap(expert_ids, expert_weights)):
         return -1
     cx.table = NULL
     cx.tokens = NULL
     if tid2eid is not None:
         if (not cnp.PyArray_CheckExact(tid2eid) or not cnp.PyArray_CheckExact(input_ids)
-                or score == SCORE_SPARSEMIXER):
+                or score == SCORE_SPARSEMIXER or not cnp.PyArray_CheckExact(logits)):
             return -1
+        arr = <cnp.ndarray>logits
+        nd = cnp.PyArray_NDIM(arr)
         tab = <cnp.ndarray>tid2eid
         tok = <cnp.ndarray>input_ids
         if (cnp.PyArray_TYPE(tab) != cnp.NPY_INT64 or cnp.PyArray_NDIM(tab) != 2
@@ -423,8 +475,8 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     elif input_ids is not None:
         return -1
     if cx.n_rows == 0:
-        return 0
-    if cx.n_rows < _parallel_min_rows:
+        return -2 if ref.from_dl and not ref.same_shape else 0
+    if cx.n_rows < _parallel_min_rows or (num_threads <= 0 and cx.n_rows < _default_parallel_min_rows):
         num_threads = 1
     elif num_threads <= 0:
         num_threads = mr_openmp_max_threads()
@@ -440,18 +492,29 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     cx.thr = 2 * jitter_eps
     cx.num_threads = num_threads
     cx.scratch_per_thread = 3 * n + MR_BLOCK
-    cx.scratch = malloc(num_threads * cx.scratch_per_thread * cnp.PyArray_ITEMSIZE(arr))
+    cx.scratch = malloc(num_threads * cx.scratch_per_thread * item)
     if cx.scratch == NULL:
         raise MemoryError()
-    lp = cnp.PyArray_DATA(arr)
+    if (ref.kind == LK_F16 or ref.kind == LK_BF16) and 2 * n > HALF_CHUNK_FLOATS:
+        heap_buf = <float*>malloc(num_threads * 2 * n * sizeof(float))
+        if heap_buf == NULL:
+            free(cx.scratch)
+            raise MemoryError()
     ip = cnp.PyArray_DATA(expert_ids)
     wp = cnp.PyArray_DATA(expert_weights)
     with nogil:
-        if lt == cnp.NPY_FLOAT32:
-            n_bad = _rules_rows_typed(<const float*>lp, ip, it == cnp.NPY_INT64, wp,
+        if ref.kind == LK_F32:
+            n_bad = _rules_rows_typed(<const float*>ref.data, ip, it == cnp.NPY_INT64, wp,
+                                      wt == cnp.NPY_FLOAT64, &cx)
+        elif ref.kind == LK_F64:
+            n_bad = _rules_rows_typed(<const double*>ref.data, ip, it == cnp.NPY_INT64, wp,
                                       wt == cnp.NPY_FLOAT64, &cx)
         else:
-            n_bad = _rules_rows_typed(<const double*>lp, ip, it == cnp.NPY_INT64, wp,
-                                      wt == cnp.NPY_FLOAT64, &cx)
+            n_bad = _rules_rows_half(<const uint16_t*>ref.data, ref.kind == LK_BF16, ip,
+                                     it == cnp.NPY_INT64, wp, wt == cnp.NPY_FLOAT64, &cx,
+                                     heap_buf)
+    free(heap_buf)
     free(cx.scratch)
+    if n_bad == 0 and ref.from_dl and not ref.same_shape:
+        return -2
     return n_bad

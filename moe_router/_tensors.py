@@ -73,8 +73,8 @@ def asarray(obj, name: str, writeable: bool = False):
     if type(obj) is np.ndarray:
         return obj, obj.dtype.name, False
     torch_in = is_torch(obj)
-    if torch_in:
-        check_torch(obj, name)
+    if torch_in and (obj.requires_grad or not obj.is_cpu):
+        check_torch(obj, name)  # raises, naming the device (costly to read)
     if not isinstance(obj, np.ndarray) and hasattr(type(obj), "__dlpack__"):
         arr, dt_name, _ = _core_baseline.dlpack_view(obj, name, writeable)
         return arr, dt_name, torch_in

@@ -55,7 +55,8 @@ divisors (norm_topk_prob)
     moe_normalize_expert_weights = q: w /= (||w||_q + eps) (q = inf: the
     max); moe_norm_min: w /= max(sum(w), moe_norm_min); else
     w /= (sum(w) + eps); eps = 1e-20 for the routers whose selection is
-    not on the weights' own order (sigmoid, sqrtsoftplus, groups, a bias)
+    not on the weights' own order (sigmoid, sqrtsoftplus, groups, a bias,
+    tid2eid)
     unless moe_norm_min is set, else 0.
 
 `route_rows` has the signature of the compiled kernels' entry point, so the
@@ -257,12 +258,22 @@ def route_reference(
     if norm_topk_prob:
         eps = (
             1e-20
-            if (scoring_func != "softmax" or grouped or bias is not None) and not moe_norm_min
+            if (scoring_func != "softmax" or grouped or bias is not None or tid2eid is not None)
+            and not moe_norm_min
             else 0.0
         )
         if moe_normalize_expert_weights is not None:
             q = float(moe_normalize_expert_weights)
-            w = w / (np.linalg.norm(w, ord=q, axis=1, keepdims=True) + eps)
+            # ||w||_q scaled by the largest weight (no under- or overflow
+            # for large q); q = inf: that largest weight
+            big = w.max(axis=1, keepdims=True)
+            if q == np.inf:
+                qnorm = big
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ratio = np.where(big > 0, w / big, 0.0)
+                qnorm = big * (ratio**q).sum(axis=1, keepdims=True) ** (1.0 / q)
+            w = w / (qnorm + eps)
         elif moe_norm_min:
             w = w / np.maximum(w.sum(axis=1, keepdims=True), moe_norm_min)
         else:
@@ -363,16 +374,19 @@ def route_rows_rules(
     bias=None,
     tid2eid=None,
     input_ids=None,
+    bf16_bits=False,
+    views_shape=None,
 ):
     """Kernel-compatible entry (see the compiled route_rows_rules); `eps` is
-    implied by the options here (the reference's own rule)."""
-    if (
-        type(logits) is not np.ndarray
-        or logits.ndim == 0
-        or logits.dtype not in (np.float32, np.float64)
-        or not logits.flags.c_contiguous
-        or not 0 <= score < len(_SCORES)
-    ):
+    implied by the options here (the reference's own rule).  Half precisions
+    are widened to float32 first, as the kernels do."""
+    if type(logits) is not np.ndarray or logits.ndim == 0 or not logits.flags.c_contiguous:
+        return -1
+    if logits.dtype == np.float16 or logits.dtype.name == "bfloat16":
+        logits = logits.astype(np.float32)
+    elif bf16_bits and logits.dtype == np.uint16:
+        logits = (logits.astype(np.uint32) << 16).view(np.float32)
+    if logits.dtype not in (np.float32, np.float64) or not 0 <= score < len(_SCORES):
         return -1
     n = logits.shape[-1]
     n_rows = logits.size // n if n else 0

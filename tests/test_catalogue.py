@@ -535,6 +535,203 @@ CASES = [
         TypeError,
         "unexpected keyword argument",
     ),
+    # --- the scoring rules of route_rows_rules -------------------------------------
+    (
+        "softcap negative",
+        lambda: mr.route(GOOD, 2, moe_router_logit_softcapping=-1.0),
+        ValueError,
+        "moe_router_logit_softcapping must be >= 0",
+    ),
+    (
+        "softcap inf",
+        lambda: mr.Router(E, 2, moe_router_logit_softcapping=float("inf")),
+        ValueError,
+        "moe_router_logit_softcapping must be finite",
+    ),
+    (
+        "softcap overflowing float32",
+        lambda: mr.route(GOOD, 2, moe_router_logit_softcapping=1e300),
+        ValueError,
+        r"in \[1e-6, 1e38\]",
+    ),
+    (
+        "softcap str",
+        lambda: mr.route(GOOD, 2, moe_router_logit_softcapping="30"),
+        TypeError,
+        "moe_router_logit_softcapping must be a real number",
+    ),
+    (
+        "p-norm zero",
+        lambda: mr.route(GOOD, 2, moe_normalize_expert_weights=0.0),
+        ValueError,
+        "moe_normalize_expert_weights .* must be > 0",
+    ),
+    (
+        "p-norm NaN",
+        lambda: mr.route(GOOD, 2, moe_normalize_expert_weights=float("nan")),
+        ValueError,
+        "moe_normalize_expert_weights must be finite",
+    ),
+    (
+        "p-norm unnormalised",
+        lambda: mr.route(GOOD, 2, False, moe_normalize_expert_weights=1.0),
+        ValueError,
+        "contradicts norm_topk_prob=False",
+    ),
+    (
+        "norm_min negative",
+        lambda: mr.route(GOOD, 2, moe_norm_min=-1e-12),
+        ValueError,
+        "moe_norm_min must be >= 0",
+    ),
+    (
+        "norm_min unnormalised",
+        lambda: mr.Router(E, 2, False, moe_norm_min=1e-12),
+        ValueError,
+        "contradicts norm_topk_prob=False",
+    ),
+    (
+        "sparsemixer top_k 3",
+        lambda: mr.route(GOOD, 3, False, scoring_func="sparsemixer"),
+        ValueError,
+        "routes top_k=2 experts, got top_k=3",
+    ),
+    (
+        "sparsemixer renormalised",
+        lambda: mr.route(GOOD, 2, scoring_func="sparsemixer"),
+        ValueError,
+        "pass norm_topk_prob=False",
+    ),
+    (
+        "jitter without sparsemixer",
+        lambda: mr.route(GOOD, 2, router_jitter_noise=0.01),
+        ValueError,
+        "router_jitter_noise is sparsemixer's mask threshold",
+    ),
+    (
+        "jitter negative",
+        lambda: mr.route(GOOD, 2, False, scoring_func="sparsemixer", router_jitter_noise=-0.1),
+        ValueError,
+        "router_jitter_noise must be >= 0",
+    ),
+    (
+        "rules with groups",
+        lambda: mr.route(GOOD, 2, scoring_func="sqrtsoftplus", n_group=4, topk_group=2),
+        ValueError,
+        "n_group > 1 and topk_on_logits do not combine",
+    ),
+    (
+        "tid2eid shape",
+        lambda: mr.Router(E, 2, tid2eid=np.zeros((10, 3), np.int64)),
+        ValueError,
+        r"tid2eid must have shape \(vocab_size >= 1, top_k=2\), got \(10, 3\)",
+    ),
+    (
+        "tid2eid float",
+        lambda: mr.Router(E, 2, tid2eid=np.zeros((10, 2))),
+        TypeError,
+        "tid2eid must be an integer array",
+    ),
+    (
+        "tid2eid out of range",
+        lambda: mr.Router(E, 2, tid2eid=np.full((10, 2), E)),
+        ValueError,
+        r"tid2eid holds expert ids outside \[0, num_experts=16\)",
+    ),
+    (
+        "tid2eid with bias",
+        lambda: mr.Router(
+            E, 2, tid2eid=np.zeros((10, 2), np.int64), e_score_correction_bias=np.zeros(E)
+        ),
+        ValueError,
+        "tid2eid \\(hash routing\\) already does",
+    ),
+    (
+        "input_ids missing",
+        lambda: mr.Router(E, 2, tid2eid=np.zeros((10, 2), np.int64))(GOOD),
+        ValueError,
+        "pass input_ids=",
+    ),
+    (
+        "input_ids out of vocab",
+        lambda: mr.Router(E, 2, tid2eid=np.zeros((10, 2), np.int64))(
+            GOOD, input_ids=np.array([0, 1, 2, 10])
+        ),
+        ValueError,
+        r"input_ids must be in \[0, vocab_size=10\)",
+    ),
+    (
+        "input_ids negative",
+        lambda: route_into(
+            GOOD,
+            tid2eid=np.zeros((10, 2), np.int64),
+            input_ids=np.array([0, -1, 2, 3]),
+        ),
+        ValueError,
+        r"input_ids must be in \[0, vocab_size=10\)",
+    ),
+    (
+        "input_ids shape",
+        lambda: mr.Router(E, 2, tid2eid=np.zeros((10, 2), np.int64))(
+            GOOD, input_ids=np.zeros((2, 2), np.int64)
+        ),
+        ValueError,
+        r"input_ids must have the logits' leading shape \(4,\), got \(2, 2\)",
+    ),
+    (
+        "input_ids float",
+        lambda: mr.route(
+            GOOD, 2, tid2eid=np.zeros((10, 2), np.int64), input_ids=np.zeros(4, np.float32)
+        ),
+        TypeError,
+        "input_ids must be an integer array",
+    ),
+    (
+        "input_ids without table",
+        lambda: mr.Router(E, 2)(GOOD, input_ids=np.zeros(4, np.int64)),
+        ValueError,
+        "the router has no tid2eid table",
+    ),
+    (
+        "zero experts all",
+        lambda: mr.Router(E, 2, zero_expert_num=E),
+        ValueError,
+        "zero_expert_num must be <= num_experts - 1=15",
+    ),
+    (
+        "zero experts float",
+        lambda: mr.Router(E, 2, zero_expert_num=2.0),
+        TypeError,
+        "zero_expert_num must be an int",
+    ),
+    (
+        "sqrtsoftplus +inf",
+        lambda: route_into(_row([np.inf] + [0.0] * 15), scoring_func="sqrtsoftplus"),
+        ValueError,
+        "row 2 contains \\+inf: its sqrtsoftplus score is infinite",
+    ),
+    (
+        "sparsemixer one expert",
+        lambda: route_into(
+            _row([1.0] + [-np.inf] * 15), norm_topk_prob=False, scoring_func="sparsemixer"
+        ),
+        ValueError,
+        "row 2 has fewer than 2 experts above -inf",
+    ),
+    (
+        "softmax bias all -inf",
+        lambda: route_into(_row([-np.inf] * 16), e_score_correction_bias=np.zeros(E)),
+        ValueError,
+        "row 2 is all -inf",
+    ),
+    (
+        "biased sqrtsoftplus NaN",
+        lambda: route_into(
+            _nan_at(GOOD, 1, 3), scoring_func="sqrtsoftplus", e_score_correction_bias=np.zeros(E)
+        ),
+        ValueError,
+        "row 1 contains NaN",
+    ),
     (
         "preset unknown",
         lambda: mr.Router.from_hf_config({"model_type": "bert"}),

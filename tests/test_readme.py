@@ -53,3 +53,12 @@ def test_set_up_commands_are_the_ones_ci_runs():
     assert len(commands) == 2
     for command in commands:
         assert command in (line.strip() for line in ci), f"CI does not run {command!r}"
+
+
+def test_typed_usage_script_runs():
+    # CI type-checks it with mypy (.ci/run); here its calls must also work.
+    import runpy
+
+    namespace = runpy.run_path(str(ROOT / "tests" / "typed" / "usage.py"))
+    ref_ids, _ = ref.softmax_topk(namespace["logits"], 2, True)
+    np.testing.assert_array_equal(namespace["ids"], ref_ids)

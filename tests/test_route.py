@@ -434,3 +434,63 @@ def test_docstrings_cover_the_call_threads_dtypes_and_errors():
     for doc in (mr.Router.__doc__, mr.route.__doc__):
         for word in ("num_threads", "ids_dtype", "weights_dtype", "TypeError", "ValueError"):
             assert word in doc, word
+
+
+@pytest.mark.parametrize(
+    "below, at",
+    [
+        # The default (num_threads=None): one thread up to DEFAULT_PARALLEL_MIN_ROWS.
+        ("mr.route(z[:-1], 2); mr.Router(16, 2)(z[:-1])", "mr.route(z, 2)"),
+        # Explicit threads: split from PARALLEL_MIN_ROWS.
+        (
+            "mr.route(z[: mr.PARALLEL_MIN_ROWS - 1], 2, num_threads=2)",
+            "mr.route(z[: mr.PARALLEL_MIN_ROWS], 2, num_threads=2)",
+        ),
+    ],
+    ids=["default", "explicit"],
+)
+def test_calls_split_over_threads_only_from_their_threshold(below, at):
+    # The OS as the oracle: libgomp starts its worker threads at the first
+    # parallel region, so the process's thread count shows whether a call
+    # was split.  In a fresh process with OMP_NUM_THREADS=2.
+    import os
+    import subprocess
+    import sys
+
+    if not mr.show_config(print_out=False)["openmp"] or not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs OpenMP and Linux's /proc")
+    script = f"""
+import os
+import numpy as np
+import moe_router as mr
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+z = np.random.default_rng(0).standard_normal((mr.DEFAULT_PARALLEL_MIN_ROWS, 16))
+z = z.astype(np.float32)
+before = threads()
+{below}
+print(threads() - before)
+{at}
+print(threads() - before)
+"""
+    # The subprocess imports the same moe_router this test run does.
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="2",
+        OPENBLAS_NUM_THREADS="1",
+        PYTHONPATH=os.path.dirname(os.path.dirname(mr.__file__)),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    unsplit, split = (int(line) for line in done.stdout.split())
+    assert unsplit == 0, "a call below the threshold started OpenMP workers"
+    assert split >= 1, "a call at the threshold ran on one thread"

@@ -267,6 +267,7 @@ def test_identity_expert_start():
         ([np.inf, np.inf, 0.0, 1.0], dict(e_score_correction_bias=[0, 0, 0, 1.0]), True),
         ([3.0, -np.inf, -np.inf, -np.inf], dict(scoring_func="sparsemixer"), False),
         ([np.inf, np.inf, 0.0, 1.0], dict(scoring_func="sparsemixer"), True),
+        ([-np.inf, 0.0, np.inf, 1.0], dict(scoring_func="sparsemixer"), True),  # one +inf
     ],
 )
 def test_infinities(any_path, values, opts, ok):

@@ -39,6 +39,29 @@ VARIANTS = {
     ),
     "gpt-oss": dict(top_k=4, topk_on_logits=True),
     "llama4": dict(top_k=1, scoring_func="sigmoid", topk_on_logits=True, norm_topk_prob=False),
+    # The scoring rules (route_rows_rules) read half precision the same way.
+    "ernie softmax+bias": dict(top_k=6, e_score_correction_bias="bias", moe_norm_min=1e-12),
+    "deepseek-v4 sqrtsoftplus": dict(
+        top_k=6,
+        scoring_func="sqrtsoftplus",
+        e_score_correction_bias="bias",
+        routed_scaling_factor=1.5,
+    ),
+    "laguna softcap": dict(
+        top_k=8,
+        scoring_func="sigmoid",
+        moe_router_logit_softcapping=2.0,
+        e_score_correction_bias="bias",
+    ),
+    "dbrx p-norm": dict(top_k=4, moe_normalize_expert_weights=2.0),
+    "phimoe sparsemixer": dict(top_k=2, scoring_func="sparsemixer", norm_topk_prob=False),
+    "longcat zero experts": dict(
+        top_k=12,
+        e_score_correction_bias="bias",
+        zero_expert_num=32,
+        norm_topk_prob=False,
+        routed_scaling_factor=6.0,
+    ),
 }
 
 
@@ -203,7 +226,9 @@ def torch():
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
-@pytest.mark.parametrize("variant", ["softmax", "deepseek-v3", "gpt-oss"])
+@pytest.mark.parametrize(
+    "variant", ["softmax", "deepseek-v3", "gpt-oss", "deepseek-v4 sqrtsoftplus"]
+)
 def test_torch_logits_match_numpy_float(kernel_path, rng, torch, dtype, variant):
     router = _router(64, VARIANTS[variant], rng)
     t = torch.from_numpy(rng.standard_normal((2, 9, 64)).astype(np.float32)).to(

@@ -32,23 +32,10 @@ static inline typename S::V mr_select_lt(typename S::V mx, typename S::V lo, typ
     return S::add(S::zero_if_lt(mx, lo, y), S::sub(x, S::zero_if_lt(mx, lo, x)));
 }
 
-/*
- * tanh(u).  For |u| >= 0.3: (1 - e) / (1 + e), e = exp(-2|u|) (1 - e loses
- * at most about a bit there); below, the odd Taylor series of tanh (7
- * terms for float32, 13 for float64: truncation below half an ulp at
- * |u| = 0.3), which keeps tanh(u) ~ u accurate to the ulp where the exp
- * form would cancel.  The sign is put back with two masks.  tanh(+-inf) =
- * +-1 exactly; NaN stays NaN.
- */
-template <class S> static inline typename S::V mr_tanh_v(typename S::V u)
+template <class S> static inline typename S::V mr_tanh_small_v(typename S::V as)
 {
     typedef typename S::T T;
     typedef typename S::V V;
-    const V zero = S::set(0), one = S::set(1), th = S::set((T)0.3);
-    const V a = mr_abs_v<S>(u);
-    const V e = mr_exp_v<S>(S::mul(S::set(-2), a));
-    const V big = S::div(S::sub(one, e), S::add(one, e));
-    const V as = S::min(a, th); /* (a NaN a gives th: finite) */
     const V a2 = S::mul(as, as);
     V p;
     if constexpr (mr_is_f32<T>) {
@@ -72,8 +59,41 @@ template <class S> static inline typename S::V mr_tanh_v(typename S::V u)
         p = S::fma(p, a2, S::set(0.13333333333333333));
         p = S::fma(p, a2, S::set(-0.33333333333333331));
     }
-    const V small = S::fma(S::mul(p, a2), as, as);
-    const V t = mr_select_lt<S>(a, th, small, big); /* small where a < 0.3 */
+    return S::fma(S::mul(p, a2), as, as);
+}
+
+template <class S> static inline typename S::V mr_tanh_big_v(typename S::V a)
+{
+    typedef typename S::V V;
+    const V one = S::set(1);
+    const V e = mr_exp_v<S>(S::mul(S::set(-2), a));
+    return S::div(S::sub(one, e), S::add(one, e));
+}
+
+/*
+ * tanh(u).  For |u| >= 0.3: (1 - e) / (1 + e), e = exp(-2|u|) (1 - e loses
+ * at most about a bit there); below, the odd Taylor series of tanh (7
+ * terms for float32, 13 for float64: truncation below half an ulp at
+ * |u| = 0.3), which keeps tanh(u) ~ u accurate to the ulp where the exp
+ * form would cancel.  A vector whose lanes all take one form computes only
+ * that one (capped logits are mostly small: cap 30, |z| < 9); a lane's
+ * value is its form's either way.  The sign is put back with two masks.
+ * tanh(+-inf) = +-1 exactly; NaN stays NaN (a NaN lane takes the exp form).
+ */
+template <class S> static inline typename S::V mr_tanh_v(typename S::V u)
+{
+    typedef typename S::T T;
+    typedef typename S::V V;
+    const V zero = S::set(0), th = S::set((T)0.3);
+    const V a = mr_abs_v<S>(u);
+    const int small_bits = S::gt_bits(th, a); /* a < 0.3 (not NaN) */
+    V t;
+    if (small_bits == (1 << S::W) - 1)
+        t = mr_tanh_small_v<S>(a);
+    else if (small_bits == 0)
+        t = mr_tanh_big_v<S>(a);
+    else /* small where a < 0.3; the series of min(a, 0.3) stays finite */
+        t = mr_select_lt<S>(a, th, mr_tanh_small_v<S>(S::min(a, th)), mr_tanh_big_v<S>(a));
     /* +t where u >= 0, -t where u < 0 (t is 0 at u = 0). */
     return S::sub(S::zero_if_lt(u, zero, t), S::zero_if_lt(zero, u, t));
 }
@@ -162,23 +182,36 @@ template <class T> static inline T mr_exp_into(const T *z, Py_ssize_t n, T m, T 
     return (T)total.total();
 }
 
-/* p[i] = e[i] / total (in place allowed), key[i] = p[i] + bias[i]: the
- * softmax probabilities and their biased selection scores. */
+/* p[i] = e[i] * (1 / total) (in place allowed), key[i] = p[i] + bias[i]:
+ * the softmax probabilities and their biased selection scores; lanes[l] =
+ * the max of the keys whose index is l modulo MR_BLOCK (mr_max_lanes'
+ * lanes, for the top-k; no NaN is left here). */
 template <class T>
-static inline void mr_div_bias_into(const T *e, Py_ssize_t n, T total, const T *bias, T *p, T *key)
+static inline void mr_div_bias_into(const T *e, Py_ssize_t n, T total, const T *bias, T *p, T *key, T *lanes)
 {
     using S = Vec<T>;
-    const typename S::V vt = S::set(total);
+    typedef typename S::V V;
+    const V inv = S::set((T)1 / total);
+    V acc[MR_NV];
+    for (int j = 0; j < MR_NV; j++)
+        acc[j] = S::set(-INFINITY);
     Py_ssize_t i = 0;
-    for (; i + S::W <= n; i += S::W) {
-        const typename S::V v = S::div(S::load(e + i), vt);
-        S::store(p + i, v);
-        S::store(key + i, S::add(v, S::load(bias + i)));
-    }
-    for (; i < n; i++) { /* one division and one add: the same in any lane */
-        const T v = e[i] / total;
+    for (; i + MR_BLOCK <= n; i += MR_BLOCK)
+        for (int j = 0; j < MR_NV; j++) {
+            const V v = S::mul(S::load(e + i + j * S::W), inv);
+            const V kv = S::add(v, S::load(bias + i + j * S::W));
+            S::store(p + i + j * S::W, v);
+            S::store(key + i + j * S::W, kv);
+            acc[j] = S::max(kv, acc[j]);
+        }
+    for (int j = 0; j < MR_NV; j++)
+        S::store(lanes + j * S::W, acc[j]);
+    const T inv_s = (T)1 / total;
+    for (int l = 0; i < n; i++, l++) { /* one multiply and one add: the same in any lane */
+        const T v = e[i] * inv_s;
         p[i] = v;
         key[i] = v + bias[i];
+        lanes[l] = key[i] > lanes[l] ? key[i] : lanes[l];
     }
 }
 

@@ -30,6 +30,7 @@ with atheris.instrument_imports():
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from test_plan import numpy_combine, numpy_permute, numpy_plan  # noqa: E402
+from test_rules import assert_like_reference  # noqa: E402
 from test_variants import assert_routes_like  # noqa: E402
 
 try:
@@ -127,7 +128,7 @@ def _route_case(fdp):
     top_k = fdp.ConsumeIntInRange(-1, num_experts + 1)
     norm = fdp.ConsumeBool()
     opts = {}
-    variant = fdp.ConsumeIntInRange(0, 4)
+    variant = fdp.ConsumeIntInRange(0, 8)
     if variant == 1:
         opts = dict(scoring_func="sigmoid")
     elif variant == 2:
@@ -149,6 +150,50 @@ def _route_case(fdp):
             topk_on_logits=True, scoring_func=["softmax", "sigmoid"][fdp.ConsumeIntInRange(0, 1)]
         )
         norm = norm or opts["scoring_func"] == "softmax"
+    elif variant == 5:  # a selection bias under softmax / sigmoid / sqrtsoftplus
+        opts = dict(
+            scoring_func=["softmax", "sigmoid", "sqrtsoftplus"][fdp.ConsumeIntInRange(0, 2)],
+            e_score_correction_bias=[fdp.ConsumeFloat() for _ in range(num_experts)],
+            moe_norm_min=[None, 1e-12, fdp.ConsumeFloat()][fdp.ConsumeIntInRange(0, 2)],
+            routed_scaling_factor=fdp.ConsumeFloat(),
+        )
+    elif variant == 6:  # soft-capping, p-norms
+        opts = dict(
+            scoring_func=["softmax", "sigmoid", "sqrtsoftplus"][fdp.ConsumeIntInRange(0, 2)],
+            moe_router_logit_softcapping=fdp.ConsumeFloat(),
+            moe_normalize_expert_weights=[None, 1.0, 2.0, float("inf"), fdp.ConsumeFloat()][
+                fdp.ConsumeIntInRange(0, 4)
+            ],
+            zero_expert_num=fdp.ConsumeIntInRange(-1, 3),
+        )
+    elif variant == 7:
+        opts = dict(scoring_func="sparsemixer", router_jitter_noise=fdp.ConsumeFloat())
+    elif variant == 8:  # hash routing
+        vocab = fdp.ConsumeIntInRange(0, 4)
+        k = max(top_k, 0)
+        opts = dict(
+            scoring_func=["softmax", "sigmoid", "sqrtsoftplus"][fdp.ConsumeIntInRange(0, 2)],
+            tid2eid=np.array(
+                [fdp.ConsumeIntInRange(-1, num_experts) for _ in range(vocab * k)], np.int64
+            ).reshape(vocab, k),
+        )
+        input_ids = [fdp.ConsumeIntInRange(-1, vocab) for _ in range(batch)]
+    api = fdp.ConsumeIntInRange(0, 2)
+    if variant == 8:
+        try:
+            if api == 0:
+                out = mr.route(z, top_k, norm, input_ids=input_ids, **opts)
+            elif api == 1:
+                out = mr.route_into(
+                    z, top_k, mr.RouterOutput.empty(), norm, input_ids=input_ids, **opts
+                )
+            else:
+                out = mr.Router(num_experts, top_k, norm, **opts)(z, input_ids=input_ids)
+        except (TypeError, ValueError):
+            return
+        np.testing.assert_array_equal(out.expert_ids, opts["tid2eid"][np.array(input_ids)])
+        assert np.isfinite(out.expert_weights).all() and (out.expert_weights >= 0).all()
+        return
     api = fdp.ConsumeIntInRange(0, 2)
     # The logits as given, or through DLPack (a producer that cannot
     # export them, such as NumPy for bfloat16 or >f4, must give TypeError).
@@ -162,7 +207,18 @@ def _route_case(fdp):
             out = mr.Router(num_experts, top_k, norm, **opts)(given)
     except (TypeError, ValueError):
         return
+    # The output is the pair it unpacks as (issue 17).
+    assert len(out) == 2 and out[0] is out.expert_ids and out[-1] is out.expert_weights
     zz = np.asarray(z, np.float64)
+    if variant == 7:  # the arg maxes exactly; the masks may flip at the threshold
+        oracle = ref.route_reference(zz, top_k, norm, **opts)
+        np.testing.assert_array_equal(out.expert_ids, oracle[0])
+        assert ((out.expert_weights > 0) & (out.expert_weights <= 1 + 1e-6)).all()
+        return
+    if variant >= 5:
+        ro = {k: v for k, v in opts.items() if v is not None}
+        assert_like_reference(np.asarray(z), out, top_k, norm, ro)
+        return
     oracle = ref.route_reference(zz, top_k, norm, **opts)
     assert_routes_like(zz, out.expert_ids, out.expert_weights, *oracle, top_k, norm, opts)
 
