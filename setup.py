@@ -179,7 +179,11 @@ class BuildExt(build_ext):
 
 
 # Everything each _core_<isa> module is built from besides its own .pyx.
-KERNEL_SOURCES = ["moe_router/_router_kernels.pxi", "moe_router/_rules_kernels.pxi"] + sorted(
+KERNEL_SOURCES = [
+    "moe_router/_router_kernels.pxi",
+    "moe_router/_rules_kernels.pxi",
+    "moe_router/_plan_kernels.pxi",
+] + sorted(
     glob.glob("moe_router/csrc/*.h", root_dir=HERE)
     + glob.glob("moe_router/csrc/*.hpp", root_dir=HERE)
 )

@@ -18,6 +18,7 @@ from ._api import (
     route,
     route_into,
 )
+from ._plan import DispatchPlan, combine, permute, plan, plan_into
 from ._presets import moe_layers, presets, unsupported
 
 __version__ = "0.1.0"
@@ -30,6 +31,11 @@ __all__ = [
     "presets",
     "unsupported",
     "moe_layers",
+    "DispatchPlan",
+    "plan",
+    "plan_into",
+    "permute",
+    "combine",
     "show_config",
     "PARALLEL_MIN_ROWS",
     "DEFAULT_PARALLEL_MIN_ROWS",

@@ -2,3 +2,4 @@
 # when the CPU supports them (see moe_router/_dispatch.py).
 include "_router_kernels.pxi"
 include "_rules_kernels.pxi"
+include "_plan_kernels.pxi"

@@ -75,3 +75,51 @@ def route_rows_rules(
     bf16_bits: bool = False,
     views_shape: object = None,
 ) -> int: ...
+
+# Dispatch kernels (_plan_kernels.pxi); moe_router/_plan.py validates around them.
+DISPATCH_PARALLEL_MIN_BYTES: int
+
+def set_dispatch_parallel_min_bytes(n_bytes: int) -> int: ...
+def plan_rows(
+    expert_ids: object,
+    num_experts: int,
+    identity_start: int,
+    expert_map: object,
+    num_local: int,
+    capacity: int,
+    block_size: int,
+    bufs: tuple[npt.NDArray[np.int64], ...],
+    num_threads: int = 1,
+) -> int: ...
+def permute_rows(
+    hidden: object,
+    dtype_code: int,
+    width: int,
+    n_tokens: int,
+    sorted_token_ids: object,
+    sorted_slot_ids: object,
+    n_rows: int,
+    n_slots: int,
+    weights: object,
+    out: object,
+    num_threads: int = 1,
+) -> int: ...
+def combine_rows(
+    expert_out: object,
+    dtype_code: int,
+    width: int,
+    n_rows: int,
+    slot_of: object,
+    n_tokens: int,
+    top_k: int,
+    weights: object,
+    hidden: object,
+    out: object,
+    num_threads: int = 1,
+) -> int: ...
+
+DISPATCH_STREAM_MIN_BYTES: int
+PLAN_PARALLEL_MIN_SLOTS: int
+
+def set_plan_parallel_min_slots(n_slots: int) -> int: ...
+def set_dispatch_stream_min_bytes(n_bytes: int) -> int: ...

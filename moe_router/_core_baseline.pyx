@@ -2,3 +2,4 @@
 # the compiler's default target: always built, always importable.
 include "_router_kernels.pxi"
 include "_rules_kernels.pxi"
+include "_plan_kernels.pxi"

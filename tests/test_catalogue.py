@@ -800,6 +800,263 @@ CASES = [
 ]
 
 
+# --- dispatch (plan, permute, combine) -------------------------------------
+IDS = np.array([[1, 0], [3, 1], [2, 3]], np.int32)  # 3 tokens, top_k 2, 4 experts
+HID = np.arange(3 * 8, dtype=np.float32).reshape(3, 8)
+W2 = np.full((3, 2), 0.5, np.float32)
+
+
+def _bad_id(t, k, value):
+    ids = IDS.copy()
+    ids[t, k] = value
+    return ids
+
+
+def _guarded_rows(shape, dtype=np.float32):
+    """A writeable [rows, H] view inside a guard block; returns (view, untouched())."""
+    n = int(np.prod(shape))
+    block = np.full(n + 32, -7, dtype)
+    view = block[16 : 16 + n].reshape(shape)
+    return view, lambda: (block[:16] == -7).all() and (block[-16:] == -7).all()
+
+
+def _permute_into(out_shape, hidden=HID, dtype=np.float32, **kw):
+    p = mr.plan(IDS, 4)
+    out, untouched = _guarded_rows(out_shape, dtype)
+    try:
+        mr.permute(hidden, p, out, **kw)
+    finally:
+        assert untouched()
+
+
+def _combine_into(out_shape, expert_rows=6, dtype=np.float32, weights=W2, **kw):
+    p = mr.plan(IDS, 4, **kw.pop("plan_options", {}))
+    out, untouched = _guarded_rows(out_shape, dtype)
+    try:
+        mr.combine(np.ones((expert_rows, 8), np.float32), p, weights, out, **kw)
+    finally:
+        assert untouched()
+
+
+def _permute_onto_hidden():
+    raw = np.zeros((9, 8), np.float32)
+    p = mr.plan(IDS, 4)
+    return mr.permute(raw[:3], p, raw[2:8])
+
+
+def _combine_onto_expert_out():
+    raw = np.zeros((9, 8), np.float32)
+    p = mr.plan(IDS, 4)
+    return mr.combine(raw[:6], p, W2, raw[5:8])
+
+
+def _read_only_rows(shape):
+    a = np.zeros(shape, np.float32)
+    a.flags.writeable = False
+    return a
+
+
+DISPATCH_CASES = [
+    (
+        "plan id too large",
+        lambda: mr.plan(_bad_id(1, 1, 4), 4),
+        ValueError,
+        r"expert_ids must be in \[0, num_experts=4\): token 1, k=1 has id 4",
+    ),
+    (
+        "plan id negative",
+        lambda: mr.plan(_bad_id(2, 0, -1), 4),
+        ValueError,
+        "token 2, k=0 has id -1",
+    ),
+    (
+        "plan id uint32 huge",
+        lambda: mr.plan(_bad_id(0, 1, 7).astype(np.uint32), 4),
+        ValueError,
+        "token 0, k=1 has id 7",
+    ),
+    (
+        "plan first of many bad ids",
+        lambda: mr.plan(np.full((3, 2), 9, np.int64), 4),
+        ValueError,
+        r"token 0, k=0 has id 9 \(6 bad id\(s\) in all\)",
+    ),
+    (
+        "plan_into bad id leaves the plan empty",
+        lambda: mr.plan_into(_bad_id(2, 1, 5), 4, mr.plan(IDS, 4)),
+        ValueError,
+        "token 2, k=1 has id 5",
+    ),
+    ("plan ids float", lambda: mr.plan(IDS.astype(np.float32), 4), TypeError, "integer array"),
+    ("plan ids bool", lambda: mr.plan(IDS > 1, 4), TypeError, "integer array"),
+    ("plan ids 0-d", lambda: mr.plan(np.int32(1), 4), ValueError, "got a 0-d array"),
+    (
+        "plan top_k 0",
+        lambda: mr.plan(np.zeros((3, 0), np.int32), 4),
+        ValueError,
+        r"top_k \(expert_ids.shape\[-1\]\) must be >= 1",
+    ),
+    ("plan num_experts 0", lambda: mr.plan(IDS, 0), ValueError, "num_experts must be >= 1"),
+    ("plan num_experts float", lambda: mr.plan(IDS, 4.0), TypeError, "num_experts must be an int"),
+    (
+        "plan block_size 0",
+        lambda: mr.plan(IDS, 4, block_size=0),
+        ValueError,
+        "block_size must be >= 1",
+    ),
+    (
+        "plan capacity negative",
+        lambda: mr.plan(IDS, 4, capacity=-1),
+        ValueError,
+        "capacity must be >= 0",
+    ),
+    (
+        "plan identity start too large",
+        lambda: mr.plan(IDS, 4, identity_expert_start=5),
+        ValueError,
+        "identity_expert_start must be <= num_experts=4",
+    ),
+    (
+        "expert_map wrong length",
+        lambda: mr.plan(IDS, 4, expert_map=np.array([0, 1, -1])),
+        ValueError,
+        r"expert_map must have shape \(identity_expert_start=4,\)",
+    ),
+    (
+        "expert_map duplicate local id",
+        lambda: mr.plan(IDS, 4, expert_map=np.array([0, 0, 1, -1])),
+        ValueError,
+        "local ids must be 0, 1, ..., L - 1",
+    ),
+    (
+        "expert_map below -1",
+        lambda: mr.plan(IDS, 4, expert_map=np.array([0, -2, 1, -1])),
+        ValueError,
+        "expert_map entries must be >= -1",
+    ),
+    (
+        "expert_map float",
+        lambda: mr.plan(IDS, 4, expert_map=np.zeros(4)),
+        TypeError,
+        "expert_map must be an integer array",
+    ),
+    (
+        "plan_into not a plan",
+        lambda: mr.plan_into(IDS, 4, object()),
+        TypeError,
+        "plan must be a DispatchPlan, got object",
+    ),
+    ("DispatchPlan()", lambda: mr.DispatchPlan(), TypeError, "DispatchPlan.empty()"),
+    (
+        "plan num_threads 0",
+        lambda: mr.plan_into(IDS, 4, mr.DispatchPlan.empty(), num_threads=0),
+        ValueError,
+        "num_threads must be >= 1",
+    ),
+    (
+        "permute hidden wrong rows",
+        lambda: _permute_into((6, 8), hidden=HID[:2]),
+        ValueError,
+        "hidden_states must have shape .* num_tokens=3 leading elements, got \\(2, 8\\)",
+    ),
+    (
+        "permute hidden int",
+        lambda: _permute_into((6, 8), hidden=HID.astype(np.int32)),
+        TypeError,
+        "hidden_states must be float32, float64, float16 or bfloat16, got dtype int32",
+    ),
+    (
+        "permute out wrong shape",
+        lambda: _permute_into((5, 8)),
+        ValueError,
+        r"out must have shape \(6, 8\), got \(5, 8\)",
+    ),
+    (
+        "permute out wrong dtype",
+        lambda: _permute_into((6, 8), dtype=np.float64),
+        TypeError,
+        "out must have dtype float32 .*, got float64",
+    ),
+    (
+        "permute out read-only",
+        lambda: mr.permute(HID, mr.plan(IDS, 4), _read_only_rows((6, 8))),
+        ValueError,
+        "out must be writeable",
+    ),
+    ("permute out overlaps hidden", _permute_onto_hidden, ValueError, "must not overlap"),
+    (
+        "permute scale_by wrong shape",
+        lambda: _permute_into((6, 8), scale_by=np.ones((3, 3), np.float32)),
+        ValueError,
+        r"scale_by must have the plan's shape \(3, 2\)",
+    ),
+    (
+        "permute plan not a plan",
+        lambda: mr.permute(HID, IDS),
+        TypeError,
+        "plan must be a DispatchPlan, got ndarray",
+    ),
+    (
+        "permute num_threads 0",
+        lambda: _permute_into((6, 8), num_threads=0),
+        ValueError,
+        "num_threads must be >= 1",
+    ),
+    (
+        "combine rows not matching the plan",
+        lambda: _combine_into((3, 8), expert_rows=5),
+        ValueError,
+        r"expert_out must have shape \[plan.num_rows=6, hidden_size\].*got \(5, 8\)",
+    ),
+    (
+        "combine out wrong shape",
+        lambda: _combine_into((3, 7)),
+        ValueError,
+        r"out must have shape \(3, 8\), got \(3, 7\)",
+    ),
+    (
+        "combine out wrong dtype",
+        lambda: _combine_into((3, 8), dtype=np.float16),
+        TypeError,
+        "out must have dtype float32",
+    ),
+    (
+        "combine weights wrong shape",
+        lambda: _combine_into((3, 8), weights=np.ones(6, np.float32)),
+        ValueError,
+        "expert_weights must have the plan's shape",
+    ),
+    (
+        "combine weights complex",
+        lambda: _combine_into((3, 8), weights=np.ones((3, 2), np.complex64)),
+        TypeError,
+        "expert_weights must be a real array",
+    ),
+    (
+        "combine out read-only",
+        lambda: mr.combine(
+            np.ones((6, 8), np.float32), mr.plan(IDS, 4), W2, _read_only_rows((3, 8))
+        ),
+        ValueError,
+        "out must be writeable",
+    ),
+    ("combine out overlaps expert_out", _combine_onto_expert_out, ValueError, "must not overlap"),
+    (
+        "combine identity slots without hidden",
+        lambda: _combine_into((3, 8), expert_rows=3, plan_options={"identity_expert_start": 2}),
+        ValueError,
+        "identity-expert slot.*needs hidden_states=",
+    ),
+    (
+        "combine hidden wrong dtype",
+        lambda: _combine_into((3, 8), hidden_states=HID.astype(np.float64)),
+        TypeError,
+        "hidden_states must have expert_out's dtype float32, got float64",
+    ),
+]
+CASES += DISPATCH_CASES
+
+
 def test_more_experts_than_int32_ids_hold(tmp_path, any_path):
     # 2**31 + 1 experts, simulated cheaply: a sparse file mapped read-only,
     # C-contiguous, so nothing is copied; the ids' dtype is checked before

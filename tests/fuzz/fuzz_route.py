@@ -10,6 +10,11 @@ route_into / Router.  A rejected call must raise TypeError or ValueError; an
 accepted one must keep the invariants (distinct ids in range, finite
 non-negative weights, the float64 reference's answer up to near ties).  A
 crash, another exception or a broken invariant fails the run.
+
+The bytes left after the routing build a dispatch problem (ids of any
+dtype, in or out of range, and the plan options) for plan / permute /
+combine, checked bit for bit against tests/test_plan.py's NumPy
+constructions when accepted.
 """
 
 import os
@@ -24,6 +29,7 @@ with atheris.instrument_imports():
     from moe_router import reference as ref
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from test_plan import numpy_combine, numpy_permute, numpy_plan  # noqa: E402
 from test_rules import assert_like_reference  # noqa: E402
 from test_variants import assert_routes_like  # noqa: E402
 
@@ -52,6 +58,58 @@ def one_input(data):
     fdp = atheris.FuzzedDataProvider(data)
     _route_case(fdp)
     _config_case(fdp)
+    dispatch_part(fdp)
+
+
+ID_DTYPES = [np.int32, np.uint32, np.int64, np.int8, np.float32]
+ROW_DTYPES = [np.float32, np.float64, np.float16]
+
+
+def dispatch_part(fdp):
+    T = fdp.ConsumeIntInRange(0, 6)
+    K = fdp.ConsumeIntInRange(0, 4)
+    E = fdp.ConsumeIntInRange(0, 12)
+    dtype = ID_DTYPES[fdp.ConsumeIntInRange(0, len(ID_DTYPES) - 1)]
+    ids = np.array([fdp.ConsumeIntInRange(-2, E + 1) for _ in range(T * K)]).reshape(T, K)
+    ids = ids.astype(dtype)
+    opts = {}
+    if fdp.ConsumeBool():
+        opts["block_size"] = fdp.ConsumeIntInRange(0, 5)
+    if fdp.ConsumeBool():
+        opts["capacity"] = fdp.ConsumeIntInRange(-1, 6)
+    if fdp.ConsumeBool():
+        opts["identity_expert_start"] = fdp.ConsumeIntInRange(0, E + 1)
+    if fdp.ConsumeBool():
+        opts["expert_map"] = [
+            fdp.ConsumeIntInRange(-2, E) for _ in range(fdp.ConsumeIntInRange(0, E))
+        ]
+    try:
+        p = mr.plan(ids, E, **opts)
+    except (TypeError, ValueError):
+        return
+    m = None if "expert_map" not in opts else np.asarray(opts["expert_map"], np.int64)
+    want = numpy_plan(
+        ids, E, opts.get("block_size"), opts.get("capacity"), m, opts.get("identity_expert_start")
+    )
+    for name, value in want.items():
+        got = getattr(p, name)
+        assert (got is None) if value is None else np.array_equal(got, value), name
+    H = fdp.ConsumeIntInRange(0, 5)
+    rows = ROW_DTYPES[fdp.ConsumeIntInRange(0, len(ROW_DTYPES) - 1)]
+    hidden = np.array([fdp.ConsumeFloat() for _ in range(T * H)]).reshape(T, H)
+    with np.errstate(over="ignore", invalid="ignore"):
+        hidden = hidden.astype(rows)
+        w = np.array([fdp.ConsumeFloat() for _ in range(T * K)], np.float32).reshape(T, K)
+    scale = w if fdp.ConsumeBool() else None
+    try:
+        x = mr.permute(hidden, p, scale_by=scale)
+    except (TypeError, ValueError):
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.array_equal(x.view(np.uint8), numpy_permute(hidden, want, scale).view(np.uint8))
+        y = mr.combine(x, p, w, hidden_states=hidden if p.num_identity_slots else None)
+        oracle = numpy_combine(x, want["slot_of"], w, hidden)
+    assert np.array_equal(y, oracle, equal_nan=True)
 
 
 def _route_case(fdp):
