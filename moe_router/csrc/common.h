@@ -18,6 +18,10 @@
  *   sigmoid_approx_avx2.hpp  AVX2+: the approximate sigmoid selection
  *   half.hpp               bfloat16 / float16 rows widened to float32
  *                          (exact), for the half-precision logits
+ *   rules.hpp              the scoring rules' row operations (tanh cap,
+ *                          sqrt(softplus), fused score / key passes)
+ *   plan.hpp               the dispatch step: plan (counting sort),
+ *                          permute (row gather) and combine (weighted sum)
  *   kernels.hpp            the entry points Cython declares (templates, one
  *                          declaration each) and the build facts
  *
