@@ -19,6 +19,7 @@ from . import _dispatch, _tensors
 
 __all__ = ["RouterOutput", "Router", "route", "route_into"]
 
+_ndarray = np.ndarray  # a module global: one lookup on the hot paths, not two
 _F16 = np.dtype(np.float16)
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -64,7 +65,7 @@ def as_logits(logits):
     holds bfloat16 bits (a DLPack bfloat16 viewed without ml_dtypes).
     """
     bf16_bits = False
-    if type(logits) is np.ndarray:
+    if type(logits) is _ndarray:
         arr = logits
     else:
         arr, dt_name, _ = _tensors.asarray(logits, "logits")
@@ -147,6 +148,7 @@ class RouterOutput:
         "_given_torch",
         "_foreign_shape",
         "_foreign_type",
+        "_np_shape",
         "expert_ids",
         "expert_weights",
     )
@@ -175,6 +177,7 @@ class RouterOutput:
         self.expert_ids = given_ids
         self.expert_weights = given_weights
         self._torch = False
+        self._np_shape = None  # the logits shape of the current NumPy views
         self._torch_views = None
         # Wrapped torch buffers give torch views whatever the logits.
         self._given_torch = _tensors.is_torch(given_ids) or _tensors.is_torch(given_weights)
@@ -207,6 +210,7 @@ class RouterOutput:
         self._ids = np.empty(0, ids_dtype)
         self._weights = np.empty(0, weights_dtype)
         self._torch = False
+        self._np_shape = None  # the logits shape of the current NumPy views
         self._torch_views = None
         self._given_torch = False
         self._foreign_shape = self._foreign_type = None
@@ -324,6 +328,8 @@ class RouterOutput:
             self.expert_ids = self._ids[:n].reshape(shape)
             self.expert_weights = self._weights[:n].reshape(shape)
         self._torch = torch
+        # The fast paths compare this one attribute: None under torch views.
+        self._np_shape = None if torch else logits_shape
         self._logits_shape = logits_shape
         self._batch = n_tokens
         self._top_k = top_k
@@ -778,7 +784,7 @@ def _route_checked(
         if n_bad:
             flat = _as_float(arr, bf16_bits).reshape(-1, arr.shape[-1])
             _raise_bad_rule_rows(flat, arr.shape[:-1], variant)
-        if type(logits) is not np.ndarray and _tensors.is_torch(logits):
+        if type(logits) is not _ndarray and _tensors.is_torch(logits):
             out._set_view(arr.shape, top_k, True)
         return out
     if input_ids is not None:
@@ -803,7 +809,7 @@ def _route_checked(
     if n_bad:
         flat = _as_float(arr, bf16_bits).reshape(-1, arr.shape[-1])
         _raise_bad_rows(flat, arr.shape[:-1], variant.sigmoid)
-    if type(logits) is not np.ndarray and _tensors.is_torch(logits):
+    if type(logits) is not _ndarray and _tensors.is_torch(logits):
         out._set_view(arr.shape, top_k, True)
     return out
 
@@ -893,13 +899,13 @@ def route_into(
         and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
     ):
         # The plain case in a few C checks; anything else takes the validating path.
-        if type(logits) is np.ndarray:
+        if type(logits) is _ndarray:
             rc = _dispatch.kernel.route_rows(
                 logits, top_k, norm_topk_prob, out._ids, out._weights, num_threads or 0
             )
             if rc == 0:
                 shape = logits.shape
-                if out._logits_shape != shape or out._top_k != top_k or out._torch:
+                if out._np_shape != shape or out._top_k != top_k:
                     out._set_view(shape, top_k)  # (skipped when unchanged)
                 return out
         else:  # a tensor: its shape is compared in the kernel (views_shape)
@@ -1172,7 +1178,22 @@ class Router:
             raise TypeError(f"out must be a RouterOutput, got {type(out).__name__}")
         v = self._variant
         # The plain case in a few C checks; anything else takes the validating path.
-        if v.rules:
+        if v.plain and type(logits) is _ndarray and input_ids is None:
+            rc = _dispatch.kernel.route_rows(
+                logits,
+                self.top_k,
+                v.norm_topk_prob,
+                out._ids,
+                out._weights,
+                self._threads,
+                self.num_experts,
+            )
+            if rc == 0:
+                shape = logits.shape
+                if out._np_shape != shape or out._top_k != self.top_k:
+                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
+                return out
+        elif v.rules:
             rc = _dispatch.kernel.route_rows_rules(
                 logits,
                 self.top_k,
@@ -1195,9 +1216,9 @@ class Router:
                 out._foreign_shape,
             )
             if rc == 0:
-                if type(logits) is np.ndarray:
+                if type(logits) is _ndarray:
                     shape = logits.shape
-                    if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                    if out._np_shape != shape or out._top_k != self.top_k:
                         out._set_view(shape, self.top_k)  # (skipped when unchanged)
                     return out
                 if out._top_k == self.top_k and type(logits) is out._foreign_type:
@@ -1205,21 +1226,6 @@ class Router:
                 return out._finish_foreign(logits, self.top_k)
         elif input_ids is not None:
             rc = -1
-        elif v.plain and type(logits) is np.ndarray:
-            rc = _dispatch.kernel.route_rows(
-                logits,
-                self.top_k,
-                v.norm_topk_prob,
-                out._ids,
-                out._weights,
-                self._threads,
-                self.num_experts,
-            )
-            if rc == 0:
-                shape = logits.shape
-                if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
-                    out._set_view(shape, self.top_k)  # (skipped when unchanged)
-                return out
         else:  # a variant, or a tensor (its shape is compared in the kernel)
             rc = _dispatch.kernel.route_rows(
                 logits,
@@ -1238,9 +1244,9 @@ class Router:
                 out._foreign_shape,
             )
             if rc == 0:
-                if type(logits) is np.ndarray:
+                if type(logits) is _ndarray:
                     shape = logits.shape
-                    if out._logits_shape != shape or out._top_k != self.top_k or out._torch:
+                    if out._np_shape != shape or out._top_k != self.top_k:
                         out._set_view(shape, self.top_k)  # (skipped when unchanged)
                     return out
                 if out._top_k == self.top_k and type(logits) is out._foreign_type:

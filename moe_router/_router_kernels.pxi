@@ -710,7 +710,7 @@ def sigmoid_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, Py_ssize_t n_grou
 cdef int _bf16_typenum = -1
 
 
-cdef int _logits_ref(object logits, LogitsRef* ref, bint bf16_bits, object views_shape):
+cdef inline int _logits_ref(object logits, LogitsRef* ref, bint bf16_bits, object views_shape):
     # The logits as the kernels read them: 0 with ref filled for a native
     # C-contiguous float32 / float64 / float16 / bfloat16 array with ndim
     # >= 1 (an ndarray, or an object whose type has a DLPack exchange table,
