@@ -78,19 +78,57 @@ cdef struct LogitsRef:
 
 
 # The exchange table of the last type seen (and of the others, by type),
-# with whether that type's objects say if they require grad (torch's do, a
-# descriptor does not: routing here is for inference, and the Python layer
-# explains).
+# with the data descriptor by which that type's objects say if they require
+# grad (torch's do, a DLPack descriptor does not: routing here is for
+# inference, and the Python layer explains).  The descriptor is called
+# directly: a generic attribute read on a torch tensor walks dicts and cost
+# about 450 instructions, as much as the exchange itself.
 cdef object _xapi_type = None
 cdef const MrDLPackExchangeAPI* _xapi = NULL
 cdef bint _xapi_grad = False
+cdef object _xapi_grad_descr = None
 cdef dict _xapi_by_type = {}
+
+cdef extern from *:
+    """
+    /* descr.__get__(obj, type(obj)) as a truth value: 1, 0, or -1 when it
+     * raised (the error cleared: the caller takes its slow path). */
+    static int mr_descr_truth(PyObject *descr, PyObject *obj)
+    {
+        descrgetfunc get = Py_TYPE(descr)->tp_descr_get;
+        PyObject *r = get ? get(descr, obj, (PyObject *)Py_TYPE(obj)) : NULL;
+        int truth;
+        if (r == NULL) {
+            PyErr_Clear();
+            return -1;
+        }
+        truth = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (truth < 0) PyErr_Clear();
+        return truth;
+    }
+    """
+    int mr_descr_truth(object descr, object obj)
+
+
+cdef object _grad_descriptor(object t):
+    # The data descriptor `requires_grad` of type t (found along its MRO as
+    # attribute lookup would), or None: the type has none, or not a data
+    # descriptor (then the generic read is used).
+    for klass in t.__mro__:
+        d = klass.__dict__.get("requires_grad")
+        if d is not None:
+            kind = type(d)
+            if hasattr(kind, "__get__") and hasattr(kind, "__set__"):
+                return d
+            return None
+    return None
 
 
 cdef const MrDLPackExchangeAPI* _exchange_api(object obj):
     # The type's exchange table, or NULL (none, or a major version this
     # consumer does not read).  Cached per type, as the standard allows.
-    global _xapi_type, _xapi, _xapi_grad
+    global _xapi_type, _xapi, _xapi_grad, _xapi_grad_descr
     cdef const MrDLPackExchangeAPI* api = NULL
     t = type(obj)
     if t is _xapi_type:
@@ -104,13 +142,14 @@ cdef const MrDLPackExchangeAPI* _exchange_api(object obj):
             if (api != NULL and api.header.version.major == 1
                     and api.dltensor_from_py_object_no_sync != NULL):
                 addr = <size_t>api
-        entry = (addr, hasattr(t, "requires_grad"))
+        entry = (addr, hasattr(t, "requires_grad"), _grad_descriptor(t))
         if len(_xapi_by_type) < 64:
             _xapi_by_type[t] = entry
     api = <const MrDLPackExchangeAPI*><size_t>entry[0]
     _xapi_type = t
     _xapi = api
     _xapi_grad = entry[1]
+    _xapi_grad_descr = entry[2]
     return api
 
 
@@ -157,8 +196,12 @@ cdef int _logits_ref_dl(object obj, LogitsRef* ref, object views_shape):
     cdef Py_ssize_t d, rows = 1
     if api == NULL:
         return -1
-    if _xapi_grad and obj.requires_grad:
-        return -1
+    if _xapi_grad:
+        if _xapi_grad_descr is not None:
+            if mr_descr_truth(_xapi_grad_descr, obj) != 0:  # requires grad, or raised
+                return -1
+        elif obj.requires_grad:
+            return -1
     if api.dltensor_from_py_object_no_sync(<void*>obj, &t) != 0:
         PyErr_Clear()
         return -1
