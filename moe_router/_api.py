@@ -432,7 +432,7 @@ def _call_rules(arr, top_k, out, v, threads, input_ids, bf16_bits=False):
     )
 
 
-def _raise_bad_rule_rows(flat, batch_shape, v):
+def _raise_bad_rule_rows(flat, batch_shape, v, weights_dtype=_F32):
     """Name the first row the rules kernel could not route, and why."""
     z = np.asarray(flat, np.float64)
     if v.softcap:
@@ -444,6 +444,19 @@ def _raise_bad_rule_rows(flat, batch_shape, v):
     posinf = (z == np.inf).any(axis=1) if sf == "sqrtsoftplus" else none
     one = (z > -np.inf).sum(axis=1) < 2 if sf == "sparsemixer" else none
     bad = np.flatnonzero(nan_rows | neginf | posinf | one)
+    if bad.size == 0 and sf == "sqrtsoftplus":  # a weight beyond the weights' dtype
+        with np.errstate(over="ignore", invalid="ignore"):
+            big = np.sqrt(np.logaddexp(0, z)) * v.scale > np.finfo(weights_dtype).max
+        rows = np.flatnonzero(big.any(axis=1))
+        r = int(rows[0]) if rows.size else 0
+        where = f"row {r}"
+        if len(batch_shape) > 1:
+            where += f" (index {tuple(int(i) for i in np.unravel_index(r, batch_shape))})"
+        raise ValueError(
+            f"logits {where}: its unnormalised sqrtsoftplus weights (they grow as "
+            f"sqrt(logit)) overflow weights_dtype={np.dtype(weights_dtype)}; use "
+            f"weights_dtype=float64 or renormalise (norm_topk_prob=True)"
+        )
     r = int(bad[0])
     where = f"row {r}"
     if len(batch_shape) > 1:
@@ -783,7 +796,7 @@ def _route_checked(
             )
         if n_bad:
             flat = _as_float(arr, bf16_bits).reshape(-1, arr.shape[-1])
-            _raise_bad_rule_rows(flat, arr.shape[:-1], variant)
+            _raise_bad_rule_rows(flat, arr.shape[:-1], variant, out._weights.dtype)
         if type(logits) is not _ndarray and _tensors.is_torch(logits):
             out._set_view(arr.shape, top_k, True)
         return out

@@ -96,6 +96,7 @@ cdef enum:
     ROW_OK = 0
     ROW_NAN = 1
     ROW_ALL_NEG_INF = 2
+    ROW_WEIGHT_OVERFLOW = 3  # a weight beyond the weights' dtype (unbounded scores only)
 
 # Top-K up to this size is kept in a sorted list on the stack; larger K uses
 # a K-pass scan that needs no scratch memory at all.

@@ -281,9 +281,13 @@ cdef int _rules_weights(const floating* z, const RulesCtx* cx, floating* scratch
         if cx.norm_min > 0 and divisor < <floating>cx.norm_min * total:
             # ERNIE: the probabilities' sum clamped below at moe_norm_min
             divisor = <floating>cx.norm_min * total
+    cdef bint overflow = False
     for j in range(k):
         w_out[j] = <weight_t>((e[j] * scale) / divisor)
-    return ROW_OK
+        # Unnormalised sqrtsoftplus scores grow as sqrt(z): float64 logits
+        # can give weights beyond float32 (the other rules' are <= scale).
+        overflow |= w_out[j] == INFINITY
+    return ROW_WEIGHT_OVERFLOW if overflow else ROW_OK
 
 
 cdef Py_ssize_t _rules_rows(const floating* logits, id_t* ids_out, weight_t* w_out,

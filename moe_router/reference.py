@@ -434,6 +434,11 @@ def route_rows_rules(
         tid2eid=tid2eid,
         input_ids=input_ids,
     )
+    # A weight beyond the weights' dtype (unnormalised sqrtsoftplus): a bad
+    # row, as the kernels count it.
+    over = (np.abs(w) > np.finfo(expert_weights.dtype).max).reshape(n_rows, -1).any(axis=1)
+    if over.any():
+        return int(over.sum())
     expert_ids[: ids.size] = ids.reshape(-1)
     expert_weights[: ids.size] = w.reshape(-1)
     return 0

@@ -190,6 +190,17 @@ CASES = [
         "logits must be a rectangular array",
     ),
     ("logits 0-d", lambda: mr.route(np.float32(1.0), 1), ValueError, "got a 0-d array"),
+    (
+        "sqrtsoftplus weights overflow float32",
+        lambda: route_into(
+            np.array([[1e300, 0.0, -1.0, 2.0]] * 4),
+            2,
+            norm_topk_prob=False,
+            scoring_func="sqrtsoftplus",
+        ),
+        ValueError,
+        r"row 0: its unnormalised sqrtsoftplus weights .* overflow weights_dtype=float32",
+    ),
     # --- DLPack producers (issue 14) ------------------------------------------
     (
         "logits DLPack on cuda",
