@@ -630,6 +630,14 @@ class _Variant:
                 f"[1e-6, 1e38], got {self.softcap}"
             )
         self.norm_min = _check_real(norm_min, "moe_norm_min", low=0.0, allow_none=True)
+        if self.norm_min and not self.norm_min >= np.finfo(np.float32).tiny:
+            # The clamp is applied in the logits' precision: a value that is 0
+            # (or subnormal) in float32 would divide 0 by 0 for a row whose
+            # scores are all 0.
+            raise ValueError(
+                f"moe_norm_min must be 0 or None (no clamp) or >= "
+                f"{float(np.finfo(np.float32).tiny):.4g} (a normal float32), got {self.norm_min}"
+            )
         self.jitter = _check_real(jitter, "router_jitter_noise", low=0.0, allow_none=True)
         self.moe_normalize_expert_weights = p_norm
         q = _check_real(

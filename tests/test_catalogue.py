@@ -191,6 +191,12 @@ CASES = [
     ),
     ("logits 0-d", lambda: mr.route(np.float32(1.0), 1), ValueError, "got a 0-d array"),
     (
+        "moe_norm_min subnormal",
+        lambda: mr.route(GOOD, 2, scoring_func="sqrtsoftplus", moe_norm_min=5e-324),
+        ValueError,
+        r"moe_norm_min must be 0 or None \(no clamp\) or >= 1.175e-38",
+    ),
+    (
         "sqrtsoftplus weights overflow float32",
         lambda: route_into(
             np.array([[1e300, 0.0, -1.0, 2.0]] * 4),
