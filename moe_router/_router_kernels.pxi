@@ -579,8 +579,10 @@ cdef Py_ssize_t _route_half_chunk(const uint16_t* logits, bint bf16, Py_ssize_t 
     # Rows [r0, r1) of half-precision logits, on the calling thread; `tid`
     # picks its slices of the shared scratch; heap_buf: None, or (rows too
     # long for the stack buffer) this thread's 2 * n floats.
-    cdef float stack_buf[HALF_CHUNK_FLOATS]
-    cdef float* buf = heap_buf if heap_buf != NULL else stack_buf
+    cdef float stack_buf[HALF_CHUNK_FLOATS + 16]
+    # On a cache line, as NumPy's own arrays are: vector loads of the
+    # widened rows then never straddle two lines.
+    cdef float* buf = heap_buf if heap_buf != NULL else <float*>((<size_t>stack_buf + 63) & ~(<size_t>63))
     cdef RouteCtx sub = cx[0]
     cdef Py_ssize_t n = cx.n, k = cx.k
     if bf16:

@@ -330,8 +330,10 @@ cdef Py_ssize_t _rules_half_chunk(const uint16_t* logits, bint bf16, Py_ssize_t 
                                   const RulesCtx* cx, int tid, float* heap_buf) noexcept nogil:
     # Rows [r0, r1) of half-precision logits widened into float32 (exactly)
     # and routed as float32, on the calling thread: _route_half_chunk's rule.
-    cdef float stack_buf[HALF_CHUNK_FLOATS]
-    cdef float* buf = heap_buf if heap_buf != NULL else stack_buf
+    cdef float stack_buf[HALF_CHUNK_FLOATS + 16]
+    # On a cache line, as NumPy's own arrays are: vector loads of the
+    # widened rows then never straddle two lines.
+    cdef float* buf = heap_buf if heap_buf != NULL else <float*>((<size_t>stack_buf + 63) & ~(<size_t>63))
     cdef RulesCtx sub = cx[0]
     cdef Py_ssize_t n = cx.n, k = cx.k
     if bf16:
