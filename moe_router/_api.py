@@ -1214,56 +1214,49 @@ class Router:
                 if out._np_shape != shape or out._top_k != self.top_k:
                     out._set_view(shape, self.top_k)  # (skipped when unchanged)
                 return out
-        elif v.rules:
-            rc = _dispatch.kernel.route_rows_rules(
-                logits,
-                self.top_k,
-                v.norm_topk_prob,
-                out._ids,
-                out._weights,
-                self._threads,
-                self.num_experts,
-                v.score,
-                v.softcap,
-                v.p_norm,
-                v.norm_min,
-                v.eps,
-                v.scale,
-                v.jitter,
-                None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)),
-                v.tid2eid,
-                input_ids,
-                False,
-                out._foreign_shape,
-            )
-            if rc == 0:
-                if type(logits) is _ndarray:
-                    shape = logits.shape
-                    if out._np_shape != shape or out._top_k != self.top_k:
-                        out._set_view(shape, self.top_k)  # (skipped when unchanged)
-                    return out
-                if out._top_k == self.top_k and type(logits) is out._foreign_type:
-                    return out  # a tensor of the shape the views have
-                return out._finish_foreign(logits, self.top_k)
-        elif input_ids is not None:
+        elif input_ids is not None and not v.rules:
             rc = -1
-        else:  # a variant, or a tensor (its shape is compared in the kernel)
-            rc = _dispatch.kernel.route_rows(
-                logits,
-                self.top_k,
-                v.norm_topk_prob,
-                out._ids,
-                out._weights,
-                self._threads,
-                self.num_experts,
-                v.sigmoid,
-                v.n_group,
-                v.topk_group,
-                v.scale,
-                None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None)),
-                False,
-                out._foreign_shape,
-            )
+        else:  # a variant or a scoring rule, or a tensor (its shape is compared in the kernel)
+            bias = None if v.bias32 is None else v.bias_for(getattr(logits, "dtype", None))
+            if v.rules:
+                rc = _dispatch.kernel.route_rows_rules(
+                    logits,
+                    self.top_k,
+                    v.norm_topk_prob,
+                    out._ids,
+                    out._weights,
+                    self._threads,
+                    self.num_experts,
+                    v.score,
+                    v.softcap,
+                    v.p_norm,
+                    v.norm_min,
+                    v.eps,
+                    v.scale,
+                    v.jitter,
+                    bias,
+                    v.tid2eid,
+                    input_ids,
+                    False,
+                    out._foreign_shape,
+                )
+            else:
+                rc = _dispatch.kernel.route_rows(
+                    logits,
+                    self.top_k,
+                    v.norm_topk_prob,
+                    out._ids,
+                    out._weights,
+                    self._threads,
+                    self.num_experts,
+                    v.sigmoid,
+                    v.n_group,
+                    v.topk_group,
+                    v.scale,
+                    bias,
+                    False,
+                    out._foreign_shape,
+                )
             if rc == 0:
                 if type(logits) is _ndarray:
                     shape = logits.shape

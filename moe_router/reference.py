@@ -287,6 +287,16 @@ def softmax_topk(logits, top_k, norm_topk_prob=True):
     return route_reference(logits, top_k, norm_topk_prob)
 
 
+def _widen_half(logits, bf16_bits):
+    """float16 / bfloat16 logits (bf16_bits: uint16 holding bfloat16 bits) as
+    float32, exactly, as the kernels widen them; other arrays as they are."""
+    if logits.dtype == np.float16 or logits.dtype.name == "bfloat16":
+        return logits.astype(np.float32)
+    if bf16_bits and logits.dtype == np.uint16:
+        return (logits.astype(np.uint32) << 16).view(np.float32)
+    return logits
+
+
 def route_rows(
     logits,
     top_k,
@@ -310,10 +320,7 @@ def route_rows(
     are widened to float32 first, exactly, as the kernels do."""
     if type(logits) is not np.ndarray or logits.ndim == 0 or not logits.flags.c_contiguous:
         return -1
-    if logits.dtype == np.float16 or logits.dtype.name == "bfloat16":
-        logits = logits.astype(np.float32)
-    elif bf16_bits and logits.dtype == np.uint16:
-        logits = (logits.astype(np.uint32) << 16).view(np.float32)
+    logits = _widen_half(logits, bf16_bits)
     if logits.dtype not in (np.float32, np.float64):
         return -1
     n = logits.shape[-1]
@@ -382,10 +389,7 @@ def route_rows_rules(
     are widened to float32 first, as the kernels do."""
     if type(logits) is not np.ndarray or logits.ndim == 0 or not logits.flags.c_contiguous:
         return -1
-    if logits.dtype == np.float16 or logits.dtype.name == "bfloat16":
-        logits = logits.astype(np.float32)
-    elif bf16_bits and logits.dtype == np.uint16:
-        logits = (logits.astype(np.uint32) << 16).view(np.float32)
+    logits = _widen_half(logits, bf16_bits)
     if logits.dtype not in (np.float32, np.float64) or not 0 <= score < len(_SCORES):
         return -1
     n = logits.shape[-1]
