@@ -52,7 +52,7 @@ cdef extern from "csrc/kernels.hpp" nogil:
                           T* e_out)
     # Entry points (csrc/kernels.hpp).
     void mr_topk_pair[T](const T* z, Py_ssize_t n, int k, Py_ssize_t* idx, T* e_out, T* m_out,
-                         int* status)
+                         int* status, const uint16_t* half_src, int half_bf16)
     int mr_sigmoid_approx[T](const T* x, Py_ssize_t n, T* out)
     int mr_sigmoid_topk[T](const T* z, Py_ssize_t n, const T* bias, Py_ssize_t n_group,
                            Py_ssize_t topk_group, int k, T slack, T* c, Py_ssize_t* kept,
@@ -76,6 +76,7 @@ cdef extern from "csrc/kernels.hpp" nogil:
     # Half-precision rows widened to float32, exactly (csrc/half.hpp).
     void mr_widen_bf16(const uint16_t* h, Py_ssize_t n, float* out)
     void mr_widen_f16(const uint16_t* h, Py_ssize_t n, float* out)
+    enum: MR_HAVE_WIDEN_ROW  # mr_topk_pair can widen its rows in its max pass
 
 mr_init_tables()
 
@@ -138,6 +139,11 @@ cdef struct RouteCtx:
     Py_ssize_t scratch_per_thread
     Py_ssize_t* kept         # per thread: 2 * n_group group indices
     int num_threads
+    # Half-precision rows that _route_pair widens itself (_route_half_chunk):
+    # row r of the float32 rows at half_dst is row r of half_src; NULL: none.
+    const uint16_t* half_src
+    const float* half_dst
+    bint half_bf16
 
 
 cdef inline int _topk_groups(const floating* sel, Py_ssize_t n, Py_ssize_t size,
@@ -483,6 +489,7 @@ cdef inline Py_ssize_t _route_pair(const floating* z, const RouteCtx* cx, floati
     cdef floating* e_h
     cdef floating divisor
     cdef bint put8 = False
+    cdef const uint16_t* half_src = NULL
     if floating is float and weight_t is float and id_t is int32_t:
         put8 = k == 8
     if cx.sigmoid:
@@ -490,7 +497,10 @@ cdef inline Py_ssize_t _route_pair(const floating* z, const RouteCtx* cx, floati
                              <floating>cx.slack, scratch, kept, idx, e, status)
         m[0] = m[1] = 0
     else:
-        mr_topk_pair(z, n, <int>k, idx, e, m, status)
+        if floating is float:
+            if cx.half_src != NULL:
+                half_src = cx.half_src + (z - cx.half_dst)
+        mr_topk_pair(z, n, <int>k, idx, e, m, status, half_src, cx.half_bf16)
     for h in range(2):
         z_h = z + h * n
         ids_h = ids_out + h * k
@@ -584,11 +594,18 @@ cdef Py_ssize_t _route_half_chunk(const uint16_t* logits, bint bf16, Py_ssize_t 
     # widened rows then never straddle two lines.
     cdef float* buf = heap_buf if heap_buf != NULL else <float*>((<size_t>stack_buf + 63) & ~(<size_t>63))
     cdef RouteCtx sub = cx[0]
-    cdef Py_ssize_t n = cx.n, k = cx.k
+    cdef Py_ssize_t n = cx.n, k = cx.k, r_wide = r0
+    if MR_HAVE_WIDEN_ROW and not cx.sigmoid and _pairs_apply(cx, True):
+        # The pairs widen their rows in their first pass (mr_topk_pair);
+        # only an odd last row is widened here.
+        sub.half_src = logits + r0 * n
+        sub.half_dst = buf
+        sub.half_bf16 = bf16
+        r_wide = r0 + ((r1 - r0) & ~1)
     if bf16:
-        mr_widen_bf16(logits + r0 * n, (r1 - r0) * n, buf)
+        mr_widen_bf16(logits + r_wide * n, (r1 - r_wide) * n, buf + (r_wide - r0) * n)
     else:
-        mr_widen_f16(logits + r0 * n, (r1 - r0) * n, buf)
+        mr_widen_f16(logits + r_wide * n, (r1 - r_wide) * n, buf + (r_wide - r0) * n)
     sub.n_rows = r1 - r0
     sub.num_threads = 1
     if sub.scratch != NULL:
@@ -848,6 +865,9 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     cx.scratch = NULL
     cx.scratch_per_thread = 0
     cx.kept = NULL
+    cx.half_src = NULL
+    cx.half_dst = NULL
+    cx.half_bf16 = False
     if n_group > 1 or cx.bias != NULL:
         cx.scratch_per_thread = 2 * n + n_group
         cx.scratch = malloc(num_threads * cx.scratch_per_thread * item)

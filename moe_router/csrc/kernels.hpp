@@ -145,15 +145,39 @@ static inline void mr_sigmoid_topk_pair(const T *z, Py_ssize_t n, const T *bias,
  * idx[h * (MR_BLOCK + 1) ...], exp(z[id] - max) to e_out[h * MR_BLOCK ...],
  * its max to m_out[h] and what mr_topk_groups would return to status[h]
  * (-1 also for a row with a NaN or an infinite max: the general path's).
+ * half_src (float32 only, NULL for none): the rows are half precision
+ * (bfloat16 when half_bf16, else float16) at half_src, and z is the buffer
+ * they are widened into on the way (MR_HAVE_WIDEN_ROW; without it the caller
+ * widens first and passes NULL).
  */
 template <class T>
 static inline void mr_topk_pair(const T *z, Py_ssize_t n, int k, Py_ssize_t *idx, T *e_out, T *m_out,
-                                int *status)
+                                int *status, const uint16_t *half_src, int half_bf16)
 {
     alignas(mr_is_f32<T> ? MR_STACK_LINE_BYTES : alignof(T)) T lanes[2][MR_BLOCK];
     MrCand<T> cd[2];
-    int has_nan[2], ok[2], general[2] = {1, 1}, late = 1;
-    MR_PAIR(h, m_out[h] = mr_max_lanes(z + h * n, n, lanes[h], &has_nan[h]))
+    int has_nan[2], ok[2], general[2] = {1, 1}, late = 1, widened = 0;
+#if MR_HAVE_WIDEN_ROW
+    /* half_src: the two rows' half-precision values, widened into z (the
+     * caller's float32 buffer, writable) by the max pass. */
+    if constexpr (mr_is_f32<T>) {
+        if (half_src != NULL) {
+            float *zw = const_cast<float *>(z);
+            if (half_bf16) {
+                MR_PAIR(h, m_out[h] = mr_max_lanes_of(z + h * n, n, lanes[h], &has_nan[h],
+                                                      MrWidenRow<1>{half_src + h * n, zw + h * n}))
+            } else {
+                MR_PAIR(h, m_out[h] = mr_max_lanes_of(z + h * n, n, lanes[h], &has_nan[h],
+                                                      MrWidenRow<0>{half_src + h * n, zw + h * n}))
+            }
+            widened = 1;
+        }
+    }
+#endif
+    (void)half_src;
+    (void)half_bf16;
+    if (!widened)
+        MR_PAIR(h, m_out[h] = mr_max_lanes(z + h * n, n, lanes[h], &has_nan[h]))
     MR_PAIR(h, ok[h] = !has_nan[h] && m_out[h] < INFINITY)
 #if MR_HAVE_NET8
     /* The byte-id candidates: 128 to 256 experts (fewer are faster on the

@@ -47,7 +47,18 @@ template <class T> static inline void mr_exp_short(const T *x, int len, T *out)
  * distinct elements: their k-th largest is a lower bound of the row's
  * k-th largest.
  */
-template <class T> static MR_HOT T mr_max_lanes(const T *z, Py_ssize_t n, T *lanes, int *has_nan)
+/* Where mr_max_lanes_of reads a row: z itself. */
+template <class T> struct MrRowOf {
+    MR_HOT typename Vec<T>::V block(const T *z, Py_ssize_t i) const { return Vec<T>::load(z + i); }
+    void tail(const T *, Py_ssize_t, Py_ssize_t) const {}
+};
+
+/* mr_max_lanes, the row's values taken through `src`: src.block(z, i) gives
+ * the vector at z + i, src.tail(z, i, n) makes z[i..n) readable (a source
+ * that writes the row into z as it goes, half.hpp's MrWidenRow, fuses that
+ * pass into this one). */
+template <class T, class Src>
+static MR_HOT T mr_max_lanes_of(const T *z, Py_ssize_t n, T *lanes, int *has_nan, const Src &src)
 {
     using S = Vec<T>;
     typedef typename S::V V;
@@ -61,7 +72,7 @@ template <class T> static MR_HOT T mr_max_lanes(const T *z, Py_ssize_t n, T *lan
     for (; i + MR_BLOCK <= n; i += MR_BLOCK) {
         V v[MR_NV];
         for (int j = 0; j < MR_NV; j++) {
-            v[j] = S::load(z + i + j * S::W);
+            v[j] = src.block(z, i + j * S::W);
             acc[j] = S::max(v[j], acc[j]);
         }
         /* One unordered compare finds a NaN in either of two vectors. */
@@ -71,6 +82,7 @@ template <class T> static MR_HOT T mr_max_lanes(const T *z, Py_ssize_t n, T *lan
     for (int j = 0; j < MR_NV; j++)
         S::store(lanes + j * S::W, acc[j]);
     if (i < n) {
+        src.tail(z, i, n);
         for (int l = 0; i < n; i++, l++) {
             lanes[l] = z[i] > lanes[l] ? z[i] : lanes[l];
             nan_tail |= z[i] != z[i];
@@ -88,6 +100,11 @@ template <class T> static MR_HOT T mr_max_lanes(const T *z, Py_ssize_t n, T *lan
     S::store(ml, mv);
     *has_nan = S::nan_any(nan_acc) | nan_tail;
     return ml[0];
+}
+
+template <class T> static MR_HOT T mr_max_lanes(const T *z, Py_ssize_t n, T *lanes, int *has_nan)
+{
+    return mr_max_lanes_of(z, n, lanes, has_nan, MrRowOf<T>());
 }
 
 /* x[0..MR_BLOCK) = sigmoid(x), in place. */
