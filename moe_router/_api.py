@@ -1214,6 +1214,32 @@ class Router:
                 if out._np_shape != shape or out._top_k != self.top_k:
                     out._set_view(shape, self.top_k)  # (skipped when unchanged)
                 return out
+        elif (
+            v.plain
+            and type(logits) is out._foreign_type
+            and input_ids is None
+            and out._top_k == self.top_k
+        ):
+            # A tensor of the type the views were made for: the plain
+            # settings as constants, its shape compared in the kernel.
+            rc = _dispatch.kernel.route_rows(
+                logits,
+                self.top_k,
+                v.norm_topk_prob,
+                out._ids,
+                out._weights,
+                self._threads,
+                self.num_experts,
+                False,
+                1,
+                1,
+                1.0,
+                None,
+                False,
+                out._foreign_shape,
+            )
+            if rc == 0:
+                return out
         elif input_ids is not None and not v.rules:
             rc = -1
         else:  # a variant or a scoring rule, or a tensor (its shape is compared in the kernel)

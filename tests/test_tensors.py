@@ -282,6 +282,40 @@ def test_torch_outputs_share_memory_and_stay_allocation_free(rng, torch):
     assert torch.from_dlpack(out.expert_ids).data_ptr() == out.expert_ids.ctypes.data
 
 
+def test_torch_warm_calls_after_changes(rng, torch):
+    # Once the views are made for a tensor type, Router.__call__ takes a
+    # shorter path for it; whatever changes between calls must still route
+    # like the reference or raise the catalogue's error.
+    router8, router3 = mr.Router(64, 8), mr.Router(64, 3)
+    out = mr.RouterOutput.empty()
+
+    def check(t, router):
+        got = router(t, out=out)
+        want = mr.route(t.detach().float().contiguous().numpy(), router.top_k)
+        _bits_equal(got.expert_ids.numpy(), want.expert_ids)
+        _bits_equal(got.expert_weights.numpy(), want.expert_weights)
+
+    def tensor(*shape):
+        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+
+    for _ in range(2):
+        check(tensor(4, 64), router8)
+        check(tensor(4, 64), router8)  # warm
+        check(tensor(2, 3, 64), router8)  # another shape
+        check(tensor(64, 2).T, router8)  # not contiguous: copied once
+        check(tensor(4, 64).to(torch.bfloat16), router8)
+        check(tensor(4, 64), router3)  # another top_k into the same output
+        check(tensor(4, 64), router8)
+        with pytest.raises(TypeError, match="logits.*detach"):
+            router8(tensor(4, 64).requires_grad_(), out=out)
+        bad = tensor(4, 64)
+        bad[2, 5] = float("nan")
+        with pytest.raises(ValueError, match="row 2"):
+            router8(bad, out=out)
+        with pytest.raises(ValueError, match="num_experts"):
+            router8(tensor(4, 32), out=out)
+
+
 def test_torch_caller_buffers(rng, torch):
     z = rng.standard_normal((4, 32)).astype(np.float32)
     ids, w = torch.full((4, 3), -7, dtype=torch.int64), torch.zeros(4, 3, dtype=torch.float64)
