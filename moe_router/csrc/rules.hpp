@@ -12,6 +12,7 @@
 #define MOE_ROUTER_RULES_HPP
 
 #include "row_ops.hpp"
+#include "sigmoid_approx_avx2.hpp"
 
 namespace {
 
@@ -396,6 +397,235 @@ template <class T> static inline T mr_sparsemixer_sum(const T *z, Py_ssize_t n, 
         total.add(acc);
     }
     return (T)total.total();
+}
+
+#if MR_HAVE_NET8
+/*
+ * AVX2+ float32: the selection of the biased sigmoid (soft-capped: Laguna)
+ * and sqrtsoftplus (DeepSeek-V4) routers on approximate scores, decided
+ * exactly, as mr_sigmoid_topk does for DeepSeek-V3 (kernels.hpp): the
+ * exact score pass spends most of a row on a divide and a square root
+ * (or two divides) per vector.
+ */
+
+/* sqrt(softplus(x)) = sqrt(max(x, 0) + log1p(e)), e = exp(-|x|), within
+ * 6.5e-4 relative plus 2e-15 absolute of the true value (the exact
+ * mr_sqrtsoftplus_v is within a few ulp of it): e from the cubic 2^f of
+ * vf_sigmoid_approx (7.5e-5 relative), log1p(e) = e q(e) with q a
+ * degree-4 fit of log1p(e) / e on [0, 1] (1.2e-4 relative), so the
+ * softplus is within 2e-4 relative (both terms are >= 0) and its square
+ * root within 1e-4; the root as sp * rsqrt(sp) adds the estimate's 2^-11
+ * (architectural 1.5 * 2^-12).  Below x = -69 both this and the exact
+ * score are under 1.2e-15 (the clamp at |x| = 87 and the floor at 1e-30
+ * live there).  NaN and +inf give NaN (inf * rsqrt(inf) = inf * 0). */
+static MR_HOT __m256 vf_sqrtsoftplus_approx(__m256 x)
+{
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 magic = _mm256_set1_ps(12583039.0f); /* as vf_sigmoid_approx's */
+    /* |x| clamped to 87 (min returns its second operand, a NaN |x|, on NaN) */
+    const __m256 ac = _mm256_min_ps(_mm256_set1_ps(87.0f), _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x));
+    const __m256 t = _mm256_fnmadd_ps(ac, log2e, magic); /* magic + round(-|x| log2 e) */
+    const __m256 nn = _mm256_sub_ps(t, magic);
+    const __m256 f = _mm256_fnmsub_ps(ac, log2e, nn); /* |f| <= 1/2 */
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.05517167f), f, _mm256_set1_ps(0.24261114f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69326097f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.99992806f));
+    const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+    __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(0.0410640724f), e, _mm256_set1_ps(-0.156026945f));
+    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(0.30467087f));
+    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(-0.496367753f));
+    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(0.999887884f));
+    const __m256 sp = _mm256_fmadd_ps(e, q, _mm256_max_ps(x, _mm256_setzero_ps()));
+    const __m256 spc = _mm256_max_ps(_mm256_set1_ps(1e-30f), sp); /* (keeps a NaN sp) */
+    return _mm256_mul_ps(spc, _mm256_rsqrt_ps(spc));
+}
+
+/* The approximate score of mr_rule_score_v<Avx2F32, SQRTSP>: the logit
+ * soft-capped, then the cheap sigmoid or sqrtsoftplus.  The capped logit
+ * cap * tanh(x / cap) is within cap * 2^-19 of the exact path's: where
+ * every |x| < 0.3 cap (capped logits mostly are: cap 30, |x| < 9) as
+ * x (1 - w/3 + 2w^2/15 - 17w^3/315), w = (x / cap)^2, the tanh series
+ * truncated after u^7 (the next term is below 4.3e-7 at |u| = 0.3; with
+ * the roundings and the exact path's few ulp, 7.4e-7 < 2^-20 of cap),
+ * elsewhere mr_tanh_v of x * (1 / cap) (the two arguments of tanh within
+ * 3 ulp, tanh' <= 1, |tanh| <= 1).  The sigmoid's slope is <= 1/4 and the
+ * sqrtsoftplus' below 1/2, so the score moves by less than that. */
+template <bool SQRTSP>
+static MR_HOT __m256 vf_rule_score_approx(__m256 x, int capped, __m256 vc, __m256 inv_c, __m256 lim)
+{
+    if (capped) {
+        const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+        const __m256 u = _mm256_mul_ps(x, inv_c);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(ax, lim, _CMP_LT_OQ)) == 0xff) { /* (false on NaN) */
+            const __m256 w = _mm256_mul_ps(u, u);
+            __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(-17.0f / 315), w, _mm256_set1_ps(2.0f / 15));
+            p = _mm256_fmadd_ps(p, w, _mm256_set1_ps(-1.0f / 3));
+            x = _mm256_fmadd_ps(_mm256_mul_ps(p, w), x, x);
+        } else {
+            x = _mm256_mul_ps(vc, mr_tanh_v<Avx2F32>(u));
+        }
+    }
+    if constexpr (SQRTSP)
+        return vf_sqrtsoftplus_approx(x);
+    else
+        return vf_sigmoid_approx(x);
+}
+
+/* c[0..n) = approximate score + bias (n a multiple of 16), lanes[l] = the
+ * max of c over the indices l modulo MR_BLOCK, *smax = the largest
+ * approximate score; returns 0 when a key is NaN (a NaN logit; a +inf one
+ * under sqrtsoftplus). */
+template <bool SQRTSP>
+static MR_HOT int mr_rule_approx_keys(const float *z, Py_ssize_t n, float cap, const float *bias, float *c,
+                                      float *lanes, float *smax)
+{
+    const __m256 vc = _mm256_set1_ps(cap), inv_c = _mm256_set1_ps(cap > 0 ? 1.0f / cap : 0.0f);
+    const __m256 lim = _mm256_set1_ps(0.3f * cap);
+    const int capped = cap > 0;
+    __m256 acc0 = _mm256_set1_ps(-INFINITY), acc1 = acc0, sm = _mm256_setzero_ps();
+    __m256 nan_acc = _mm256_setzero_ps();
+    for (Py_ssize_t i = 0; i < n; i += 16) {
+        const __m256 s0 = vf_rule_score_approx<SQRTSP>(_mm256_loadu_ps(z + i), capped, vc, inv_c, lim);
+        const __m256 s1 = vf_rule_score_approx<SQRTSP>(_mm256_loadu_ps(z + i + 8), capped, vc, inv_c, lim);
+        const __m256 k0 = _mm256_add_ps(s0, _mm256_loadu_ps(bias + i));
+        const __m256 k1 = _mm256_add_ps(s1, _mm256_loadu_ps(bias + i + 8));
+        nan_acc = _mm256_or_ps(nan_acc, _mm256_cmp_ps(k0, k1, _CMP_UNORD_Q));
+        _mm256_storeu_ps(c + i, k0);
+        _mm256_storeu_ps(c + i + 8, k1);
+        acc0 = _mm256_max_ps(acc0, k0);
+        acc1 = _mm256_max_ps(acc1, k1);
+        if constexpr (SQRTSP)
+            sm = _mm256_max_ps(sm, _mm256_max_ps(s0, s1));
+    }
+    _mm256_storeu_ps(lanes, acc0);
+    _mm256_storeu_ps(lanes + 8, acc1);
+    float sl[8];
+    _mm256_storeu_ps(sl, sm);
+    float m = 0;
+    for (int l = 0; l < 8; l++)
+        m = sl[l] > m ? sl[l] : m;
+    *smax = m;
+    return !_mm256_movemask_ps(nan_acc);
+}
+
+/* The candidates' exact keys, with the exact pass's operations
+ * (mr_scores_bias_into: the same bits), and their exact scores to s at
+ * their expert ids; the padding stays below every key. */
+template <bool SQRTSP>
+static MR_HOT void mr_rule_exact_keys(const float *z, float cap, const float *bias, MrCand<float> *cd,
+                                      float *s)
+{
+    const __m256 vc = _mm256_set1_ps(cap);
+    const int capped = cap > 0;
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    float sv[8];
+    for (int j = 0; j < cd->c; j += 8) {
+        const __m256i id = _mm256_loadu_si256((const __m256i *)(cd->i + j));
+        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(cd->c - j), iota));
+        const __m256 ninf = _mm256_set1_ps(-INFINITY);
+        const __m256 v =
+            mr_rule_score_v<Avx2F32, SQRTSP>(_mm256_mask_i32gather_ps(ninf, z, id, live, 4), capped, vc);
+        _mm256_storeu_ps(cd->v + j, _mm256_add_ps(v, _mm256_mask_i32gather_ps(ninf, bias, id, live, 4)));
+        _mm256_storeu_ps(sv, v);
+        for (int l = 0; l < 8 && j + l < cd->c; l++)
+            s[cd->i[j + l]] = sv[l];
+    }
+}
+
+template <bool SQRTSP>
+static inline int mr_rule_approx_topk_f32(const float *z, Py_ssize_t n, float cap, const float *bias,
+                                          float bias_max, int k, float *c, float *s, Py_ssize_t *idx)
+{
+    float lanes[MR_BLOCK], smax;
+    MrCand<float> cd;
+    if (n % 16 || k > MR_BLOCK || !mr_rule_approx_keys<SQRTSP>(z, n, cap, bias, c, lanes, &smax))
+        return 0;
+    /* |approximate key - exact key|: the score's error (and the cap's),
+     * and the rounding of the two bias adds, which 16 ulps of the largest
+     * |key| cover with room (as _sigmoid_slack). */
+    const float score_max = SQRTSP ? smax * 1.001f : 1.0f; /* bounds the exact scores too */
+    const float slack = (SQRTSP ? 6.5e-4f * score_max + 1e-14f : 5.2e-4f) + cap * 0x1p-19f +
+                        16 * 0x1p-23f * (score_max + bias_max);
+    if (!(slack < 0.01f)) /* (a huge score or bias: the candidates would be most of the row) */
+        return 0;
+    /* Every expert whose exact key is among the k best, or ties the k-th,
+     * is within 2 slacks of the k-th best approximate key (mr_sigmoid_topk's
+     * argument): the candidates. */
+    const float t = mr_kth_lane(lanes, k) - 2 * slack;
+    int got = 0;
+    if (n <= 256 && t > -INFINITY) {
+        /* byte ids (networks_avx2.hpp): fewer operations per vector than
+         * mr_cand_gather's compress */
+        uint8_t ids8[256 + 8];
+        const int nc = mr_ids8_gather(c, n, t, ids8);
+        if (nc > 0 && nc <= MR_BLOCK) {
+            for (int j = 0; j < MR_BLOCK; j++) {
+                cd.i[j] = j < nc ? ids8[j] : 0;
+                cd.v[j] = -INFINITY; /* the block's padding (the keys overwrite the rest) */
+            }
+            cd.c = nc;
+            got = 1;
+        }
+    }
+    if (!got && mr_cand_gather<float>(c, n, n, NULL, 1, k, lanes, 2 * slack, &cd))
+        return 0;
+    mr_rule_exact_keys<SQRTSP>(z, cap, bias, &cd, s);
+    mr_cand_select<float>(&cd, k, idx, 0, NULL, 1);
+    return 1;
+}
+#endif
+
+/*
+ * The top-k of key = score(z soft-capped at cap when cap > 0) + bias, the
+ * score the sigmoid (sqrtsp 0) or sqrtsoftplus (sqrtsp 1): ids to
+ * idx[0..k) (idx holds MR_BLOCK + 1), in the exact pass's order (key
+ * descending, index ascending), and 1; 0 when the row is left to the exact
+ * pass (mr_scores_bias_into, then the top-k): a NaN or +inf key, a shape
+ * or slack it does not take, too many candidates, and always for double
+ * and builds without MR_HAVE_NET8.  The ids are the exact pass's, bit for
+ * bit: its keys are ranked for the candidates.  bias_max: max |bias|; c
+ * holds n values (the approximate keys); s[id] = the exact score of each
+ * candidate id (the picked among them: the weights need no recompute).
+ */
+template <class T>
+static inline int mr_rule_approx_topk(const T *z, Py_ssize_t n, int sqrtsp, T cap, const T *bias, T bias_max,
+                                      int k, T *c, T *s, Py_ssize_t *idx)
+{
+#if MR_HAVE_NET8
+    if constexpr (mr_is_f32<T>)
+        return sqrtsp ? mr_rule_approx_topk_f32<true>(z, n, cap, bias, bias_max, k, c, s, idx)
+                      : mr_rule_approx_topk_f32<false>(z, n, cap, bias, bias_max, k, c, s, idx);
+#endif
+    (void)z, (void)n, (void)sqrtsp, (void)cap, (void)bias, (void)bias_max, (void)k, (void)c, (void)s,
+        (void)idx;
+    return 0;
+}
+
+/* For tests: out[0..n) = mr_rule_approx_topk's approximate scores of x (no
+ * bias; n a multiple of 16).  -1 where there are none (nothing written),
+ * else whether a key is NaN. */
+template <class T> static inline int mr_rule_approx_scores(const T *x, Py_ssize_t n, int sqrtsp, T cap,
+                                                           T *out)
+{
+#if MR_HAVE_NET8
+    if constexpr (mr_is_f32<T>) {
+        if (n % 16)
+            return -1;
+        const __m256 vc = _mm256_set1_ps(cap), inv_c = _mm256_set1_ps(cap > 0 ? 1.0f / cap : 0.0f);
+        const __m256 lim = _mm256_set1_ps(0.3f * cap);
+        int nan_bits = 0;
+        for (Py_ssize_t i = 0; i < n; i += 8) {
+            const __m256 v =
+                sqrtsp ? vf_rule_score_approx<true>(_mm256_loadu_ps(x + i), cap > 0, vc, inv_c, lim)
+                       : vf_rule_score_approx<false>(_mm256_loadu_ps(x + i), cap > 0, vc, inv_c, lim);
+            nan_bits |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            _mm256_storeu_ps(out + i, v);
+        }
+        return nan_bits != 0;
+    }
+#endif
+    (void)x, (void)n, (void)sqrtsp, (void)cap, (void)out;
+    return -1;
 }
 
 #undef MR_NV
