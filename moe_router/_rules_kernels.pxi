@@ -31,6 +31,8 @@ cdef extern from "csrc/rules.hpp" nogil:
     T mr_sparsemixer_sum[T](const T* z, Py_ssize_t n, T m, T thr, Py_ssize_t skip)
     int mr_rule_approx_topk[T](const T* z, Py_ssize_t n, int sqrtsp, T cap, const T* bias,
                                T bias_max, int k, T* c, T* s, Py_ssize_t* idx)
+    void mr_rule_approx_topk_pair[T](const T* z, Py_ssize_t n, int sqrtsp, T cap, const T* bias,
+                                     T bias_max, int k, T* c, T* s, Py_ssize_t* idx, int* ok)
     int mr_rule_approx_scores[T](const T* x, Py_ssize_t n, int sqrtsp, T cap, T* out)
 
 from libc.math cimport pow as c_pow, sqrt
@@ -360,20 +362,62 @@ def rule_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, bint sqrtsoftplus, d
     return ids, taken
 
 
+cdef Py_ssize_t _rules_pair(const floating* z, const RulesCtx* cx, floating* scratch,
+                            id_t* ids_out, weight_t* w_out) noexcept nogil:
+    # Rows z[0..n) and z[n..2n) of the biased sigmoid / sqrtsoftplus rules
+    # without a table: the approximate selection of both at once (each step
+    # for both rows), the weights from the candidates' exact scores (s of
+    # row h at scratch[h * n...]), then _rules_row for a row it left (its
+    # scratch use overwrites the other row's scores: the taken rows go
+    # first).  Returns the number of bad rows; the bits of _rules_row's.
+    cdef Py_ssize_t n = cx.n, k = cx.k, j, n_bad = 0
+    cdef Py_ssize_t idx[2 * (MR_BLOCK + 1)]
+    cdef int ok[2]
+    cdef int h
+    mr_rule_approx_topk_pair(z, n, cx.score == SCORE_SQRTSOFTPLUS, <floating>cx.cap,
+                             <const floating*>cx.bias, <floating>cx.bias_abs_max, <int>k,
+                             scratch + 2 * n, scratch, idx, ok)
+    for h in range(2):
+        if ok[h]:
+            for j in range(k):
+                ids_out[h * k + j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
+            n_bad += _rules_weights(z + h * n, cx, scratch, scratch + h * n, NULL, 0, 0,
+                                    ids_out + h * k, w_out + h * k) != ROW_OK
+    for h in range(2):
+        if not ok[h]:
+            n_bad += _rules_row(z + h * n, cx, scratch, NULL, ids_out + h * k, w_out + h * k) != ROW_OK
+    return n_bad
+
+
 cdef Py_ssize_t _rules_rows(const floating* logits, id_t* ids_out, weight_t* w_out,
                             const RulesCtx* cx) noexcept nogil:
     """Route every row; returns the number of rows that could not be routed."""
-    cdef Py_ssize_t r, n_bad = 0, n = cx.n, k = cx.k
+    cdef Py_ssize_t r, q, r0 = 0, n_bad = 0, n = cx.n, k = cx.k
     cdef floating* scratch = <floating*>cx.scratch
     cdef Py_ssize_t per_thread = cx.scratch_per_thread
     cdef const int64_t* table = cx.table
+    # Two rows at a time where the approximate selection may take them
+    # (float32 with a bias, no table, n a multiple of 16, k <= MR_BLOCK).
+    cdef bint pairs = (floating is float and cx.bias != NULL and table == NULL and n % 16 == 0
+                       and k <= MR_BLOCK
+                       and (cx.score == SCORE_SIGMOID or cx.score == SCORE_SQRTSOFTPLUS))
     if cx.num_threads > 1:
-        for r in prange(cx.n_rows, num_threads=cx.num_threads, schedule='static'):
+        if pairs:
+            for q in prange(cx.n_rows // 2, num_threads=cx.num_threads, schedule='static'):
+                n_bad += _rules_pair(logits + 2 * q * n, cx, scratch + threadid() * per_thread,
+                                     ids_out + 2 * q * k, w_out + 2 * q * k)
+            r0 = cx.n_rows - cx.n_rows % 2
+        for r in prange(r0, cx.n_rows, num_threads=cx.num_threads, schedule='static'):
             n_bad += _rules_row(logits + r * n, cx, scratch + threadid() * per_thread,
                                 table + cx.tokens[r] * k if table != NULL else NULL,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
     else:
-        for r in range(cx.n_rows):
+        if pairs:
+            for q in range(cx.n_rows // 2):
+                n_bad += _rules_pair(logits + 2 * q * n, cx, scratch, ids_out + 2 * q * k,
+                                     w_out + 2 * q * k)
+            r0 = cx.n_rows - cx.n_rows % 2
+        for r in range(r0, cx.n_rows):
             n_bad += _rules_row(logits + r * n, cx, scratch,
                                 table + cx.tokens[r] * k if table != NULL else NULL,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
@@ -568,7 +612,7 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     cx.scale = routed_scaling_factor
     cx.thr = 2 * jitter_eps
     cx.num_threads = num_threads
-    cx.scratch_per_thread = 3 * n + MR_BLOCK
+    cx.scratch_per_thread = 4 * n + MR_BLOCK  # (_rules_pair: 2n scores, then 2n keys)
     cx.scratch = malloc(num_threads * cx.scratch_per_thread * item)
     if cx.scratch == NULL:
         raise MemoryError()

@@ -62,7 +62,7 @@ def _rows(rng, n, count):
 
 def test_approximate_sqrtsoftplus_is_within_its_bound():
     # mr_rule_approx_topk's slack assumes its sqrt(softplus(x)) within
-    # 6.5e-4 relative plus 2e-15 absolute of the true value (the exact
+    # 8e-4 relative plus 2e-15 absolute of the true value (the exact
     # float32 score is within a few ulp of it): check that on this CPU,
     # rsqrt estimate included, over the range, the clamps and the floor.
     core = _avx2_core()
@@ -80,7 +80,7 @@ def test_approximate_sqrtsoftplus_is_within_its_bound():
     assert core.rule_approx_scores_into(x, out, True, 0.0) is False
     true = np.sqrt(np.logaddexp(0.0, x.astype(np.float64)))
     err = np.abs(out.astype(np.float64) - true)
-    assert (err <= 6.5e-4 * true + 2e-15).all(), (err / np.maximum(true, 1e-300)).max()
+    assert (err <= 8e-4 * true + 2e-15).all(), (err / np.maximum(true, 1e-300)).max()
     # (measured: 3.4e-4 relative)
     for bad in (np.inf, np.nan):
         y = x.copy()
@@ -93,7 +93,7 @@ def test_approximate_sqrtsoftplus_is_within_its_bound():
 def test_approximate_capped_scores_are_within_their_bound(cap, sqrtsoftplus):
     # The capped logit is within cap * 2^-19 of the exact one, the cheap
     # sigmoid within 5.2e-4 (of the float64 sigmoid, less 2e-6 for the
-    # exact float32 one), the cheap sqrtsoftplus within 6.5e-4 relative;
+    # exact float32 one), the cheap sqrtsoftplus within 8e-4 relative;
     # both score slopes are below 1/2.
     core = _avx2_core()
     x = np.concatenate(
@@ -109,7 +109,7 @@ def test_approximate_capped_scores_are_within_their_bound(cap, sqrtsoftplus):
     y = cap * np.tanh(x.astype(np.float64) / cap)
     if sqrtsoftplus:
         true = np.sqrt(np.logaddexp(0.0, y))
-        bound = 6.5e-4 * true + 2e-15 + cap * 2.0**-20
+        bound = 8e-4 * true + 2e-15 + cap * 2.0**-20
     else:
         true = ref.sigmoid(y)
         bound = 5.2e-4 - 2e-6 + cap * 2.0**-21

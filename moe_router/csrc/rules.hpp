@@ -409,13 +409,13 @@ template <class T> static inline T mr_sparsemixer_sum(const T *z, Py_ssize_t n, 
  */
 
 /* sqrt(softplus(x)) = sqrt(max(x, 0) + log1p(e)), e = exp(-|x|), within
- * 6.5e-4 relative plus 2e-15 absolute of the true value (the exact
+ * 8e-4 relative plus 2e-15 absolute of the true value (the exact
  * mr_sqrtsoftplus_v is within a few ulp of it): e from the cubic 2^f of
  * vf_sigmoid_approx (7.5e-5 relative), log1p(e) = e q(e) with q a
- * degree-4 fit of log1p(e) / e on [0, 1] (1.2e-4 relative), so the
- * softplus is within 2e-4 relative (both terms are >= 0) and its square
- * root within 1e-4; the root as sp * rsqrt(sp) adds the estimate's 2^-11
- * (architectural 1.5 * 2^-12).  Below x = -69 both this and the exact
+ * degree-3 near-minimax fit of log1p(e) / e on [0, 1] (3.9e-4 relative
+ * in float32), so the softplus is within 4.7e-4 relative (both terms are
+ * >= 0) and its square root within 2.4e-4; the root as sp * rsqrt(sp)
+ * adds the estimate's 2^-11 (architectural 1.5 * 2^-12).  Below x = -69 both this and the exact
  * score are under 1.2e-15 (the clamp at |x| = 87 and the floor at 1e-30
  * live there).  NaN and +inf give NaN (inf * rsqrt(inf) = inf * 0). */
 static MR_HOT __m256 vf_sqrtsoftplus_approx(__m256 x)
@@ -431,10 +431,9 @@ static MR_HOT __m256 vf_sqrtsoftplus_approx(__m256 x)
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69326097f));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.99992806f));
     const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
-    __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(0.0410640724f), e, _mm256_set1_ps(-0.156026945f));
-    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(0.30467087f));
-    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(-0.496367753f));
-    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(0.999887884f));
+    __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(-0.0743422359f), e, _mm256_set1_ps(0.254023731f));
+    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(-0.486413628f));
+    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(0.999606907f));
     const __m256 sp = _mm256_fmadd_ps(e, q, _mm256_max_ps(x, _mm256_setzero_ps()));
     const __m256 spc = _mm256_max_ps(_mm256_set1_ps(1e-30f), sp); /* (keeps a NaN sp) */
     return _mm256_mul_ps(spc, _mm256_rsqrt_ps(spc));
@@ -472,17 +471,16 @@ static MR_HOT __m256 vf_rule_score_approx(__m256 x, int capped, __m256 vc, __m25
 }
 
 /* c[0..n) = approximate score + bias (n a multiple of 16), lanes[l] = the
- * max of c over the indices l modulo MR_BLOCK, *smax = the largest
- * approximate score; returns 0 when a key is NaN (a NaN logit; a +inf one
- * under sqrtsoftplus). */
+ * max of c over the indices l modulo MR_BLOCK; returns 0 when a key is
+ * NaN (a NaN logit; a +inf one under sqrtsoftplus). */
 template <bool SQRTSP>
 static MR_HOT int mr_rule_approx_keys(const float *z, Py_ssize_t n, float cap, const float *bias, float *c,
-                                      float *lanes, float *smax)
+                                      float *lanes)
 {
     const __m256 vc = _mm256_set1_ps(cap), inv_c = _mm256_set1_ps(cap > 0 ? 1.0f / cap : 0.0f);
     const __m256 lim = _mm256_set1_ps(0.3f * cap);
     const int capped = cap > 0;
-    __m256 acc0 = _mm256_set1_ps(-INFINITY), acc1 = acc0, sm = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_set1_ps(-INFINITY), acc1 = acc0;
     __m256 nan_acc = _mm256_setzero_ps();
     for (Py_ssize_t i = 0; i < n; i += 16) {
         const __m256 s0 = vf_rule_score_approx<SQRTSP>(_mm256_loadu_ps(z + i), capped, vc, inv_c, lim);
@@ -494,17 +492,9 @@ static MR_HOT int mr_rule_approx_keys(const float *z, Py_ssize_t n, float cap, c
         _mm256_storeu_ps(c + i + 8, k1);
         acc0 = _mm256_max_ps(acc0, k0);
         acc1 = _mm256_max_ps(acc1, k1);
-        if constexpr (SQRTSP)
-            sm = _mm256_max_ps(sm, _mm256_max_ps(s0, s1));
     }
     _mm256_storeu_ps(lanes, acc0);
     _mm256_storeu_ps(lanes + 8, acc1);
-    float sl[8];
-    _mm256_storeu_ps(sl, sm);
-    float m = 0;
-    for (int l = 0; l < 8; l++)
-        m = sl[l] > m ? sl[l] : m;
-    *smax = m;
     return !_mm256_movemask_ps(nan_acc);
 }
 
@@ -532,27 +522,14 @@ static MR_HOT void mr_rule_exact_keys(const float *z, float cap, const float *bi
     }
 }
 
-template <bool SQRTSP>
-static inline int mr_rule_approx_topk_f32(const float *z, Py_ssize_t n, float cap, const float *bias,
-                                          float bias_max, int k, float *c, float *s, Py_ssize_t *idx)
+/* The candidates of row h: every expert whose key, within `slack` of
+ * the exact one, may be among the k best or tie the k-th (mr_sigmoid_topk's
+ * argument: within 2 slacks of the k-th best approximate key); 0 when
+ * there are more than MR_MAX_CAND (or no threshold). */
+static MR_HOT int mr_rule_cands(const float *c, Py_ssize_t n, int k, const float *lanes, float slack,
+                                MrCand<float> *cd)
 {
-    float lanes[MR_BLOCK], smax;
-    MrCand<float> cd;
-    if (n % 16 || k > MR_BLOCK || !mr_rule_approx_keys<SQRTSP>(z, n, cap, bias, c, lanes, &smax))
-        return 0;
-    /* |approximate key - exact key|: the score's error (and the cap's),
-     * and the rounding of the two bias adds, which 16 ulps of the largest
-     * |key| cover with room (as _sigmoid_slack). */
-    const float score_max = SQRTSP ? smax * 1.001f : 1.0f; /* bounds the exact scores too */
-    const float slack = (SQRTSP ? 6.5e-4f * score_max + 1e-14f : 5.2e-4f) + cap * 0x1p-19f +
-                        16 * 0x1p-23f * (score_max + bias_max);
-    if (!(slack < 0.01f)) /* (a huge score or bias: the candidates would be most of the row) */
-        return 0;
-    /* Every expert whose exact key is among the k best, or ties the k-th,
-     * is within 2 slacks of the k-th best approximate key (mr_sigmoid_topk's
-     * argument): the candidates. */
     const float t = mr_kth_lane(lanes, k) - 2 * slack;
-    int got = 0;
     if (n <= 256 && t > -INFINITY) {
         /* byte ids (networks_avx2.hpp): fewer operations per vector than
          * mr_cand_gather's compress */
@@ -560,19 +537,62 @@ static inline int mr_rule_approx_topk_f32(const float *z, Py_ssize_t n, float ca
         const int nc = mr_ids8_gather(c, n, t, ids8);
         if (nc > 0 && nc <= MR_BLOCK) {
             for (int j = 0; j < MR_BLOCK; j++) {
-                cd.i[j] = j < nc ? ids8[j] : 0;
-                cd.v[j] = -INFINITY; /* the block's padding (the keys overwrite the rest) */
+                cd->i[j] = j < nc ? ids8[j] : 0;
+                cd->v[j] = -INFINITY; /* the block's padding (the keys overwrite the rest) */
             }
-            cd.c = nc;
-            got = 1;
+            cd->c = nc;
+            return 1;
         }
     }
-    if (!got && mr_cand_gather<float>(c, n, n, NULL, 1, k, lanes, 2 * slack, &cd))
-        return 0;
-    mr_rule_exact_keys<SQRTSP>(z, cap, bias, &cd, s);
-    mr_cand_select<float>(&cd, k, idx, 0, NULL, 1);
-    return 1;
+    return mr_cand_gather<float>(c, n, n, NULL, 1, k, lanes, 2 * slack, cd) == 0;
 }
+
+/* Each step for row 0, then (ROWS == 2) for row 1, before the next step:
+ * a row's steps after its score pass are a chain of dependent ones that
+ * one row alone leaves the core mostly waiting on (as mr_topk_pair). */
+#define MR_RULE_EACH(h, STMT)  \
+    {                          \
+        enum { h = 0 };        \
+        STMT;                  \
+    }                          \
+    if constexpr (ROWS == 2) { \
+        enum { h = 1 };        \
+        STMT;                  \
+    }
+
+/* Rows z + h * n (h < ROWS): ok[h] = whether idx + h * (MR_BLOCK + 1)
+ * holds row h's ids (and s + h * n its candidates' exact scores); c holds
+ * ROWS * n approximate keys. */
+template <bool SQRTSP, int ROWS>
+static inline void mr_rule_approx_rows(const float *z, Py_ssize_t n, float cap, const float *bias,
+                                       float bias_max, int k, float *c, float *s, Py_ssize_t *idx, int *ok)
+{
+    float lanes[ROWS][MR_BLOCK], slack[ROWS];
+    MrCand<float> cd[ROWS];
+    const int applies = n % 16 == 0 && k <= MR_BLOCK;
+    MR_RULE_EACH(h,
+                 ok[h] = applies && mr_rule_approx_keys<SQRTSP>(z + h * n, n, cap, bias, c + h * n, lanes[h]))
+    /* |approximate key - exact key|: the score's error (and the cap's),
+     * and the rounding of the two bias adds, which 16 ulps of the largest
+     * |key| cover with room (as _sigmoid_slack).  The scores are at most
+     * the largest key plus max |bias| (1.002: the roundings, and the exact
+     * score's distance from the approximate one).  A slack of 0.01 or more
+     * (a huge score or bias) would make most of the row candidates. */
+    MR_RULE_EACH(h, {
+        float key_max = lanes[h][0];
+        for (int l = 1; l < MR_BLOCK; l++)
+            key_max = lanes[h][l] > key_max ? lanes[h][l] : key_max;
+        const float score_max = SQRTSP ? (key_max + bias_max) * 1.002f : 1.0f;
+        slack[h] = (SQRTSP ? 8e-4f * score_max + 1e-14f : 5.2e-4f) + cap * 0x1p-19f +
+                   16 * 0x1p-23f * (score_max + bias_max);
+        ok[h] = ok[h] && slack[h] < 0.01f;
+    })
+    MR_RULE_EACH(h, ok[h] = ok[h] && mr_rule_cands(c + h * n, n, k, lanes[h], slack[h], &cd[h]))
+    MR_RULE_EACH(h, if (ok[h]) mr_rule_exact_keys<SQRTSP>(z + h * n, cap, bias, &cd[h], s + h * n))
+    MR_RULE_EACH(h, if (ok[h]) mr_cand_select<float>(&cd[h], k, idx + h * (MR_BLOCK + 1), 0, NULL, 1))
+}
+
+#undef MR_RULE_EACH
 #endif
 
 /*
@@ -591,14 +611,41 @@ template <class T>
 static inline int mr_rule_approx_topk(const T *z, Py_ssize_t n, int sqrtsp, T cap, const T *bias, T bias_max,
                                       int k, T *c, T *s, Py_ssize_t *idx)
 {
+    int ok[1] = {0};
 #if MR_HAVE_NET8
-    if constexpr (mr_is_f32<T>)
-        return sqrtsp ? mr_rule_approx_topk_f32<true>(z, n, cap, bias, bias_max, k, c, s, idx)
-                      : mr_rule_approx_topk_f32<false>(z, n, cap, bias, bias_max, k, c, s, idx);
+    if constexpr (mr_is_f32<T>) {
+        if (sqrtsp)
+            mr_rule_approx_rows<true, 1>(z, n, cap, bias, bias_max, k, c, s, idx, ok);
+        else
+            mr_rule_approx_rows<false, 1>(z, n, cap, bias, bias_max, k, c, s, idx, ok);
+        return ok[0];
+    }
 #endif
     (void)z, (void)n, (void)sqrtsp, (void)cap, (void)bias, (void)bias_max, (void)k, (void)c, (void)s,
         (void)idx;
-    return 0;
+    return ok[0];
+}
+
+/* The same for the two rows z[0..n) and z[n..2n), each step for both
+ * before the next: ok[h] for row h, its ids at idx + h * (MR_BLOCK + 1)
+ * (idx holds 2 * (MR_BLOCK + 1)), its candidates' exact scores in
+ * s[h * n...]; c holds 2n keys.  The same bits as one row at a time. */
+template <class T>
+static inline void mr_rule_approx_topk_pair(const T *z, Py_ssize_t n, int sqrtsp, T cap, const T *bias,
+                                            T bias_max, int k, T *c, T *s, Py_ssize_t *idx, int *ok)
+{
+    ok[0] = ok[1] = 0;
+#if MR_HAVE_NET8
+    if constexpr (mr_is_f32<T>) {
+        if (sqrtsp)
+            mr_rule_approx_rows<true, 2>(z, n, cap, bias, bias_max, k, c, s, idx, ok);
+        else
+            mr_rule_approx_rows<false, 2>(z, n, cap, bias, bias_max, k, c, s, idx, ok);
+        return;
+    }
+#endif
+    (void)z, (void)n, (void)sqrtsp, (void)cap, (void)bias, (void)bias_max, (void)k, (void)c, (void)s,
+        (void)idx;
 }
 
 /* For tests: out[0..n) = mr_rule_approx_topk's approximate scores of x (no
