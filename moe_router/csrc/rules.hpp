@@ -439,24 +439,40 @@ static MR_HOT __m256 vf_sqrtsoftplus_approx(__m256 x)
     return _mm256_mul_ps(spc, _mm256_rsqrt_ps(spc));
 }
 
+/* vf_sigmoid_approx without its clamp to [-87, 87]: the same operations,
+ * so the same values, where |x| <= 87 (a logit soft-capped at cap <= 87). */
+static MR_HOT __m256 vf_sigmoid_approx_bounded(__m256 x)
+{
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 magic = _mm256_set1_ps(12583039.0f);
+    const __m256 t = _mm256_fnmadd_ps(x, log2e, magic);
+    const __m256 nn = _mm256_sub_ps(t, magic);
+    const __m256 f = _mm256_fnmsub_ps(x, log2e, nn);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.05517167f), f, _mm256_set1_ps(0.24261114f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69326097f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.99992806f));
+    const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23));
+    return _mm256_rcp_ps(_mm256_fmadd_ps(p, pow2n, _mm256_set1_ps(1.0f)));
+}
+
 /* The approximate score of mr_rule_score_v<Avx2F32, SQRTSP>: the logit
  * soft-capped, then the cheap sigmoid or sqrtsoftplus.  The capped logit
  * cap * tanh(x / cap) is within cap * 2^-19 of the exact path's: where
- * every |x| < 0.3 cap (capped logits mostly are: cap 30, |x| < 9) as
- * x (1 - w/3 + 2w^2/15 - 17w^3/315), w = (x / cap)^2, the tanh series
- * truncated after u^7 (the next term is below 4.3e-7 at |u| = 0.3; with
- * the roundings and the exact path's few ulp, 7.4e-7 < 2^-20 of cap),
- * elsewhere mr_tanh_v of x * (1 / cap) (the two arguments of tanh within
- * 3 ulp, tanh' <= 1, |tanh| <= 1).  The sigmoid's slope is <= 1/4 and the
- * sqrtsoftplus' below 1/2, so the score moves by less than that. */
-template <bool SQRTSP>
-static MR_HOT __m256 vf_rule_score_approx(__m256 x, int capped, __m256 vc, __m256 inv_c, __m256 lim)
+ * every w = (x / cap)^2 < 0.09 (capped logits mostly are: cap 30, |x| < 9)
+ * as x (1 - w/3 + 2w^2/15 - 17w^3/315), the tanh series truncated after
+ * u^7 (the next term is below 4.3e-7 at |u| = 0.3; with the roundings and
+ * the exact path's few ulp, 7.4e-7 < 2^-20 of cap), elsewhere mr_tanh_v of
+ * x * (1 / cap) (the two arguments of tanh within 3 ulp, tanh' <= 1,
+ * |tanh| <= 1).  The sigmoid's slope is <= 1/4 and the sqrtsoftplus'
+ * below 1/2, so the score moves by less than that.  BOUNDED (the sigmoid
+ * with cap <= 87): the capped logit is within [-87, 87], no clamp. */
+template <bool SQRTSP, bool BOUNDED>
+static MR_HOT __m256 vf_rule_score_approx(__m256 x, int capped, __m256 vc, __m256 inv_c)
 {
     if (capped) {
-        const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
         const __m256 u = _mm256_mul_ps(x, inv_c);
-        if (_mm256_movemask_ps(_mm256_cmp_ps(ax, lim, _CMP_LT_OQ)) == 0xff) { /* (false on NaN) */
-            const __m256 w = _mm256_mul_ps(u, u);
+        const __m256 w = _mm256_mul_ps(u, u);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(w, _mm256_set1_ps(0.09f), _CMP_LT_OQ)) == 0xff) { /* (not NaN) */
             __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(-17.0f / 315), w, _mm256_set1_ps(2.0f / 15));
             p = _mm256_fmadd_ps(p, w, _mm256_set1_ps(-1.0f / 3));
             x = _mm256_fmadd_ps(_mm256_mul_ps(p, w), x, x);
@@ -466,25 +482,30 @@ static MR_HOT __m256 vf_rule_score_approx(__m256 x, int capped, __m256 vc, __m25
     }
     if constexpr (SQRTSP)
         return vf_sqrtsoftplus_approx(x);
+    else if constexpr (BOUNDED)
+        return vf_sigmoid_approx_bounded(x);
     else
         return vf_sigmoid_approx(x);
 }
 
+/* Whether vf_rule_score_approx may take BOUNDED for these settings. */
+static inline int mr_rule_bounded(int sqrtsp, float cap) { return !sqrtsp && cap > 0 && cap <= 87; }
+
 /* c[0..n) = approximate score + bias (n a multiple of 16), lanes[l] = the
  * max of c over the indices l modulo MR_BLOCK; returns 0 when a key is
  * NaN (a NaN logit; a +inf one under sqrtsoftplus). */
-template <bool SQRTSP>
+template <bool SQRTSP, bool BOUNDED>
 static MR_HOT int mr_rule_approx_keys(const float *z, Py_ssize_t n, float cap, const float *bias, float *c,
                                       float *lanes)
 {
     const __m256 vc = _mm256_set1_ps(cap), inv_c = _mm256_set1_ps(cap > 0 ? 1.0f / cap : 0.0f);
-    const __m256 lim = _mm256_set1_ps(0.3f * cap);
     const int capped = cap > 0;
     __m256 acc0 = _mm256_set1_ps(-INFINITY), acc1 = acc0;
     __m256 nan_acc = _mm256_setzero_ps();
     for (Py_ssize_t i = 0; i < n; i += 16) {
-        const __m256 s0 = vf_rule_score_approx<SQRTSP>(_mm256_loadu_ps(z + i), capped, vc, inv_c, lim);
-        const __m256 s1 = vf_rule_score_approx<SQRTSP>(_mm256_loadu_ps(z + i + 8), capped, vc, inv_c, lim);
+        const __m256 s0 = vf_rule_score_approx<SQRTSP, BOUNDED>(_mm256_loadu_ps(z + i), capped, vc, inv_c);
+        const __m256 s1 =
+            vf_rule_score_approx<SQRTSP, BOUNDED>(_mm256_loadu_ps(z + i + 8), capped, vc, inv_c);
         const __m256 k0 = _mm256_add_ps(s0, _mm256_loadu_ps(bias + i));
         const __m256 k1 = _mm256_add_ps(s1, _mm256_loadu_ps(bias + i + 8));
         nan_acc = _mm256_or_ps(nan_acc, _mm256_cmp_ps(k0, k1, _CMP_UNORD_Q));
@@ -570,8 +591,12 @@ static inline void mr_rule_approx_rows(const float *z, Py_ssize_t n, float cap, 
     float lanes[ROWS][MR_BLOCK], slack[ROWS];
     MrCand<float> cd[ROWS];
     const int applies = n % 16 == 0 && k <= MR_BLOCK;
-    MR_RULE_EACH(h,
-                 ok[h] = applies && mr_rule_approx_keys<SQRTSP>(z + h * n, n, cap, bias, c + h * n, lanes[h]))
+    const int bounded = mr_rule_bounded(SQRTSP, cap);
+    MR_RULE_EACH(
+        h,
+        ok[h] = applies &&
+                (bounded ? mr_rule_approx_keys<SQRTSP, true>(z + h * n, n, cap, bias, c + h * n, lanes[h])
+                         : mr_rule_approx_keys<SQRTSP, false>(z + h * n, n, cap, bias, c + h * n, lanes[h])))
     /* |approximate key - exact key|: the score's error (and the cap's),
      * and the rounding of the two bias adds, which 16 ulps of the largest
      * |key| cover with room (as _sigmoid_slack).  The scores are at most
@@ -659,12 +684,13 @@ template <class T> static inline int mr_rule_approx_scores(const T *x, Py_ssize_
         if (n % 16)
             return -1;
         const __m256 vc = _mm256_set1_ps(cap), inv_c = _mm256_set1_ps(cap > 0 ? 1.0f / cap : 0.0f);
-        const __m256 lim = _mm256_set1_ps(0.3f * cap);
+        const int bounded = mr_rule_bounded(sqrtsp, cap);
         int nan_bits = 0;
         for (Py_ssize_t i = 0; i < n; i += 8) {
-            const __m256 v =
-                sqrtsp ? vf_rule_score_approx<true>(_mm256_loadu_ps(x + i), cap > 0, vc, inv_c, lim)
-                       : vf_rule_score_approx<false>(_mm256_loadu_ps(x + i), cap > 0, vc, inv_c, lim);
+            const __m256 xv = _mm256_loadu_ps(x + i);
+            const __m256 v = sqrtsp    ? vf_rule_score_approx<true, false>(xv, cap > 0, vc, inv_c)
+                             : bounded ? vf_rule_score_approx<false, true>(xv, cap > 0, vc, inv_c)
+                                       : vf_rule_score_approx<false, false>(xv, cap > 0, vc, inv_c);
             nan_bits |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
             _mm256_storeu_ps(out + i, v);
         }
