@@ -134,6 +134,7 @@ def test_approximate_selection_gives_the_exact_pass_ids(shape, rng):
     assert not (taken & ~exact_ok).any()  # (NaN and +inf sqrtsoftplus rows: exact pass only)
     np.testing.assert_array_equal(ids[taken], exact[taken])
     assert not taken[-3]  # the NaN row
+    assert taken[-4]  # -inf logits: their cheap scores stay normal floats (rsqrt)
     if sqrtsp and not cap:
         assert not taken[-5]  # a +inf sqrtsoftplus score
 

@@ -415,15 +415,16 @@ template <class T> static inline T mr_sparsemixer_sum(const T *z, Py_ssize_t n, 
  * degree-3 near-minimax fit of log1p(e) / e on [0, 1] (3.9e-4 relative
  * in float32), so the softplus is within 4.7e-4 relative (both terms are
  * >= 0) and its square root within 2.4e-4; the root as sp * rsqrt(sp)
- * adds the estimate's 2^-11 (architectural 1.5 * 2^-12).  Below x = -69 both this and the exact
- * score are under 1.2e-15 (the clamp at |x| = 87 and the floor at 1e-30
- * live there).  NaN and +inf give NaN (inf * rsqrt(inf) = inf * 0). */
+ * adds the estimate's 2^-11 (architectural 1.5 * 2^-12).  Below x = -69
+ * both this and the exact score are under 1.2e-15 (the clamp at |x| = 80
+ * lives there).  NaN and +inf give NaN (inf * rsqrt(inf) = inf * 0). */
 static MR_HOT __m256 vf_sqrtsoftplus_approx(__m256 x)
 {
     const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
     const __m256 magic = _mm256_set1_ps(12583039.0f); /* as vf_sigmoid_approx's */
-    /* |x| clamped to 87 (min returns its second operand, a NaN |x|, on NaN) */
-    const __m256 ac = _mm256_min_ps(_mm256_set1_ps(87.0f), _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x));
+    /* |x| clamped to 80 (min returns its second operand, a NaN |x|, on
+     * NaN): e >= 1.8e-35, so the softplus is a normal float for rsqrt */
+    const __m256 ac = _mm256_min_ps(_mm256_set1_ps(80.0f), _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x));
     const __m256 t = _mm256_fnmadd_ps(ac, log2e, magic); /* magic + round(-|x| log2 e) */
     const __m256 nn = _mm256_sub_ps(t, magic);
     const __m256 f = _mm256_fnmsub_ps(ac, log2e, nn); /* |f| <= 1/2 */
@@ -435,8 +436,7 @@ static MR_HOT __m256 vf_sqrtsoftplus_approx(__m256 x)
     q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(-0.486413628f));
     q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(0.999606907f));
     const __m256 sp = _mm256_fmadd_ps(e, q, _mm256_max_ps(x, _mm256_setzero_ps()));
-    const __m256 spc = _mm256_max_ps(_mm256_set1_ps(1e-30f), sp); /* (keeps a NaN sp) */
-    return _mm256_mul_ps(spc, _mm256_rsqrt_ps(spc));
+    return _mm256_mul_ps(sp, _mm256_rsqrt_ps(sp));
 }
 
 /* vf_sigmoid_approx without its clamp to [-87, 87]: the same operations,
