@@ -81,7 +81,7 @@ def test_approximate_sqrtsoftplus_is_within_its_bound():
     true = np.sqrt(np.logaddexp(0.0, x.astype(np.float64)))
     err = np.abs(out.astype(np.float64) - true)
     assert (err <= 8e-4 * true + 2e-15).all(), (err / np.maximum(true, 1e-300)).max()
-    # (measured: 3.4e-4 relative)
+    # (measured: 4.8e-4 relative)
     for bad in (np.inf, np.nan):
         y = x.copy()
         y[3] = bad
