@@ -251,3 +251,23 @@ def test_nan_and_inf_rows_keep_their_statuses(kernel_path):
         e_score_correction_bias=bias,
     )
     assert out.expert_ids[0, 0] == 9
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_half_precision_rows_route_as_their_float32_values(kernel_path, num_threads, rng):
+    # float16 logits are widened a few rows at a time and routed as float32
+    # (in pairs through the approximate selection): the float32 routing of
+    # the same values, bit for bit, in odd and even chunks of rows.
+    n, k = 256, 6
+    bias = rng.normal(-0.1, 0.3, n).astype(np.float32)
+    z16 = (rng.standard_normal((131, n)) * 2).astype(np.float16)
+    for opts in (
+        dict(scoring_func="sqrtsoftplus", routed_scaling_factor=1.5),
+        dict(scoring_func="sigmoid", moe_router_logit_softcapping=30.0),
+    ):
+        opts["e_score_correction_bias"] = bias
+        half = mr.route(z16, k, True, num_threads=num_threads, **opts)
+        full = mr.route(z16.astype(np.float32), k, True, num_threads=num_threads, **opts)
+        np.testing.assert_array_equal(half.expert_ids, full.expert_ids)
+        np.testing.assert_array_equal(half.expert_weights, full.expert_weights)
+        assert_like_reference(z16.astype(np.float32), half, k, True, opts)
