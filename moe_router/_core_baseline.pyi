@@ -75,6 +75,17 @@ def route_rows_rules(
     bf16_bits: bool = False,
     views_shape: object = None,
 ) -> int: ...
+def rule_approx_scores_into(
+    x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], sqrtsoftplus: bool, cap: float = 0.0
+) -> bool | None: ...
+def rule_topk_rows(
+    z: npt.NDArray[np.float32],
+    top_k: int,
+    sqrtsoftplus: bool,
+    cap: float,
+    bias: npt.NDArray[np.float32],
+    approx: bool,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]: ...
 
 # Dispatch kernels (_plan_kernels.pxi); moe_router/_plan.py validates around them.
 DISPATCH_PARALLEL_MIN_BYTES: int

@@ -29,6 +29,11 @@ cdef extern from "csrc/rules.hpp" nogil:
     T mr_exp_cap_into[T](const T* z, Py_ssize_t n, T cap, T m, T* e)
     void mr_picked_sqrtsoftplus[T](const T* z, const Py_ssize_t* idx, int k, T* out)
     T mr_sparsemixer_sum[T](const T* z, Py_ssize_t n, T m, T thr, Py_ssize_t skip)
+    int mr_rule_approx_topk[T](const T* z, Py_ssize_t n, int sqrtsp, T cap, const T* bias,
+                               T bias_max, int k, T* c, T* s, Py_ssize_t* idx)
+    void mr_rule_approx_topk_pair[T](const T* z, Py_ssize_t n, int sqrtsp, T cap, const T* bias,
+                                     T bias_max, int k, T* c, T* s, Py_ssize_t* idx, int* ok)
+    int mr_rule_approx_scores[T](const T* x, Py_ssize_t n, int sqrtsp, T cap, T* out)
 
 from libc.math cimport pow as c_pow, sqrt
 
@@ -66,6 +71,7 @@ cdef struct RulesCtx:
     void* scratch
     Py_ssize_t scratch_per_thread
     int num_threads
+    double bias_abs_max # max |bias| (float32 logits; mr_rule_approx_topk's slack)
 
 
 cdef inline void _picked_block(const floating* z, const floating* s, const id_t* ids,
@@ -185,6 +191,7 @@ cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
     whose capped scores round to the same number.
     """
     cdef floating lanes[MR_BLOCK]
+    cdef Py_ssize_t idx[MR_BLOCK + 1]
     cdef Py_ssize_t n = cx.n, k = cx.k, j
     cdef floating* s = NULL
     cdef floating* key = scratch + 2 * n
@@ -193,6 +200,16 @@ cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
     cdef int has_nan
     cdef int score = cx.score
     if cx.bias != NULL and (score == SCORE_SIGMOID or score == SCORE_SQRTSOFTPLUS):
+        # First the selection on approximate scores, decided on the
+        # candidates' exact keys (AVX2 float32; it gives the exact pass's
+        # ids, and the candidates' exact scores in s, the weights' source).
+        if (table_row == NULL and k <= MR_BLOCK
+                and mr_rule_approx_topk(z, n, score == SCORE_SQRTSOFTPLUS, cap,
+                                        <const floating*>cx.bias, <floating>cx.bias_abs_max,
+                                        <int>k, key, scratch + n, idx)):
+            for j in range(k):
+                ids_out[j] = <id_t>idx[j]
+            return _rules_weights(z, cx, scratch, scratch + n, NULL, 0, 0, ids_out, w_out)
         # One pass: the scores, the keys, their lane maxima, and the NaN
         # check (a NaN logit makes its key NaN, and the bias is finite).
         s = scratch + n
@@ -290,20 +307,117 @@ cdef int _rules_weights(const floating* z, const RulesCtx* cx, floating* scratch
     return ROW_WEIGHT_OVERFLOW if overflow else ROW_OK
 
 
+def rule_approx_scores_into(const float[::1] x, float[::1] out, bint sqrtsoftplus, double cap=0):
+    """out = the approximate scores that mr_rule_approx_topk selects on (the
+    sigmoid or sqrtsoftplus of x soft-capped at cap when cap > 0), for
+    tests: None when this build has none, else whether one is NaN.
+    len(x) must be a multiple of 16."""
+    cdef int r
+    if out.shape[0] != x.shape[0] or x.shape[0] % 16:
+        raise ValueError(f"x and out need the same length, a multiple of 16; got {x.shape[0]}, {out.shape[0]}")
+    if x.shape[0] == 0:
+        return False
+    r = mr_rule_approx_scores(&x[0], x.shape[0], sqrtsoftplus, <float>cap, &out[0])
+    return None if r < 0 else bool(r)
+
+
+def rule_topk_rows(const float[:, ::1] z, Py_ssize_t top_k, bint sqrtsoftplus, double cap,
+                   const float[::1] bias, bint approx):
+    """The ids of the biased sigmoid / sqrtsoftplus selection of each row
+    (logits soft-capped at cap when cap > 0), for tests: (ids [rows,
+    top_k], taken [rows]).  approx: by mr_rule_approx_topk (a row it leaves
+    to the exact pass, or every row in a build without it, is not taken);
+    else by the exact pass and top-k (a NaN or +inf key: not taken).  Rows
+    not taken have ids -1."""
+    cdef Py_ssize_t rows = z.shape[0], n = z.shape[1], r, j
+    cdef Py_ssize_t idx[MR_BLOCK + 1]
+    cdef int64_t got[MR_BLOCK]
+    cdef float lanes[MR_BLOCK]
+    cdef float key_max
+    if not 1 <= top_k <= min(n, MR_BLOCK) or bias.shape[0] != n or not cap >= 0:
+        raise ValueError(f"top_k={top_k}, cap={cap} and {bias.shape[0]} bias values do not fit {n} experts")
+    cdef float bias_max = mr_abs_max(&bias[0], n)
+    ids = np.full((rows, top_k), -1, np.int64)
+    taken = np.zeros(rows, bool)
+    cdef float[::1] s = np.empty(n, np.float32)
+    cdef float[::1] key = np.empty(n, np.float32)
+    for r in range(rows):
+        if approx:
+            if not mr_rule_approx_topk(&z[r, 0], n, sqrtsoftplus, <float>cap, &bias[0], bias_max,
+                                       <int>top_k, &key[0], &s[0], idx):
+                continue
+            for j in range(top_k):
+                got[j] = idx[j]
+        else:
+            if sqrtsoftplus:
+                key_max = mr_sqrtsoftplus_into(&z[r, 0], n, <float>cap, &bias[0], &s[0], &key[0], lanes)
+            else:
+                key_max = mr_sigmoid_bias_into(&z[r, 0], n, <float>cap, &bias[0], &s[0], &key[0], lanes)
+            if key_max != key_max or key_max == INFINITY:
+                continue
+            _rules_topk(<const float*>&key[0], n, top_k, <const float*>lanes, got)
+        taken[r] = True
+        for j in range(top_k):
+            ids[r, j] = got[j]
+    return ids, taken
+
+
+cdef Py_ssize_t _rules_pair(const floating* z, const RulesCtx* cx, floating* scratch,
+                            id_t* ids_out, weight_t* w_out) noexcept nogil:
+    # Rows z[0..n) and z[n..2n) of the biased sigmoid / sqrtsoftplus rules
+    # without a table: the approximate selection of both at once (each step
+    # for both rows), the weights from the candidates' exact scores (s of
+    # row h at scratch[h * n...]), then _rules_row for a row it left (its
+    # scratch use overwrites the other row's scores: the taken rows go
+    # first).  Returns the number of bad rows; the bits of _rules_row's.
+    cdef Py_ssize_t n = cx.n, k = cx.k, j, n_bad = 0
+    cdef Py_ssize_t idx[2 * (MR_BLOCK + 1)]
+    cdef int ok[2]
+    cdef int h
+    mr_rule_approx_topk_pair(z, n, cx.score == SCORE_SQRTSOFTPLUS, <floating>cx.cap,
+                             <const floating*>cx.bias, <floating>cx.bias_abs_max, <int>k,
+                             scratch + 2 * n, scratch, idx, ok)
+    for h in range(2):
+        if ok[h]:
+            for j in range(k):
+                ids_out[h * k + j] = <id_t>idx[h * (MR_BLOCK + 1) + j]
+            n_bad += _rules_weights(z + h * n, cx, scratch, scratch + h * n, NULL, 0, 0,
+                                    ids_out + h * k, w_out + h * k) != ROW_OK
+    for h in range(2):
+        if not ok[h]:
+            n_bad += _rules_row(z + h * n, cx, scratch, NULL, ids_out + h * k, w_out + h * k) != ROW_OK
+    return n_bad
+
+
 cdef Py_ssize_t _rules_rows(const floating* logits, id_t* ids_out, weight_t* w_out,
                             const RulesCtx* cx) noexcept nogil:
     """Route every row; returns the number of rows that could not be routed."""
-    cdef Py_ssize_t r, n_bad = 0, n = cx.n, k = cx.k
+    cdef Py_ssize_t r, q, r0 = 0, n_bad = 0, n = cx.n, k = cx.k
     cdef floating* scratch = <floating*>cx.scratch
     cdef Py_ssize_t per_thread = cx.scratch_per_thread
     cdef const int64_t* table = cx.table
+    # Two rows at a time where the approximate selection may take them
+    # (float32 with a bias, no table, n a multiple of 16, k <= MR_BLOCK).
+    cdef bint pairs = (floating is float and cx.bias != NULL and table == NULL and n % 16 == 0
+                       and k <= MR_BLOCK
+                       and (cx.score == SCORE_SIGMOID or cx.score == SCORE_SQRTSOFTPLUS))
     if cx.num_threads > 1:
-        for r in prange(cx.n_rows, num_threads=cx.num_threads, schedule='static'):
+        if pairs:
+            for q in prange(cx.n_rows // 2, num_threads=cx.num_threads, schedule='static'):
+                n_bad += _rules_pair(logits + 2 * q * n, cx, scratch + threadid() * per_thread,
+                                     ids_out + 2 * q * k, w_out + 2 * q * k)
+            r0 = cx.n_rows - cx.n_rows % 2
+        for r in prange(r0, cx.n_rows, num_threads=cx.num_threads, schedule='static'):
             n_bad += _rules_row(logits + r * n, cx, scratch + threadid() * per_thread,
                                 table + cx.tokens[r] * k if table != NULL else NULL,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
     else:
-        for r in range(cx.n_rows):
+        if pairs:
+            for q in range(cx.n_rows // 2):
+                n_bad += _rules_pair(logits + 2 * q * n, cx, scratch, ids_out + 2 * q * k,
+                                     w_out + 2 * q * k)
+            r0 = cx.n_rows - cx.n_rows % 2
+        for r in range(r0, cx.n_rows):
             n_bad += _rules_row(logits + r * n, cx, scratch,
                                 table + cx.tokens[r] * k if table != NULL else NULL,
                                 ids_out + r * k, w_out + r * k) != ROW_OK
@@ -437,6 +551,7 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                 or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>bias) or score == SCORE_SPARSEMIXER):
             return -1
         cx.bias = cnp.PyArray_DATA(<cnp.ndarray>bias)
+    cx.bias_abs_max = mr_abs_max(<const float*>cx.bias, n) if cx.bias != NULL and item == 4 else 0
     cx.n_rows = ref.n_rows
     if (cnp.PyArray_SIZE(expert_ids) < cx.n_rows * top_k
             or cnp.PyArray_SIZE(expert_weights) < cx.n_rows * top_k
@@ -497,7 +612,7 @@ def route_rows_rules(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     cx.scale = routed_scaling_factor
     cx.thr = 2 * jitter_eps
     cx.num_threads = num_threads
-    cx.scratch_per_thread = 3 * n + MR_BLOCK
+    cx.scratch_per_thread = 4 * n + MR_BLOCK  # (_rules_pair: 2n scores, then 2n keys)
     cx.scratch = malloc(num_threads * cx.scratch_per_thread * item)
     if cx.scratch == NULL:
         raise MemoryError()

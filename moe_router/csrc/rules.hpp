@@ -12,6 +12,7 @@
 #define MOE_ROUTER_RULES_HPP
 
 #include "row_ops.hpp"
+#include "sigmoid_approx_avx2.hpp"
 
 namespace {
 
@@ -396,6 +397,308 @@ template <class T> static inline T mr_sparsemixer_sum(const T *z, Py_ssize_t n, 
         total.add(acc);
     }
     return (T)total.total();
+}
+
+#if MR_HAVE_NET8
+/*
+ * AVX2+ float32: the selection of the biased sigmoid (soft-capped: Laguna)
+ * and sqrtsoftplus (DeepSeek-V4) routers on approximate scores, decided
+ * exactly, as mr_sigmoid_topk does for DeepSeek-V3 (kernels.hpp): the
+ * exact score pass spends most of a row on a divide and a square root
+ * (or two divides) per vector.
+ */
+
+/* sqrt(softplus(x)) = sqrt(max(x, 0) + log1p(e)), e = exp(-|x|), within
+ * 8e-4 relative plus 2e-15 absolute of the true value (the exact
+ * mr_sqrtsoftplus_v is within a few ulp of it): e from the cubic 2^f of
+ * vf_sigmoid_approx (7.5e-5 relative), log1p(e) = e q(e) with q a
+ * degree-3 near-minimax fit of log1p(e) / e on [0, 1] (3.9e-4 relative
+ * in float32), so the softplus is within 4.7e-4 relative (both terms are
+ * >= 0) and its square root within 2.4e-4; the root as sp * rsqrt(sp)
+ * adds the estimate's 2^-11 (architectural 1.5 * 2^-12).  Below x = -69
+ * both this and the exact score are under 1.2e-15 (the clamp at |x| = 80
+ * lives there).  NaN and +inf give NaN (inf * rsqrt(inf) = inf * 0). */
+static MR_HOT __m256 vf_sqrtsoftplus_approx(__m256 x)
+{
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 magic = _mm256_set1_ps(12583039.0f); /* as vf_sigmoid_approx's */
+    /* |x| clamped to 80 (min returns its second operand, a NaN |x|, on
+     * NaN): e >= 1.8e-35, so the softplus is a normal float for rsqrt */
+    const __m256 ac = _mm256_min_ps(_mm256_set1_ps(80.0f), _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x));
+    const __m256 t = _mm256_fnmadd_ps(ac, log2e, magic); /* magic + round(-|x| log2 e) */
+    const __m256 nn = _mm256_sub_ps(t, magic);
+    const __m256 f = _mm256_fnmsub_ps(ac, log2e, nn); /* |f| <= 1/2 */
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.05517167f), f, _mm256_set1_ps(0.24261114f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69326097f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.99992806f));
+    const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+    __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(-0.0743422359f), e, _mm256_set1_ps(0.254023731f));
+    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(-0.486413628f));
+    q = _mm256_fmadd_ps(q, e, _mm256_set1_ps(0.999606907f));
+    const __m256 sp = _mm256_fmadd_ps(e, q, _mm256_max_ps(x, _mm256_setzero_ps()));
+    return _mm256_mul_ps(sp, _mm256_rsqrt_ps(sp));
+}
+
+/* vf_sigmoid_approx without its clamp to [-87, 87]: the same operations,
+ * so the same values, where |x| <= 87 (a logit soft-capped at cap <= 87). */
+static MR_HOT __m256 vf_sigmoid_approx_bounded(__m256 x)
+{
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 magic = _mm256_set1_ps(12583039.0f);
+    const __m256 t = _mm256_fnmadd_ps(x, log2e, magic);
+    const __m256 nn = _mm256_sub_ps(t, magic);
+    const __m256 f = _mm256_fnmsub_ps(x, log2e, nn);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.05517167f), f, _mm256_set1_ps(0.24261114f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69326097f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.99992806f));
+    const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23));
+    return _mm256_rcp_ps(_mm256_fmadd_ps(p, pow2n, _mm256_set1_ps(1.0f)));
+}
+
+/* The approximate score of mr_rule_score_v<Avx2F32, SQRTSP>: the logit
+ * soft-capped, then the cheap sigmoid or sqrtsoftplus.  The capped logit
+ * cap * tanh(x / cap) is within cap * 2^-19 of the exact path's: where
+ * every w = (x / cap)^2 < 0.09 (capped logits mostly are: cap 30, |x| < 9)
+ * as x (1 - w/3 + 2w^2/15 - 17w^3/315), the tanh series truncated after
+ * u^7 (the next term is below 4.3e-7 at |u| = 0.3; with the roundings and
+ * the exact path's few ulp, 7.4e-7 < 2^-20 of cap), elsewhere mr_tanh_v of
+ * x * (1 / cap) (the two arguments of tanh within 3 ulp, tanh' <= 1,
+ * |tanh| <= 1).  The sigmoid's slope is <= 1/4 and the sqrtsoftplus'
+ * below 1/2, so the score moves by less than that.  BOUNDED (the sigmoid
+ * with cap <= 87): the capped logit is within [-87, 87], no clamp. */
+template <bool SQRTSP, bool BOUNDED>
+static MR_HOT __m256 vf_rule_score_approx(__m256 x, int capped, __m256 vc, __m256 inv_c)
+{
+    if (capped) {
+        const __m256 u = _mm256_mul_ps(x, inv_c);
+        const __m256 w = _mm256_mul_ps(u, u);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(w, _mm256_set1_ps(0.09f), _CMP_LT_OQ)) == 0xff) { /* (not NaN) */
+            __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(-17.0f / 315), w, _mm256_set1_ps(2.0f / 15));
+            p = _mm256_fmadd_ps(p, w, _mm256_set1_ps(-1.0f / 3));
+            x = _mm256_fmadd_ps(_mm256_mul_ps(p, w), x, x);
+        } else {
+            x = _mm256_mul_ps(vc, mr_tanh_v<Avx2F32>(u));
+        }
+    }
+    if constexpr (SQRTSP)
+        return vf_sqrtsoftplus_approx(x);
+    else if constexpr (BOUNDED)
+        return vf_sigmoid_approx_bounded(x);
+    else
+        return vf_sigmoid_approx(x);
+}
+
+/* Whether vf_rule_score_approx may take BOUNDED for these settings. */
+static inline int mr_rule_bounded(int sqrtsp, float cap) { return !sqrtsp && cap > 0 && cap <= 87; }
+
+/* c[0..n) = approximate score + bias (n a multiple of 16), lanes[l] = the
+ * max of c over the indices l modulo MR_BLOCK; returns 0 when a key is
+ * NaN (a NaN logit; a +inf one under sqrtsoftplus). */
+template <bool SQRTSP, bool BOUNDED>
+static MR_HOT int mr_rule_approx_keys(const float *z, Py_ssize_t n, float cap, const float *bias, float *c,
+                                      float *lanes)
+{
+    const __m256 vc = _mm256_set1_ps(cap), inv_c = _mm256_set1_ps(cap > 0 ? 1.0f / cap : 0.0f);
+    const int capped = cap > 0;
+    __m256 acc0 = _mm256_set1_ps(-INFINITY), acc1 = acc0;
+    __m256 nan_acc = _mm256_setzero_ps();
+    for (Py_ssize_t i = 0; i < n; i += 16) {
+        const __m256 s0 = vf_rule_score_approx<SQRTSP, BOUNDED>(_mm256_loadu_ps(z + i), capped, vc, inv_c);
+        const __m256 s1 =
+            vf_rule_score_approx<SQRTSP, BOUNDED>(_mm256_loadu_ps(z + i + 8), capped, vc, inv_c);
+        const __m256 k0 = _mm256_add_ps(s0, _mm256_loadu_ps(bias + i));
+        const __m256 k1 = _mm256_add_ps(s1, _mm256_loadu_ps(bias + i + 8));
+        nan_acc = _mm256_or_ps(nan_acc, _mm256_cmp_ps(k0, k1, _CMP_UNORD_Q));
+        _mm256_storeu_ps(c + i, k0);
+        _mm256_storeu_ps(c + i + 8, k1);
+        acc0 = _mm256_max_ps(acc0, k0);
+        acc1 = _mm256_max_ps(acc1, k1);
+    }
+    _mm256_storeu_ps(lanes, acc0);
+    _mm256_storeu_ps(lanes + 8, acc1);
+    return !_mm256_movemask_ps(nan_acc);
+}
+
+/* The candidates' exact keys, with the exact pass's operations
+ * (mr_scores_bias_into: the same bits), and their exact scores to s at
+ * their expert ids; the padding stays below every key. */
+template <bool SQRTSP>
+static MR_HOT void mr_rule_exact_keys(const float *z, float cap, const float *bias, MrCand<float> *cd,
+                                      float *s)
+{
+    const __m256 vc = _mm256_set1_ps(cap);
+    const int capped = cap > 0;
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    float sv[8];
+    for (int j = 0; j < cd->c; j += 8) {
+        const __m256i id = _mm256_loadu_si256((const __m256i *)(cd->i + j));
+        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(cd->c - j), iota));
+        const __m256 ninf = _mm256_set1_ps(-INFINITY);
+        const __m256 v =
+            mr_rule_score_v<Avx2F32, SQRTSP>(_mm256_mask_i32gather_ps(ninf, z, id, live, 4), capped, vc);
+        _mm256_storeu_ps(cd->v + j, _mm256_add_ps(v, _mm256_mask_i32gather_ps(ninf, bias, id, live, 4)));
+        _mm256_storeu_ps(sv, v);
+        for (int l = 0; l < 8 && j + l < cd->c; l++)
+            s[cd->i[j + l]] = sv[l];
+    }
+}
+
+/* The candidates of row h: every expert whose key, within `slack` of
+ * the exact one, may be among the k best or tie the k-th (mr_sigmoid_topk's
+ * argument: within 2 slacks of the k-th best approximate key); 0 when
+ * there are more than MR_MAX_CAND (or no threshold). */
+static MR_HOT int mr_rule_cands(const float *c, Py_ssize_t n, int k, const float *lanes, float slack,
+                                MrCand<float> *cd)
+{
+    const float t = mr_kth_lane(lanes, k) - 2 * slack;
+    if (n <= 256 && t > -INFINITY) {
+        /* byte ids (networks_avx2.hpp): fewer operations per vector than
+         * mr_cand_gather's compress */
+        uint8_t ids8[256 + 8];
+        const int nc = mr_ids8_gather(c, n, t, ids8);
+        if (nc > 0 && nc <= MR_BLOCK) {
+            for (int j = 0; j < MR_BLOCK; j++) {
+                cd->i[j] = j < nc ? ids8[j] : 0;
+                cd->v[j] = -INFINITY; /* the block's padding (the keys overwrite the rest) */
+            }
+            cd->c = nc;
+            return 1;
+        }
+    }
+    return mr_cand_gather<float>(c, n, n, NULL, 1, k, lanes, 2 * slack, cd) == 0;
+}
+
+/* Each step for row 0, then (ROWS == 2) for row 1, before the next step:
+ * a row's steps after its score pass are a chain of dependent ones that
+ * one row alone leaves the core mostly waiting on (as mr_topk_pair). */
+#define MR_RULE_EACH(h, STMT)  \
+    {                          \
+        enum { h = 0 };        \
+        STMT;                  \
+    }                          \
+    if constexpr (ROWS == 2) { \
+        enum { h = 1 };        \
+        STMT;                  \
+    }
+
+/* Rows z + h * n (h < ROWS): ok[h] = whether idx + h * (MR_BLOCK + 1)
+ * holds row h's ids (and s + h * n its candidates' exact scores); c holds
+ * ROWS * n approximate keys. */
+template <bool SQRTSP, int ROWS>
+static inline void mr_rule_approx_rows(const float *z, Py_ssize_t n, float cap, const float *bias,
+                                       float bias_max, int k, float *c, float *s, Py_ssize_t *idx, int *ok)
+{
+    float lanes[ROWS][MR_BLOCK], slack[ROWS];
+    MrCand<float> cd[ROWS];
+    const int applies = n % 16 == 0 && k <= MR_BLOCK;
+    const int bounded = mr_rule_bounded(SQRTSP, cap);
+    MR_RULE_EACH(
+        h,
+        ok[h] = applies &&
+                (bounded ? mr_rule_approx_keys<SQRTSP, true>(z + h * n, n, cap, bias, c + h * n, lanes[h])
+                         : mr_rule_approx_keys<SQRTSP, false>(z + h * n, n, cap, bias, c + h * n, lanes[h])))
+    /* |approximate key - exact key|: the score's error (and the cap's),
+     * and the rounding of the two bias adds, which 16 ulps of the largest
+     * |key| cover with room (as _sigmoid_slack).  The scores are at most
+     * the largest key plus max |bias| (1.002: the roundings, and the exact
+     * score's distance from the approximate one).  A slack of 0.01 or more
+     * (a huge score or bias) would make most of the row candidates. */
+    MR_RULE_EACH(h, {
+        float key_max = lanes[h][0];
+        for (int l = 1; l < MR_BLOCK; l++)
+            key_max = lanes[h][l] > key_max ? lanes[h][l] : key_max;
+        const float score_max = SQRTSP ? (key_max + bias_max) * 1.002f : 1.0f;
+        slack[h] = (SQRTSP ? 8e-4f * score_max + 1e-14f : 5.2e-4f) + cap * 0x1p-19f +
+                   16 * 0x1p-23f * (score_max + bias_max);
+        ok[h] = ok[h] && slack[h] < 0.01f;
+    })
+    MR_RULE_EACH(h, ok[h] = ok[h] && mr_rule_cands(c + h * n, n, k, lanes[h], slack[h], &cd[h]))
+    MR_RULE_EACH(h, if (ok[h]) mr_rule_exact_keys<SQRTSP>(z + h * n, cap, bias, &cd[h], s + h * n))
+    MR_RULE_EACH(h, if (ok[h]) mr_cand_select<float>(&cd[h], k, idx + h * (MR_BLOCK + 1), 0, NULL, 1))
+}
+
+#undef MR_RULE_EACH
+#endif
+
+/*
+ * The top-k of key = score(z soft-capped at cap when cap > 0) + bias, the
+ * score the sigmoid (sqrtsp 0) or sqrtsoftplus (sqrtsp 1): ids to
+ * idx[0..k) (idx holds MR_BLOCK + 1), in the exact pass's order (key
+ * descending, index ascending), and 1; 0 when the row is left to the exact
+ * pass (mr_scores_bias_into, then the top-k): a NaN or +inf key, a shape
+ * or slack it does not take, too many candidates, and always for double
+ * and builds without MR_HAVE_NET8.  The ids are the exact pass's, bit for
+ * bit: its keys are ranked for the candidates.  bias_max: max |bias|; c
+ * holds n values (the approximate keys); s[id] = the exact score of each
+ * candidate id (the picked among them: the weights need no recompute).
+ */
+template <class T>
+static inline int mr_rule_approx_topk(const T *z, Py_ssize_t n, int sqrtsp, T cap, const T *bias, T bias_max,
+                                      int k, T *c, T *s, Py_ssize_t *idx)
+{
+    int ok[1] = {0};
+#if MR_HAVE_NET8
+    if constexpr (mr_is_f32<T>) {
+        if (sqrtsp)
+            mr_rule_approx_rows<true, 1>(z, n, cap, bias, bias_max, k, c, s, idx, ok);
+        else
+            mr_rule_approx_rows<false, 1>(z, n, cap, bias, bias_max, k, c, s, idx, ok);
+        return ok[0];
+    }
+#endif
+    (void)z, (void)n, (void)sqrtsp, (void)cap, (void)bias, (void)bias_max, (void)k, (void)c, (void)s,
+        (void)idx;
+    return ok[0];
+}
+
+/* The same for the two rows z[0..n) and z[n..2n), each step for both
+ * before the next: ok[h] for row h, its ids at idx + h * (MR_BLOCK + 1)
+ * (idx holds 2 * (MR_BLOCK + 1)), its candidates' exact scores in
+ * s[h * n...]; c holds 2n keys.  The same bits as one row at a time. */
+template <class T>
+static inline void mr_rule_approx_topk_pair(const T *z, Py_ssize_t n, int sqrtsp, T cap, const T *bias,
+                                            T bias_max, int k, T *c, T *s, Py_ssize_t *idx, int *ok)
+{
+    ok[0] = ok[1] = 0;
+#if MR_HAVE_NET8
+    if constexpr (mr_is_f32<T>) {
+        if (sqrtsp)
+            mr_rule_approx_rows<true, 2>(z, n, cap, bias, bias_max, k, c, s, idx, ok);
+        else
+            mr_rule_approx_rows<false, 2>(z, n, cap, bias, bias_max, k, c, s, idx, ok);
+        return;
+    }
+#endif
+    (void)z, (void)n, (void)sqrtsp, (void)cap, (void)bias, (void)bias_max, (void)k, (void)c, (void)s,
+        (void)idx;
+}
+
+/* For tests: out[0..n) = mr_rule_approx_topk's approximate scores of x (no
+ * bias; n a multiple of 16).  -1 where there are none (nothing written),
+ * else whether a key is NaN. */
+template <class T> static inline int mr_rule_approx_scores(const T *x, Py_ssize_t n, int sqrtsp, T cap,
+                                                           T *out)
+{
+#if MR_HAVE_NET8
+    if constexpr (mr_is_f32<T>) {
+        if (n % 16)
+            return -1;
+        const __m256 vc = _mm256_set1_ps(cap), inv_c = _mm256_set1_ps(cap > 0 ? 1.0f / cap : 0.0f);
+        const int bounded = mr_rule_bounded(sqrtsp, cap);
+        int nan_bits = 0;
+        for (Py_ssize_t i = 0; i < n; i += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + i);
+            const __m256 v = sqrtsp    ? vf_rule_score_approx<true, false>(xv, cap > 0, vc, inv_c)
+                             : bounded ? vf_rule_score_approx<false, true>(xv, cap > 0, vc, inv_c)
+                                       : vf_rule_score_approx<false, false>(xv, cap > 0, vc, inv_c);
+            nan_bits |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            _mm256_storeu_ps(out + i, v);
+        }
+        return nan_bits != 0;
+    }
+#endif
+    (void)x, (void)n, (void)sqrtsp, (void)cap, (void)out;
+    return -1;
 }
 
 #undef MR_NV
