@@ -117,6 +117,23 @@ def combine_rows(
     out: object,
     num_threads: int = 1,
 ) -> int: ...
+def permute_fast(
+    hidden: object,
+    bufs: tuple[npt.NDArray[np.int64], ...],
+    shape: tuple[int, ...],
+    out: object,
+    scale_by: object,
+    num_threads: object,
+) -> Any: ...
+def combine_fast(
+    expert_out: object,
+    bufs: tuple[npt.NDArray[np.int64], ...],
+    shape: tuple[int, ...],
+    expert_weights: object,
+    out: object,
+    hidden: object,
+    num_threads: object,
+) -> Any: ...
 
 DISPATCH_STREAM_MIN_BYTES: int
 PLAN_PARALLEL_MIN_SLOTS: int

@@ -585,6 +585,11 @@ def permute(
     """
     if type(plan) is not DispatchPlan:
         _check_plan(plan)
+    # Arrays and tensors that need no conversion, checked in C; None: this
+    # path (conversions, and the errors explained).
+    r = _kernel().permute_fast(hidden_states, plan._bufs, plan._shape, out, scale_by, num_threads)
+    if r is not None:
+        return r
     h, code, is_torch = _rows(hidden_states, "hidden_states")
     bufs = plan._bufs
     stats = bufs[8]
@@ -640,6 +645,11 @@ def combine(
     """
     if type(plan) is not DispatchPlan:
         _check_plan(plan)
+    r = _kernel().combine_fast(
+        expert_out, plan._bufs, plan._shape, expert_weights, out, hidden_states, num_threads
+    )
+    if r is not None:
+        return r
     e, code, is_torch = _rows(expert_out, "expert_out")
     bufs = plan._bufs
     stats = bufs[8]

@@ -376,3 +376,282 @@ def combine_rows(object expert_out, int dtype_code, Py_ssize_t width, Py_ssize_t
         else:
             _combine_shares(nt, dtype_code, ep, so, top_k, wp, wk, hp, width, n_tokens, op)
     return 0
+
+
+# --- The warm fast path: permute / combine straight from the caller's objects
+#
+# _plan.py's permute and combine try these first.  They read NumPy arrays
+# (ml_dtypes bfloat16 included) and torch tensors (through the DLPack
+# exchange table, as route_rows) in C, check in C every rule the Python
+# layer checks, and run the kernel; they return None, having written
+# nothing, for anything else (another type, a conversion to make, a bad
+# shape, dtype, flag or overlap), and the Python layer then converts or
+# raises exactly as before.  This takes ~3 us of Python work off a
+# call at T = 1 (bench_dispatch.py).
+
+cdef enum:
+    MAX_FAST_DIMS = 8
+
+cdef struct RowsRef:
+    char* data
+    int code            # row code: 0 float32, 1 float64, 2 float16, 3 bfloat16
+    int ndim
+    bint writeable
+    Py_ssize_t size     # elements
+    Py_ssize_t nbytes
+    Py_ssize_t dims[MAX_FAST_DIMS]
+
+
+cdef extern from "numpy/arrayobject.h":
+    enum: MR_NPY_USERDEF "NPY_USERDEF"  # the first type number of a registered dtype
+
+
+# ml_dtypes' bfloat16 descriptor once seen (ml_dtypes is never imported here).
+cdef object _bf16_descr = None
+
+
+cdef int _np_row_code(cnp.ndarray a):
+    global _bf16_descr
+    cdef int tn = cnp.PyArray_TYPE(a)
+    if tn == cnp.NPY_FLOAT32:
+        return 0
+    if tn == cnp.NPY_FLOAT64:
+        return 1
+    if tn == cnp.NPY_FLOAT16:
+        return 2
+    d = <object>cnp.PyArray_DESCR(a)
+    if d is _bf16_descr:
+        return 3
+    if (_bf16_descr is None and tn >= MR_NPY_USERDEF and cnp.PyArray_ITEMSIZE(a) == 2
+            and d.name == "bfloat16"):
+        _bf16_descr = d
+        return 3
+    return -1
+
+
+cdef bint _rows_ref(object obj, RowsRef* r):
+    # True with r filled for a C-contiguous native NumPy array or CPU torch
+    # tensor (not requiring grad) of a row dtype, with at most MAX_FAST_DIMS
+    # dimensions; False for anything else.
+    cdef cnp.ndarray a
+    cdef const MrDLPackExchangeAPI* api
+    cdef MrDLTensor t
+    cdef int d
+    if cnp.PyArray_CheckExact(obj):
+        a = <cnp.ndarray>obj
+        r.ndim = cnp.PyArray_NDIM(a)
+        if (r.ndim > MAX_FAST_DIMS or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+                or not cnp.PyArray_ISNOTSWAPPED(a)):
+            return False
+        r.code = _np_row_code(a)
+        if r.code < 0:
+            return False
+        for d in range(r.ndim):
+            r.dims[d] = cnp.PyArray_DIM(a, d)
+        r.data = <char*>cnp.PyArray_DATA(a)
+        r.size = cnp.PyArray_SIZE(a)
+        r.nbytes = cnp.PyArray_NBYTES(a)
+        r.writeable = cnp.PyArray_ISWRITEABLE(a)
+        return True
+    api = _exchange_api(obj)
+    if api == NULL:
+        return False
+    if _xapi_grad:
+        if _xapi_grad_descr is not None:
+            if mr_descr_truth(_xapi_grad_descr, obj) != 0:  # requires grad, or raised
+                return False
+        elif obj.requires_grad:
+            return False
+    # Memory of the types that say requires_grad (torch's) is writeable, as
+    # dlpack_view takes it.
+    r.writeable = _xapi_grad
+    if api.dltensor_from_py_object_no_sync(<void*>obj, &t) != 0:
+        PyErr_Clear()
+        return False
+    r.code = _dl_logits_kind(&t)
+    if (not _dl_on_cpu(&t) or r.code < 0 or t.ndim < 0 or t.ndim > MAX_FAST_DIMS
+            or not _dl_c_contiguous(&t)):
+        return False
+    r.ndim = t.ndim
+    r.size = 1
+    for d in range(t.ndim):
+        r.dims[d] = <Py_ssize_t>t.shape[d]
+        r.size *= r.dims[d]
+    r.data = <char*>t.data + t.byte_offset
+    r.nbytes = r.size * (4 if r.code == 0 else 8 if r.code == 1 else 2)
+    return True
+
+
+cdef inline bint _spans_overlap(const RowsRef* a, const char* b, Py_ssize_t nb) noexcept:
+    return a.data < b + nb and b < a.data + a.nbytes
+
+
+cdef inline bint _ref_overlaps_buf(const RowsRef* a, object buf) noexcept:
+    return _spans_overlap(a, <const char*>cnp.PyArray_DATA(<cnp.ndarray>buf),
+                          cnp.PyArray_NBYTES(<cnp.ndarray>buf))
+
+
+cdef bint _dims_are(const RowsRef* r, tuple shape, Py_ssize_t skip_last):
+    # r's shape is `shape` (without its last skip_last entries).
+    cdef Py_ssize_t n = len(shape) - skip_last, d
+    if r.ndim != n:
+        return False
+    for d in range(n):
+        if r.dims[d] != <Py_ssize_t>shape[d]:
+            return False
+    return True
+
+
+cdef bint _weights_ref(object w, tuple shape, Py_ssize_t T, Py_ssize_t K, RowsRef* r):
+    # float32 / float64 weights of the plan's shape, or [T, top_k].
+    if not _rows_ref(w, r) or r.code > 1:
+        return False
+    return _dims_are(r, shape, 0) or (r.ndim == 2 and r.dims[0] == T and r.dims[1] == K)
+
+
+cdef inline int _fast_threads(object num_threads):
+    # None -> 0 (the default rule), an int >= 1 as it is, -1: the Python layer decides.
+    if num_threads is None:
+        return 0
+    if type(num_threads) is int and 1 <= num_threads <= 1 << 20:
+        return <int>num_threads
+    return -1
+
+
+def permute_fast(object hidden, tuple bufs, tuple shape, object out, object scale_by,
+                 object num_threads):
+    """mr.permute(hidden, plan, out, scale_by=, num_threads=) for the plan's
+    bufs and shape, when every input is a NumPy array or torch tensor that
+    needs no conversion and every check passes: returns out (a new ndarray
+    when out is None and hidden is one), else None with nothing written."""
+    cdef RowsRef h, o, wr
+    cdef int nt_arg = _fast_threads(num_threads), wk = 0, nt, stream
+    cdef Py_ssize_t T, rows, K, H, isz
+    cdef const void* wp = NULL
+    cdef int64_t* stats
+    cdef cnp.npy_intp odims[2]
+    if nt_arg < 0 or len(bufs) != 10 or len(shape) < 1 or not _i64_buf(bufs[8], MR_ST_N):
+        return None
+    if not _rows_ref(hidden, &h) or h.ndim < 1:
+        return None
+    stats = _i64(bufs[8])
+    rows = stats[0]
+    T = stats[MR_ST_TOKENS_PY]
+    K = <Py_ssize_t>shape[len(shape) - 1]
+    H = h.dims[h.ndim - 1]
+    if h.size != T * H or (h.ndim == 1 and T != 1):
+        return None
+    if not (_i64_buf(bufs[3], rows) and _i64_buf(bufs[4], rows)):
+        return None
+    if scale_by is not None:
+        if not _weights_ref(scale_by, shape, T, K, &wr):
+            return None
+        wk = wr.code
+        wp = wr.data
+    if out is None:
+        if not cnp.PyArray_CheckExact(hidden):
+            return None  # a tensor out: the Python layer makes it
+        odims[0] = rows
+        odims[1] = H
+        out = cnp.PyArray_EMPTY(2, odims, cnp.PyArray_TYPE(<cnp.ndarray>hidden), 0)
+        if not _rows_ref(out, &o):
+            return None
+    else:
+        if not _rows_ref(out, &o):
+            return None
+        if (o.code != h.code or o.ndim != 2 or o.dims[0] != rows or o.dims[1] != H
+                or not o.writeable):
+            return None
+        if (_spans_overlap(&o, h.data, h.nbytes) or _ref_overlaps_buf(&o, bufs[3])
+                or _ref_overlaps_buf(&o, bufs[4])
+                or (wp != NULL and _spans_overlap(&o, wr.data, wr.nbytes))):
+            return None
+    if rows == 0 or H == 0:
+        return out
+    isz = 8 if h.code == 1 else (4 if h.code == 0 else 2)
+    nt = _threads_for(rows * H * isz, rows, nt_arg, T)
+    stream = rows * H * isz >= _dispatch_stream_min_bytes
+    cdef const int64_t* tp = _i64(bufs[3])
+    cdef const int64_t* sp = _i64(bufs[4])
+    cdef int code = h.code
+    cdef const void* hp = h.data
+    cdef void* op = o.data
+    with nogil:
+        if nt == 1:
+            mr_permute_rows(code, hp, H, T, tp, sp, wp, wk, 0, rows, op, stream)
+        else:
+            _permute_shares(nt, code, hp, H, T, tp, sp, wp, wk, rows, op, stream)
+    return out
+
+
+def combine_fast(object expert_out, tuple bufs, tuple shape, object expert_weights, object out,
+                 object hidden, object num_threads):
+    """mr.combine(expert_out, plan, expert_weights, out, hidden_states=,
+    num_threads=) under permute_fast's conditions: returns out (a new
+    ndarray when out is None and expert_out is one), else None with nothing
+    written."""
+    cdef RowsRef e, o, wr, h
+    cdef int nt_arg = _fast_threads(num_threads), wk = 0, nt
+    cdef Py_ssize_t T, rows, K, H, isz, d, nb
+    cdef const void* wp = NULL
+    cdef const void* hp = NULL
+    cdef int64_t* stats
+    cdef cnp.npy_intp odims[MAX_FAST_DIMS]
+    if nt_arg < 0 or len(bufs) != 10 or len(shape) < 1 or not _i64_buf(bufs[8], MR_ST_N):
+        return None
+    if not _rows_ref(expert_out, &e):
+        return None
+    stats = _i64(bufs[8])
+    rows = stats[0]
+    T = stats[MR_ST_TOKENS_PY]
+    K = <Py_ssize_t>shape[len(shape) - 1]
+    if e.ndim != 2 or e.dims[0] != rows:
+        return None
+    H = e.dims[1]
+    if not _i64_buf(bufs[5], T * K):
+        return None
+    if expert_weights is not None:
+        if not _weights_ref(expert_weights, shape, T, K, &wr):
+            return None
+        wk = wr.code
+        wp = wr.data
+    if hidden is not None or stats[3] != 0:  # identity slots need hidden
+        if hidden is None or not _rows_ref(hidden, &h):
+            return None
+        if h.code != e.code or h.ndim < 1 or h.size != T * H or h.dims[h.ndim - 1] != H:
+            return None
+        hp = h.data
+    nb = len(shape)
+    if out is None:
+        if not cnp.PyArray_CheckExact(expert_out) or nb > MAX_FAST_DIMS:
+            return None
+        for d in range(nb - 1):
+            odims[d] = <Py_ssize_t>shape[d]
+        odims[nb - 1] = H
+        out = cnp.PyArray_EMPTY(<int>nb, odims, cnp.PyArray_TYPE(<cnp.ndarray>expert_out), 0)
+        if not _rows_ref(out, &o):
+            return None
+    else:
+        if not _rows_ref(out, &o) or o.code != e.code or not o.writeable:
+            return None
+        if not ((_dims_are(&o, shape, 1) and o.dims[o.ndim - 1] == H)
+                or (o.ndim == 2 and o.dims[0] == T and o.dims[1] == H)):
+            return None
+        if (_spans_overlap(&o, e.data, e.nbytes) or _ref_overlaps_buf(&o, bufs[5])
+                or (wp != NULL and _spans_overlap(&o, wr.data, wr.nbytes))
+                or (hp != NULL and _spans_overlap(&o, h.data, h.nbytes))):
+            return None
+    if T == 0 or H == 0:
+        return out
+    isz = 8 if e.code == 1 else (4 if e.code == 0 else 2)
+    nt = _threads_for(T * H * isz * K, T, nt_arg, T)
+    cdef const int64_t* so = _i64(bufs[5])
+    cdef int code = e.code
+    cdef const void* ep = e.data
+    cdef void* op = o.data
+    with nogil:
+        if nt == 1:
+            mr_combine_rows(code, ep, so, K, wp, wk, hp, H, 0, T, op)
+        else:
+            _combine_shares(nt, code, ep, so, K, wp, wk, hp, H, T, op)
+    return out
