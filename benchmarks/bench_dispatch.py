@@ -14,7 +14,9 @@ rounds are reported, and the ratios are taken from the medians.  One thread
   combine  mr.combine(out=) vs index_add_ (as the eager experts) and
            transformers' grouped_mm recombination (weight, inverse
            permutation, view(T, K, H).sum(1)), float32 / bfloat16
-  threads  permute / combine at T = 4096 with 2 threads vs 1
+  threads  permute / combine at T = 4096 with 2 threads vs 1, and the bound a
+           plain memcpy of permute's bytes sets: the same copy split over
+           2 threads vs 1 (NumPy copies without the GIL)
   block    the whole MoE block at Qwen3-30B-A3B sizes: experts_implementation
            "moe_router" vs "eager" and "grouped_mm" (needs transformers)
 """
@@ -22,6 +24,7 @@ rounds are reported, and the ratios are taken from the medians.  One thread
 import argparse
 import os
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -165,7 +168,20 @@ def bench_threads(rounds, torch):
     y = np.empty((T, H), np.float32)
     w = rng.random((T, K)).astype(np.float32)
     q = mr.DispatchPlan.empty()
+    src = np.ones_like(x)  # written: no shared zero pages behind the copy
+    halves = [
+        (x[: x.shape[0] // 2], src[: x.shape[0] // 2]),
+        (x[x.shape[0] // 2 :], src[x.shape[0] // 2 :]),
+    ]
+    pool = ThreadPoolExecutor(2)
+
+    def memcpy_2_threads():
+        for f in [pool.submit(np.copyto, d, s) for d, s in halves]:
+            f.result()
+
     c = {
+        "memcpy 1 thread": lambda: np.copyto(x, src),
+        "memcpy 2 threads": memcpy_2_threads,
         "plan 1 thread": lambda: mr.plan_into(ids, E, q, num_threads=1),
         "plan 2 threads": lambda: mr.plan_into(ids, E, q, num_threads=2),
         "permute 1 thread": lambda: mr.permute(hidden, p, x, num_threads=1),
@@ -173,9 +189,10 @@ def bench_threads(rounds, torch):
         "combine 1 thread": lambda: mr.combine(x, p, w, y, num_threads=1),
         "combine 2 threads": lambda: mr.combine(x, p, w, y, num_threads=2),
     }
-    med = medians(interleaved(c, rounds))
+    med = medians(interleaved(c, rounds, slice_s=0.05))
+    pool.shutdown()
     print(f"\nthreads, float32, T={T} (openmp: {_dispatch.kernel.build_info()['openmp']})")
-    for op in ("plan", "permute", "combine"):
+    for op in ("memcpy", "plan", "permute", "combine"):
         one, two = med[f"{op} 1 thread"], med[f"{op} 2 threads"]
         print(
             f"  {op}: 1 thread {one * 1e3:.2f} ms, 2 threads {two * 1e3:.2f} ms: {one / two:.2f}x"

@@ -94,8 +94,9 @@ static MR_HOT void mr_store(float a, mr_f16 *p)
     p->bits = (uint16_t)(h | sign);
 }
 
-/* Columns summed at a time by combine: an accumulator row in L1. */
-enum { MR_COMBINE_COLS = 256 };
+/* Columns summed at a time by combine: an accumulator row in L1 (8 KiB of
+ * float32, 16 KiB of float64). */
+enum { MR_COMBINE_COLS = 2048 };
 
 /* A row copy that bypasses the cache (non-temporal stores): for outputs
  * far larger than the cache, it saves the read of each destination line
@@ -163,7 +164,12 @@ static void mr_permute_t(const T *hidden, int64_t H, int64_t n_tokens, const int
 }
 
 /* combine, tokens [t0, t1): out[t] = sum over k of w[t, k] * (the slot's
- * expert_out row, or hidden[t] for an identity slot), in k order, in A. */
+ * expert_out row, or hidden[t] for an identity slot), in k order, in A,
+ * from +0 (a sum of -0 alone is +0, as a loop from zeros gives).  The first
+ * term is written straight into the accumulator and the last straight into
+ * out (the same operations, one pass fewer over the accumulator each), and
+ * whole rows of up to MR_COMBINE_COLS are summed at a time: one source row
+ * streams at a time, which the hardware prefetcher follows. */
 template <class T, class A, class W>
 static void mr_combine_t(const T *expert_out, const int64_t *slot_of, int64_t K, const W *w, const T *hidden,
                          int64_t H, int64_t t0, int64_t t1, T *out)
@@ -171,11 +177,21 @@ static void mr_combine_t(const T *expert_out, const int64_t *slot_of, int64_t K,
     A acc[MR_COMBINE_COLS];
     for (int64_t t = t0; t < t1; t++) {
         const int64_t *so = slot_of + t * K;
+        int64_t k_last = -1; /* the last slot that contributes */
+        for (int64_t k = 0; k < K; k++) {
+            if (so[k] >= 0 || (so[k] == -2 && hidden != nullptr))
+                k_last = k;
+        }
         for (int64_t c0 = 0; c0 < H; c0 += MR_COMBINE_COLS) {
             int64_t nc = H - c0 < MR_COMBINE_COLS ? H - c0 : MR_COMBINE_COLS;
-            for (int64_t j = 0; j < nc; j++)
-                acc[j] = 0;
-            for (int64_t k = 0; k < K; k++) {
+            T *dst = out + t * H + c0;
+            if (k_last < 0) {
+                for (int64_t j = 0; j < nc; j++)
+                    mr_store((A)0, dst + j);
+                continue;
+            }
+            bool first = true;
+            for (int64_t k = 0; k <= k_last; k++) {
                 int64_t s = so[k];
                 const T *src;
                 if (s >= 0)
@@ -185,12 +201,21 @@ static void mr_combine_t(const T *expert_out, const int64_t *slot_of, int64_t K,
                 else
                     continue;
                 A wk = w != nullptr ? (A)w[t * K + k] : (A)1;
-                for (int64_t j = 0; j < nc; j++)
-                    acc[j] = acc[j] + wk * mr_load<A>(src[j]);
+                if (k == k_last && first) {
+                    for (int64_t j = 0; j < nc; j++)
+                        mr_store((A)0 + wk * mr_load<A>(src[j]), dst + j);
+                } else if (k == k_last) {
+                    for (int64_t j = 0; j < nc; j++)
+                        mr_store(acc[j] + wk * mr_load<A>(src[j]), dst + j);
+                } else if (first) {
+                    for (int64_t j = 0; j < nc; j++)
+                        acc[j] = (A)0 + wk * mr_load<A>(src[j]);
+                } else {
+                    for (int64_t j = 0; j < nc; j++)
+                        acc[j] = acc[j] + wk * mr_load<A>(src[j]);
+                }
+                first = false;
             }
-            T *dst = out + t * H + c0;
-            for (int64_t j = 0; j < nc; j++)
-                mr_store(acc[j], dst + j);
         }
     }
 }
