@@ -88,8 +88,14 @@ def plan_rows(
     num_local: int,
     capacity: int,
     block_size: int,
-    bufs: tuple[npt.NDArray[np.int64], ...],
+    bufs: tuple[npt.NDArray[np.int64], ...] | None,
     num_threads: int = 1,
+) -> int: ...
+def plan_plain(
+    expert_ids: object,
+    num_experts: int,
+    bufs: tuple[npt.NDArray[np.int64], ...] | None,
+    num_threads: int,
 ) -> int: ...
 def permute_rows(
     hidden: object,

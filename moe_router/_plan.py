@@ -28,11 +28,22 @@ _W_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _N_STATS = 7  # MR_ST_N: rows, active, dropped, identity, remote, blocks, tokens
 
 
+_kernel_seen = (None, None)  # (_dispatch.kernel, the module that runs the dispatch kernels)
+
+
 def _kernel():
     """The active compiled module (the NumPy reference path has no dispatch kernels:
-    it takes the baseline module's)."""
+    it takes the baseline module's; a kernel per logits dtype: the float32 one)."""
+    global _kernel_seen
     k = _dispatch.kernel
-    return k if hasattr(k, "plan_rows") else _dispatch.load("baseline")
+    seen = _kernel_seen
+    if k is seen[0]:
+        return seen[1]
+    m = k.kernel_f32 if isinstance(k, _dispatch.KernelByDtype) else k
+    if not hasattr(m, "plan_plain"):
+        m = _dispatch.load("baseline")
+    _kernel_seen = (k, m)
+    return m
 
 
 def _threads_arg(num_threads):
@@ -374,20 +385,7 @@ def plan_into(
         and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
     ):
         # The plain case in a few C checks; anything else takes the validating path.
-        if (
-            _kernel().plan_rows(
-                expert_ids,
-                num_experts,
-                num_experts,
-                None,
-                num_experts,
-                -1,
-                1,
-                plan._bufs,
-                num_threads or 0,
-            )
-            == -1
-        ):
+        if _kernel().plan_plain(expert_ids, num_experts, plan._bufs, num_threads or 0) == -1:
             plan._shape = expert_ids.shape
             plan._opts = (num_experts, num_experts, num_experts, -1, 1)
             plan._views = None

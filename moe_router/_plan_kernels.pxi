@@ -143,6 +143,25 @@ def plan_rows(object expert_ids, Py_ssize_t num_experts, Py_ssize_t identity_sta
     C-contiguous native int32 / uint32 / int64 ndarray with ndim >= 1 and a
     last dimension >= 1, bad sizes or options, buffers too small).
     """
+    if bufs is None:
+        return -3
+    return _plan_rows_c(expert_ids, num_experts, identity_start, expert_map, num_local, capacity,
+                        block_size, bufs, num_threads)
+
+
+def plan_plain(object expert_ids, Py_ssize_t num_experts, tuple bufs, int num_threads):
+    """plan_rows(expert_ids, num_experts, num_experts, None, num_experts, -1, 1,
+    bufs, num_threads): the plain plan in fewer arguments (the call costs
+    about as much as a plan of one token)."""
+    if bufs is None:
+        return -3
+    return _plan_rows_c(expert_ids, num_experts, num_experts, None, num_experts, -1, 1, bufs,
+                        num_threads)
+
+
+cdef int64_t _plan_rows_c(object expert_ids, Py_ssize_t num_experts, Py_ssize_t identity_start,
+                          object expert_map, Py_ssize_t num_local, Py_ssize_t capacity,
+                          Py_ssize_t block_size, tuple bufs, int num_threads):
     cdef cnp.ndarray ids
     cdef int it, kind
     cdef Py_ssize_t nd, K, T, n, rows_max, E = num_experts, S = identity_start, L = num_local

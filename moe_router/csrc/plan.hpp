@@ -310,13 +310,14 @@ static int64_t mr_plan(const I *ids, int64_t T, int64_t K, int64_t E, int64_t S,
     stats[MR_ST_TOKENS] = 0; /* a plan that failed has no tokens */
     for (int64_t e = 0; e < L; e++)
         counts[e] = 0;
-    if (expert_map == nullptr && S == E && capacity < 0) {
-        /* The plain case: every id is a routed local expert. */
+    const bool plain = expert_map == nullptr && S == E && capacity < 0;
+    if (plain) {
+        /* The plain case: every id is a routed local expert (pass 2 reads
+         * the ids again rather than a copy in slot_of: one store less). */
         for (int64_t i = 0; i < n; i++) {
             int64_t v = (int64_t)ids[i];
             if ((uint64_t)v >= (uint64_t)E) /* negative ids wrap to large values */
                 return i;
-            slot_of[i] = v;
             counts[v]++;
         }
     } else {
@@ -378,7 +379,17 @@ static int64_t mr_plan(const I *ids, int64_t T, int64_t K, int64_t E, int64_t S,
     }
     offsets[L] = rows;
     /* Pass 2, token order: scatter, stable (token then k within an expert). */
-    for (int64_t t = 0; t < T; t++) {
+    if (plain) {
+        for (int64_t t = 0; t < T; t++) {
+            for (int64_t k = 0; k < K; k++) {
+                int64_t i = t * K + k, p = cursor[(int64_t)ids[i]]++;
+                tok[p] = t;
+                slot[p] = i;
+                slot_of[i] = p;
+            }
+        }
+    }
+    for (int64_t t = 0; !plain && t < T; t++) {
         for (int64_t k = 0; k < K; k++) {
             int64_t i = t * K + k, e = slot_of[i];
             if (e >= 0) {
