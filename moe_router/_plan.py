@@ -607,7 +607,7 @@ def permute(
     else:
         o = _out_rows(out, "out", code, ((rows, H),))
     rc = _kernel().permute_rows(
-        h, code, H, T, bufs[3], bufs[4], rows, T * plan._shape[-1], w, o,
+        h, code, H, T, bufs[3], bufs[5], plan._shape[-1], rows, w, o,
         _threads_arg(num_threads),
     )  # fmt: skip
     if rc != 0:

@@ -26,9 +26,11 @@ cdef extern from "csrc/plan.hpp" nogil:
                          int64_t* slot, int64_t* slot_of)
     void mr_plan_pad(int64_t T, int64_t K, int64_t L, const int64_t* counts, const int64_t* offsets,
                      int64_t* tok, int64_t* slot, int64_t* stats)
-    void mr_permute_rows(int dtype, const void* hidden, int64_t H, int64_t n_tokens,
-                         const int64_t* tok, const int64_t* slot, const void* w, int w64,
-                         int64_t r0, int64_t r1, void* out, int stream)
+    void mr_permute_rows(int dtype, const void* hidden, int64_t H, const int64_t* slot_of,
+                         int64_t K, const void* w, int w64, int64_t n_rows, int64_t t0,
+                         int64_t t1, void* out, int stream)
+    void mr_permute_pad(size_t row_bytes, int64_t n_tokens, const int64_t* tok, int64_t r0,
+                        int64_t r1, void* out)
     void mr_combine_rows(int dtype, const void* expert_out, const int64_t* slot_of, int64_t K,
                          const void* w, int w64, const void* hidden, int64_t H, int64_t t0,
                          int64_t t1, void* out)
@@ -45,10 +47,11 @@ cdef Py_ssize_t _dispatch_parallel_min_bytes = DISPATCH_PARALLEL_MIN_BYTES
 
 
 # permute copies rows with non-temporal stores when its output is at least
-# this large (beyond the private caches, where the next matmul would not find
-# it anyway).  At hidden 2048 float32, top-8, one thread (bench_dispatch.py):
-# T=256 (16 MiB) 2.1 -> 0.86 ms, T=4096 (256 MiB) 51 -> 32 ms.
-DISPATCH_STREAM_MIN_BYTES = 8 << 20
+# this large (most of a last-level cache, where the next matmul would not
+# find it anyway).  At hidden 2048 float32, top-8, one thread, the scatter
+# kernel (16 MiB L3): T=128 (8 MiB) 0.31 ms plain vs 0.38 ms streamed,
+# T=256 (16 MiB) 1.96 vs 0.75 ms.
+DISPATCH_STREAM_MIN_BYTES = 12 << 20
 
 cdef Py_ssize_t _dispatch_stream_min_bytes = DISPATCH_STREAM_MIN_BYTES
 
@@ -251,16 +254,32 @@ cdef inline int _threads_for(Py_ssize_t out_bytes, Py_ssize_t units, int num_thr
     return <int>max(1, min(<Py_ssize_t>num_threads, units))
 
 
-@cython.cdivision(True)  # nt >= 2: C division, no error path even in debug builds
-cdef void _permute_shares(int nt, int dtype_code, const void* hp, Py_ssize_t width,
-                          Py_ssize_t n_tokens, const int64_t* tp, const int64_t* sp,
-                          const void* wp, int wk, Py_ssize_t n_rows, void* op,
-                          int stream) noexcept nogil:
-    # Static, contiguous shares: each row is written by one thread.
+cdef void _permute_go(int nt, int dtype_code, const void* hp, Py_ssize_t width,
+                      Py_ssize_t n_tokens, const int64_t* tp, const int64_t* so, Py_ssize_t top_k,
+                      const void* wp, int wk, Py_ssize_t n_rows, void* op,
+                      int stream) noexcept nogil:
+    # The scatter of the tokens' rows, then the padding rows' zeros: on nt
+    # threads in static, contiguous shares of tokens (and of rows for the
+    # padding), each row written by one thread.
+    cdef Py_ssize_t isz = 8 if dtype_code == 1 else (4 if dtype_code == 0 else 2)
     cdef int i
+    if nt == 1:
+        mr_permute_rows(dtype_code, hp, width, so, top_k, wp, wk, n_rows, 0, n_tokens, op, stream)
+        mr_permute_pad(width * isz, n_tokens, tp, 0, n_rows, op)
+        return
     for i in prange(nt, num_threads=nt, schedule="static"):
-        mr_permute_rows(dtype_code, hp, width, n_tokens, tp, sp, wp, wk,
-                        n_rows * i // nt, n_rows * (i + 1) // nt, op, stream)
+        _permute_share(i, nt, dtype_code, hp, width, n_tokens, tp, so, top_k, wp, wk, n_rows,
+                       op, stream, isz)
+
+
+@cython.cdivision(True)  # nt >= 2: C division, no error path even in debug builds
+cdef inline void _permute_share(int i, int nt, int dtype_code, const void* hp, Py_ssize_t width,
+                                Py_ssize_t n_tokens, const int64_t* tp, const int64_t* so,
+                                Py_ssize_t top_k, const void* wp, int wk, Py_ssize_t n_rows,
+                                void* op, int stream, Py_ssize_t isz) noexcept nogil:
+    mr_permute_rows(dtype_code, hp, width, so, top_k, wp, wk, n_rows, n_tokens * i // nt,
+                    n_tokens * (i + 1) // nt, op, stream)
+    mr_permute_pad(width * isz, n_tokens, tp, n_rows * i // nt, n_rows * (i + 1) // nt, op)
 
 
 @cython.cdivision(True)
@@ -294,30 +313,30 @@ cdef inline int _weights_kind(object w, Py_ssize_t n) noexcept:
 
 
 def permute_rows(object hidden, int dtype_code, Py_ssize_t width, Py_ssize_t n_tokens,
-                 object sorted_token_ids, object sorted_slot_ids, Py_ssize_t n_rows,
-                 Py_ssize_t n_slots, object weights, object out, int num_threads=1):
-    """out[r] = hidden[sorted_token_ids[r]] (times weights[sorted_slot_ids[r]])
-    for r < n_rows; zero rows where the token id is n_tokens (padding).
+                 object sorted_token_ids, object slot_of, Py_ssize_t top_k, Py_ssize_t n_rows,
+                 object weights, object out, int num_threads=1):
+    """out[slot_of[t, k]] = hidden[t] (times weights[t, k]) for the slots with
+    a row; zero rows where sorted_token_ids is n_tokens (padding).
 
     hidden, out: C-contiguous ndarrays of rows of `width` values of
     dtype_code (0 float32, 1 float64, 2 float16, 3 bfloat16 as uint16);
-    weights: None or float32 / float64 with n_slots values.  The ids are the
-    plan's (each < n_tokens, or n_tokens; slots < n_slots).  Returns 0, -2
-    when out overlaps hidden or weights, or -1 when a size, dtype or flag
-    does not hold (out not writeable C-contiguous ...); nothing is written
-    then.
+    weights: None or float32 / float64 with n_tokens * top_k values.  The
+    ids are the plan's (token ids <= n_tokens; slot_of values < n_rows or
+    negative: no row).  Returns 0, -2 when out overlaps hidden, weights or
+    the plan's arrays, or -1 when a size, dtype or flag does not hold (out
+    not writeable C-contiguous ...); nothing is written then.
     """
     cdef Py_ssize_t isz = 8 if dtype_code == 1 else (4 if dtype_code == 0 else 2)
     cdef int wk = 0, nt
     cdef const void* wp = NULL
-    if not 0 <= dtype_code <= 3 or width < 0 or n_rows < 0 or n_tokens < 0:
+    if not 0 <= dtype_code <= 3 or width < 0 or n_rows < 0 or n_tokens < 0 or top_k < 1:
         return -1
     if not (_rows_buf(hidden, n_tokens * width * isz) and _rows_buf(out, n_rows * width * isz)
             and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
-            and _i64_buf(sorted_token_ids, n_rows) and _i64_buf(sorted_slot_ids, n_rows)):
+            and _i64_buf(sorted_token_ids, n_rows) and _i64_buf(slot_of, n_tokens * top_k)):
         return -1
     if weights is not None:
-        wk = _weights_kind(weights, n_slots)
+        wk = _weights_kind(weights, n_tokens * top_k)
         if wk < 0:
             return -1
         wp = cnp.PyArray_DATA(<cnp.ndarray>weights)
@@ -325,22 +344,19 @@ def permute_rows(object hidden, int dtype_code, Py_ssize_t width, Py_ssize_t n_t
             return -2
     if (_overlap(<cnp.ndarray>out, <cnp.ndarray>hidden)
             or _overlap(<cnp.ndarray>out, <cnp.ndarray>sorted_token_ids)
-            or _overlap(<cnp.ndarray>out, <cnp.ndarray>sorted_slot_ids)):
+            or _overlap(<cnp.ndarray>out, <cnp.ndarray>slot_of)):
         return -2
     if n_rows == 0 or width == 0:
         return 0
     cdef const void* hp = cnp.PyArray_DATA(<cnp.ndarray>hidden)
     cdef void* op = cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef const int64_t* tp = _i64(sorted_token_ids)
-    cdef const int64_t* sp = _i64(sorted_slot_ids)
+    cdef const int64_t* so = _i64(slot_of)
     nt = _threads_for(n_rows * width * isz, n_rows, num_threads, n_tokens)
     cdef int stream = n_rows * width * isz >= _dispatch_stream_min_bytes
     with nogil:
-        if nt == 1:
-            mr_permute_rows(dtype_code, hp, width, n_tokens, tp, sp, wp, wk, 0, n_rows, op, stream)
-        else:
-            _permute_shares(nt, dtype_code, hp, width, n_tokens, tp, sp, wp, wk, n_rows, op,
-                            stream)
+        _permute_go(nt, dtype_code, hp, width, n_tokens, tp, so, top_k, wp, wk, n_rows, op,
+                    stream)
     return 0
 
 
@@ -560,7 +576,7 @@ def permute_fast(object hidden, tuple bufs, tuple shape, object out, object scal
     H = h.dims[h.ndim - 1]
     if h.size != T * H or (h.ndim == 1 and T != 1):
         return None
-    if not (_i64_buf(bufs[3], rows) and _i64_buf(bufs[4], rows)):
+    if not (_i64_buf(bufs[3], rows) and _i64_buf(bufs[5], T * K)):
         return None
     if scale_by is not None:
         if not _weights_ref(scale_by, shape, T, K, &wr):
@@ -582,7 +598,7 @@ def permute_fast(object hidden, tuple bufs, tuple shape, object out, object scal
                 or not o.writeable):
             return None
         if (_spans_overlap(&o, h.data, h.nbytes) or _ref_overlaps_buf(&o, bufs[3])
-                or _ref_overlaps_buf(&o, bufs[4])
+                or _ref_overlaps_buf(&o, bufs[5])
                 or (wp != NULL and _spans_overlap(&o, wr.data, wr.nbytes))):
             return None
     if rows == 0 or H == 0:
@@ -591,15 +607,12 @@ def permute_fast(object hidden, tuple bufs, tuple shape, object out, object scal
     nt = _threads_for(rows * H * isz, rows, nt_arg, T)
     stream = rows * H * isz >= _dispatch_stream_min_bytes
     cdef const int64_t* tp = _i64(bufs[3])
-    cdef const int64_t* sp = _i64(bufs[4])
+    cdef const int64_t* so = _i64(bufs[5])
     cdef int code = h.code
     cdef const void* hp = h.data
     cdef void* op = o.data
     with nogil:
-        if nt == 1:
-            mr_permute_rows(code, hp, H, T, tp, sp, wp, wk, 0, rows, op, stream)
-        else:
-            _permute_shares(nt, code, hp, H, T, tp, sp, wp, wk, rows, op, stream)
+        _permute_go(nt, code, hp, H, T, tp, so, K, wp, wk, rows, op, stream)
     return out
 
 

@@ -619,3 +619,31 @@ def test_warm_torch_out_buffers(kernel_path, rng):
         mr.combine(x.float().requires_grad_(), p, w, y.float())
     with pytest.raises(TypeError, match="out must have dtype float16"):
         mr.combine(x, p, w, torch.empty(T, H))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_scatter_shares_with_padding_and_dropped_slots(kernel_path, threads, rng):
+    # permute scatters each token's row to its slots' rows in shares of
+    # tokens, and zeroes padding rows in shares of rows: padding, dropped
+    # and other ranks' slots on several threads against the NumPy oracle.
+    T, K, E, H = 300, 4, 16, 32
+    ids = random_ids(rng, T, K, E)
+    hidden = rng.standard_normal((T, H)).astype(np.float32)
+    w = rng.random((T, K)).astype(np.float32)
+    m = np.where(np.arange(E) % 3 == 0, -1, np.cumsum(np.arange(E) % 3 != 0) - 1)
+    kernel = _dispatch.kernel
+    old = kernel.set_dispatch_parallel_min_bytes(1)
+    try:
+        for options in ({"block_size": 8}, {"capacity": 40}, {"expert_map": m, "block_size": 4}):
+            p = mr.plan(ids, E, **options)
+            get = options.get
+            want = numpy_plan(ids, E, get("block_size"), get("capacity"), get("expert_map"))
+            out = np.full((p.num_rows, H), np.nan, np.float32)  # every row must be written
+            mr.permute(hidden, p, out, num_threads=threads)
+            same_bits(out, numpy_permute(hidden, want))
+            same_bits(
+                mr.permute(hidden, p, scale_by=w, num_threads=threads),
+                numpy_permute(hidden, want, w),
+            )
+    finally:
+        kernel.set_dispatch_parallel_min_bytes(old)

@@ -130,32 +130,38 @@ static inline void mr_copy_stream(void *dst, const void *src, size_t n, const vo
 #endif
 }
 
-/* permute, rows [r0, r1): out[r] = hidden[tok[r]] (times w[slot[r]] when w),
- * zeros for padding rows (tok[r] == n_tokens).  stream: plain copies with
- * non-temporal stores (mr_copy_stream's conditions hold). */
+/* permute as a scatter, tokens [t0, t1): each token's row is read once
+ * and written to the row of each of its slots, out[slot_of[t * K + k]]
+ * (times w[t * K + k] when w); slots without a row (< 0: dropped, another
+ * rank's, identity) and rows outside [0, n_rows) are skipped.  Reading
+ * each hidden row once rather than once per slot (a gather by
+ * sorted_token_ids) divides the read traffic by top_k when hidden does not
+ * fit the cache.  stream: plain copies with non-temporal stores
+ * (mr_copy_stream's conditions hold). */
 template <class T, class A, class W>
-static void mr_permute_t(const T *hidden, int64_t H, int64_t n_tokens, const int64_t *tok,
-                         const int64_t *slot, const W *w, int64_t r0, int64_t r1, T *out, int stream)
+static void mr_permute_t(const T *hidden, int64_t H, const int64_t *slot_of, int64_t K, const W *w,
+                         int64_t n_rows, int64_t t0, int64_t t1, T *out, int stream)
 {
-    for (int64_t r = r0; r < r1; r++) {
-        T *dst = out + r * H;
-        int64_t t = tok[r];
-        if (t >= n_tokens) {
-            memset((void *)dst, 0, (size_t)H * sizeof(T));
-            continue;
-        }
+    for (int64_t t = t0; t < t1; t++) {
         const T *src = hidden + t * H;
-        if (w == nullptr) {
-            if (stream) {
-                const T *next = r + 1 < r1 && tok[r + 1] < n_tokens ? hidden + tok[r + 1] * H : nullptr;
-                mr_copy_stream((void *)dst, (const void *)src, (size_t)H * sizeof(T), (const void *)next);
-            } else
-                memcpy((void *)dst, (const void *)src, (size_t)H * sizeof(T));
-            continue;
+        for (int64_t k = 0; k < K; k++) {
+            int64_t r = slot_of[t * K + k];
+            if ((uint64_t)r >= (uint64_t)n_rows)
+                continue;
+            T *dst = out + r * H;
+            if (w == nullptr) {
+                if (stream) {
+                    /* The next token's row is fetched during the first copy. */
+                    const T *next = k == 0 && t + 1 < t1 ? src + H : nullptr;
+                    mr_copy_stream((void *)dst, (const void *)src, (size_t)H * sizeof(T), (const void *)next);
+                } else
+                    memcpy((void *)dst, (const void *)src, (size_t)H * sizeof(T));
+                continue;
+            }
+            A wk = (A)w[t * K + k];
+            for (int64_t j = 0; j < H; j++)
+                mr_store(wk * mr_load<A>(src[j]), dst + j);
         }
-        A wk = (A)w[slot[r]];
-        for (int64_t j = 0; j < H; j++)
-            mr_store(wk * mr_load<A>(src[j]), dst + j);
     }
 #if MR_HAVE_SSE2
     if (stream)
@@ -232,10 +238,10 @@ enum { MR_DT_F32 = 0, MR_DT_F64 = 1, MR_DT_F16 = 2, MR_DT_BF16 = 3 };
     }
 
 template <class W>
-static void mr_permute_w(int dtype, const void *hidden, int64_t H, int64_t n_tokens, const int64_t *tok,
-                         const int64_t *slot, const W *w, int64_t r0, int64_t r1, void *out, int stream)
+static void mr_permute_w(int dtype, const void *hidden, int64_t H, const int64_t *slot_of, int64_t K,
+                         const W *w, int64_t n_rows, int64_t t0, int64_t t1, void *out, int stream)
 {
-#define MR_ARGS(T) ((const T *)hidden, H, n_tokens, tok, slot, w, r0, r1, (T *)out, stream)
+#define MR_ARGS(T) ((const T *)hidden, H, slot_of, K, w, n_rows, t0, t1, (T *)out, stream)
     MR_ROW_DISPATCH(mr_permute_t, MR_ARGS, W)
 #undef MR_ARGS
 }
@@ -252,16 +258,27 @@ static void mr_combine_w(int dtype, const void *expert_out, const int64_t *slot_
 
 /* The entry points: w is float32 (w64 == 0), float64 or NULL.  permute
  * streams (stream != 0) only plain copies with 16-byte aligned rows. */
-static void mr_permute_rows(int dtype, const void *hidden, int64_t H, int64_t n_tokens, const int64_t *tok,
-                            const int64_t *slot, const void *w, int w64, int64_t r0, int64_t r1, void *out,
+static void mr_permute_rows(int dtype, const void *hidden, int64_t H, const int64_t *slot_of, int64_t K,
+                            const void *w, int w64, int64_t n_rows, int64_t t0, int64_t t1, void *out,
                             int stream)
 {
     size_t row_bytes = (size_t)H * (dtype == MR_DT_F64 ? 8 : dtype == MR_DT_F32 ? 4 : 2);
     stream = stream && w == nullptr && row_bytes % 16 == 0 && (uintptr_t)out % 16 == 0;
     if (w64)
-        mr_permute_w(dtype, hidden, H, n_tokens, tok, slot, (const double *)w, r0, r1, out, stream);
+        mr_permute_w(dtype, hidden, H, slot_of, K, (const double *)w, n_rows, t0, t1, out, stream);
     else
-        mr_permute_w(dtype, hidden, H, n_tokens, tok, slot, (const float *)w, r0, r1, out, stream);
+        mr_permute_w(dtype, hidden, H, slot_of, K, (const float *)w, n_rows, t0, t1, out, stream);
+}
+
+/* permute's padding rows among [r0, r1) (block_size: tok[r] == n_tokens)
+ * as zeros; the scatter writes every other row. */
+static void mr_permute_pad(size_t row_bytes, int64_t n_tokens, const int64_t *tok, int64_t r0, int64_t r1,
+                           void *out)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        if (tok[r] >= n_tokens)
+            memset((char *)out + (size_t)r * row_bytes, 0, row_bytes);
+    }
 }
 
 static void mr_combine_rows(int dtype, const void *expert_out, const int64_t *slot_of, int64_t K,
