@@ -7,7 +7,10 @@
 
 Validation, conversion and allocation live here, with the GIL held; the
 compiled kernels (moe_router/_plan_kernels.pxi over csrc/plan.hpp) re-check
-every size they index with and never raise.
+every size they index with and never raise.  permute and combine first try
+the kernels' warm path (permute_fast / combine_fast), which checks in C the
+rules checked here for arrays and tensors that need no conversion and
+declines anything else, so every error still comes from this module.
 """
 
 from __future__ import annotations
