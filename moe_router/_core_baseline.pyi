@@ -99,8 +99,14 @@ def plan_rows(
     num_local: int,
     capacity: int,
     block_size: int,
-    bufs: tuple[npt.NDArray[np.int64], ...],
+    bufs: tuple[npt.NDArray[np.int64], ...] | None,
     num_threads: int = 1,
+) -> int: ...
+def plan_plain(
+    expert_ids: object,
+    num_experts: int,
+    bufs: tuple[npt.NDArray[np.int64], ...] | None,
+    num_threads: int,
 ) -> int: ...
 def permute_rows(
     hidden: object,
@@ -108,9 +114,9 @@ def permute_rows(
     width: int,
     n_tokens: int,
     sorted_token_ids: object,
-    sorted_slot_ids: object,
+    slot_of: object,
+    top_k: int,
     n_rows: int,
-    n_slots: int,
     weights: object,
     out: object,
     num_threads: int = 1,
@@ -128,6 +134,23 @@ def combine_rows(
     out: object,
     num_threads: int = 1,
 ) -> int: ...
+def permute_fast(
+    hidden: object,
+    bufs: tuple[npt.NDArray[np.int64], ...],
+    shape: tuple[int, ...],
+    out: object,
+    scale_by: object,
+    num_threads: object,
+) -> Any: ...
+def combine_fast(
+    expert_out: object,
+    bufs: tuple[npt.NDArray[np.int64], ...],
+    shape: tuple[int, ...],
+    expert_weights: object,
+    out: object,
+    hidden: object,
+    num_threads: object,
+) -> Any: ...
 
 DISPATCH_STREAM_MIN_BYTES: int
 PLAN_PARALLEL_MIN_SLOTS: int

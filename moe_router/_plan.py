@@ -7,7 +7,10 @@
 
 Validation, conversion and allocation live here, with the GIL held; the
 compiled kernels (moe_router/_plan_kernels.pxi over csrc/plan.hpp) re-check
-every size they index with and never raise.
+every size they index with and never raise.  permute and combine first try
+the kernels' warm path (permute_fast / combine_fast), which checks in C the
+rules checked here for arrays and tensors that need no conversion and
+declines anything else, so every error still comes from this module.
 """
 
 from __future__ import annotations
@@ -28,11 +31,22 @@ _W_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _N_STATS = 7  # MR_ST_N: rows, active, dropped, identity, remote, blocks, tokens
 
 
+_kernel_seen = (None, None)  # (_dispatch.kernel, the module that runs the dispatch kernels)
+
+
 def _kernel():
     """The active compiled module (the NumPy reference path has no dispatch kernels:
-    it takes the baseline module's)."""
+    it takes the baseline module's; a kernel per logits dtype: the float32 one)."""
+    global _kernel_seen
     k = _dispatch.kernel
-    return k if hasattr(k, "plan_rows") else _dispatch.load("baseline")
+    seen = _kernel_seen
+    if k is seen[0]:
+        return seen[1]
+    m = k.kernel_f32 if isinstance(k, _dispatch.KernelByDtype) else k
+    if not hasattr(m, "plan_plain"):
+        m = _dispatch.load("baseline")
+    _kernel_seen = (k, m)
+    return m
 
 
 def _threads_arg(num_threads):
@@ -374,20 +388,7 @@ def plan_into(
         and (num_threads is None or (type(num_threads) is int and num_threads >= 1))
     ):
         # The plain case in a few C checks; anything else takes the validating path.
-        if (
-            _kernel().plan_rows(
-                expert_ids,
-                num_experts,
-                num_experts,
-                None,
-                num_experts,
-                -1,
-                1,
-                plan._bufs,
-                num_threads or 0,
-            )
-            == -1
-        ):
+        if _kernel().plan_plain(expert_ids, num_experts, plan._bufs, num_threads or 0) == -1:
             plan._shape = expert_ids.shape
             plan._opts = (num_experts, num_experts, num_experts, -1, 1)
             plan._views = None
@@ -585,6 +586,11 @@ def permute(
     """
     if type(plan) is not DispatchPlan:
         _check_plan(plan)
+    # Arrays and tensors that need no conversion, checked in C; None: this
+    # path (conversions, and the errors explained).
+    r = _kernel().permute_fast(hidden_states, plan._bufs, plan._shape, out, scale_by, num_threads)
+    if r is not None:
+        return r
     h, code, is_torch = _rows(hidden_states, "hidden_states")
     bufs = plan._bufs
     stats = bufs[8]
@@ -604,7 +610,7 @@ def permute(
     else:
         o = _out_rows(out, "out", code, ((rows, H),))
     rc = _kernel().permute_rows(
-        h, code, H, T, bufs[3], bufs[4], rows, T * plan._shape[-1], w, o,
+        h, code, H, T, bufs[3], bufs[5], plan._shape[-1], rows, w, o,
         _threads_arg(num_threads),
     )  # fmt: skip
     if rc != 0:
@@ -640,6 +646,11 @@ def combine(
     """
     if type(plan) is not DispatchPlan:
         _check_plan(plan)
+    r = _kernel().combine_fast(
+        expert_out, plan._bufs, plan._shape, expert_weights, out, hidden_states, num_threads
+    )
+    if r is not None:
+        return r
     e, code, is_torch = _rows(expert_out, "expert_out")
     bufs = plan._bufs
     stats = bufs[8]

@@ -496,3 +496,154 @@ def test_plan_on_threads_is_the_serial_plan(kernel_path, threads, rng):
                 mr.plan(bad, E, num_threads=threads)
     finally:
         kernel.set_plan_parallel_min_slots(old)
+
+
+# --- the warm path: permute_fast / combine_fast check in C what _plan.py checks
+
+
+def test_warm_out_calls_follow_the_plan_and_the_buffers(kernel_path, rng):
+    # The same out buffers call after call while the plan, the inputs and the
+    # buffers themselves change: every answer is still the NumPy oracle's,
+    # every bad call still the validating path's error.
+    T, K, E, H = 24, 4, 16, 40
+    ids = random_ids(rng, T, K, E)
+    hidden = rng.standard_normal((T, H)).astype(np.float32)
+    w = rng.random((T, K)).astype(np.float32)
+    p = mr.plan(ids, E)
+    x = np.empty((p.num_rows, H), np.float32)
+    y = np.empty((T, H), np.float32)
+    for _ in range(3):  # warm
+        assert mr.permute(hidden, p, x) is x and mr.combine(x, p, w, y) is y
+    want = numpy_plan(ids, E)
+    same_bits(x, numpy_permute(hidden, want))
+    same_bits(y, numpy_combine(x, want["slot_of"], w))
+    # A new plan in the same object (same sizes): the new order.
+    ids2 = random_ids(rng, T, K, E)
+    mr.plan_into(ids2, E, p)
+    want2 = numpy_plan(ids2, E)
+    mr.permute(hidden, p, x, scale_by=w)
+    same_bits(x, numpy_permute(hidden, want2, w))
+    mr.combine(x, p, None, y)
+    same_bits(y, numpy_combine(x, want2["slot_of"], None))
+    # The plan shrinks (fewer tokens): the old buffers no longer fit.
+    mr.plan_into(ids2[: T // 2], E, p)
+    with pytest.raises(ValueError, match=r"out must have shape \(48, 40\)"):
+        mr.permute(hidden[: T // 2], p, x)
+    with pytest.raises(ValueError, match="expert_out must have shape"):
+        mr.combine(x, p, w[: T // 2], y[: T // 2])
+    with pytest.raises(ValueError, match="num_tokens=12"):
+        mr.permute(hidden, p, x[: p.num_rows])
+    mr.plan_into(ids2, E, p)
+    # A buffer reshaped in place, made read-only, or overlapping an input.
+    x.shape = (p.num_rows * 2, H // 2)
+    with pytest.raises(ValueError, match="out must have shape"):
+        mr.permute(hidden, p, x)
+    x.shape = (p.num_rows, H)
+    y.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        mr.combine(x, p, w, y)
+    y.flags.writeable = True
+    with pytest.raises(ValueError, match="out must not overlap"):
+        mr.combine(x, p, w, x[:T])
+    with pytest.raises(ValueError, match="out must not overlap"):
+        mr.permute(x[: p.num_tokens], p, x)
+    # Another dtype, the weights' shape, the thread count.
+    with pytest.raises(TypeError, match="out must have dtype float64"):
+        mr.permute(hidden.astype(np.float64), p, x)
+    with pytest.raises(ValueError, match="expert_weights must have the plan's shape"):
+        mr.combine(x, p, w[:, :2].copy(), y)
+    with pytest.raises(ValueError, match="num_threads"):
+        mr.combine(x, p, w, y, num_threads=0)
+    with pytest.raises(TypeError, match="num_threads"):
+        mr.permute(hidden, p, x, num_threads=1.0)
+    # And the buffers still give the oracle's answer after all that.
+    mr.permute(hidden, p, x)
+    mr.combine(x, p, w, y)
+    same_bits(x, numpy_permute(hidden, want2))
+    same_bits(y, numpy_combine(x, want2["slot_of"], w))
+
+
+def test_warm_calls_with_views_other_shapes_and_weights(kernel_path, rng):
+    # Leading batch shapes, float64 weights, [T, K] weights for a 3-D plan,
+    # out as [T, H] or [..., H], non-contiguous inputs (converted by the
+    # validating path), identity experts: each against the oracle.
+    ids = random_ids(rng, 30, 3, 12).reshape(5, 6, 3)
+    hidden = rng.standard_normal((5, 6, 20)).astype(np.float64)
+    w = rng.random((5, 6, 3))
+    p = mr.plan(ids, 12, identity_expert_start=10)
+    want = numpy_plan(ids, 12, identity=10)
+    x = np.empty((p.num_rows, 20))
+    mr.permute(hidden, p, x, scale_by=w.reshape(30, 3))
+    same_bits(x, numpy_permute(hidden, want, w))
+    for out in (np.empty((5, 6, 20)), np.empty((30, 20))):
+        got = mr.combine(x, p, w, out, hidden_states=hidden)
+        assert got is out
+        same_bits(out.reshape(30, 20), numpy_combine(x, want["slot_of"], w, hidden))
+    with pytest.raises(ValueError, match="needs hidden_states="):
+        mr.combine(x, p, w, np.empty((30, 20)))
+    strided = np.asfortranarray(hidden.reshape(30, 20))
+    same_bits(mr.permute(strided, p), numpy_permute(hidden, want))
+    y = mr.combine(np.asfortranarray(x), p, np.asfortranarray(w), hidden_states=hidden)
+    same_bits(y.reshape(30, 20), numpy_combine(x, want["slot_of"], w, hidden))
+
+
+def test_warm_torch_out_buffers(kernel_path, rng):
+    # Tensors in and out= tensors, read through the DLPack table: resized,
+    # strided or grad-requiring buffers fall back to the explained errors.
+    torch = pytest.importorskip("torch")
+    T, K, E, H = 20, 4, 16, 32
+    ids = random_ids(rng, T, K, E, np.int64)
+    p = mr.plan(torch.from_numpy(ids), E)
+    want = numpy_plan(ids, E)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        hidden = torch.randn(T, H).to(dtype)
+        w = torch.rand(T, K)
+        x = torch.empty(p.num_rows, H, dtype=dtype)
+        y = torch.empty(T, H, dtype=dtype)
+        for _ in range(2):
+            assert mr.permute(hidden, p, x) is x and mr.combine(x, p, w, y) is y
+        h_np = hidden.float().numpy()
+        np.testing.assert_array_equal(x.float().numpy(), numpy_permute(h_np, want))
+        x32 = x.float().numpy().astype(np.float32)
+        ref = numpy_combine(x32, want["slot_of"], w.numpy())
+        # float32: the oracle's bits; 16-bit rows: one rounding of the float32 sum.
+        exact = torch.from_numpy(ref).to(dtype).float().numpy()
+        np.testing.assert_array_equal(y.float().numpy(), exact)
+    y.resize_(T + 1, H)
+    with pytest.raises(ValueError, match="out must have shape"):
+        mr.combine(x, p, w, y)
+    y.resize_(T, H)
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        mr.permute(hidden, p, torch.empty(H, p.num_rows, dtype=dtype).t())
+    with pytest.raises(TypeError, match="expert_out requires grad"):
+        mr.combine(x.float().requires_grad_(), p, w, y.float())
+    with pytest.raises(TypeError, match="out must have dtype float16"):
+        mr.combine(x, p, w, torch.empty(T, H))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_scatter_shares_with_padding_and_dropped_slots(kernel_path, threads, rng):
+    # permute scatters each token's row to its slots' rows in shares of
+    # tokens, and zeroes padding rows in shares of rows: padding, dropped
+    # and other ranks' slots on several threads against the NumPy oracle.
+    T, K, E, H = 300, 4, 16, 32
+    ids = random_ids(rng, T, K, E)
+    hidden = rng.standard_normal((T, H)).astype(np.float32)
+    w = rng.random((T, K)).astype(np.float32)
+    m = np.where(np.arange(E) % 3 == 0, -1, np.cumsum(np.arange(E) % 3 != 0) - 1)
+    kernel = _dispatch.kernel
+    old = kernel.set_dispatch_parallel_min_bytes(1)
+    try:
+        for options in ({"block_size": 8}, {"capacity": 40}, {"expert_map": m, "block_size": 4}):
+            p = mr.plan(ids, E, **options)
+            get = options.get
+            want = numpy_plan(ids, E, get("block_size"), get("capacity"), get("expert_map"))
+            out = np.full((p.num_rows, H), np.nan, np.float32)  # every row must be written
+            mr.permute(hidden, p, out, num_threads=threads)
+            same_bits(out, numpy_permute(hidden, want))
+            same_bits(
+                mr.permute(hidden, p, scale_by=w, num_threads=threads),
+                numpy_permute(hidden, want, w),
+            )
+    finally:
+        kernel.set_dispatch_parallel_min_bytes(old)

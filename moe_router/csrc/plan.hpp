@@ -94,8 +94,9 @@ static MR_HOT void mr_store(float a, mr_f16 *p)
     p->bits = (uint16_t)(h | sign);
 }
 
-/* Columns summed at a time by combine: an accumulator row in L1. */
-enum { MR_COMBINE_COLS = 256 };
+/* Columns summed at a time by combine: an accumulator row in L1 (8 KiB of
+ * float32, 16 KiB of float64). */
+enum { MR_COMBINE_COLS = 2048 };
 
 /* A row copy that bypasses the cache (non-temporal stores): for outputs
  * far larger than the cache, it saves the read of each destination line
@@ -129,32 +130,38 @@ static inline void mr_copy_stream(void *dst, const void *src, size_t n, const vo
 #endif
 }
 
-/* permute, rows [r0, r1): out[r] = hidden[tok[r]] (times w[slot[r]] when w),
- * zeros for padding rows (tok[r] == n_tokens).  stream: plain copies with
- * non-temporal stores (mr_copy_stream's conditions hold). */
+/* permute as a scatter, tokens [t0, t1): each token's row is read once
+ * and written to the row of each of its slots, out[slot_of[t * K + k]]
+ * (times w[t * K + k] when w); slots without a row (< 0: dropped, another
+ * rank's, identity) and rows outside [0, n_rows) are skipped.  Reading
+ * each hidden row once rather than once per slot (a gather by
+ * sorted_token_ids) divides the read traffic by top_k when hidden does not
+ * fit the cache.  stream: plain copies with non-temporal stores
+ * (mr_copy_stream's conditions hold). */
 template <class T, class A, class W>
-static void mr_permute_t(const T *hidden, int64_t H, int64_t n_tokens, const int64_t *tok,
-                         const int64_t *slot, const W *w, int64_t r0, int64_t r1, T *out, int stream)
+static void mr_permute_t(const T *hidden, int64_t H, const int64_t *slot_of, int64_t K, const W *w,
+                         int64_t n_rows, int64_t t0, int64_t t1, T *out, int stream)
 {
-    for (int64_t r = r0; r < r1; r++) {
-        T *dst = out + r * H;
-        int64_t t = tok[r];
-        if (t >= n_tokens) {
-            memset((void *)dst, 0, (size_t)H * sizeof(T));
-            continue;
-        }
+    for (int64_t t = t0; t < t1; t++) {
         const T *src = hidden + t * H;
-        if (w == nullptr) {
-            if (stream) {
-                const T *next = r + 1 < r1 && tok[r + 1] < n_tokens ? hidden + tok[r + 1] * H : nullptr;
-                mr_copy_stream((void *)dst, (const void *)src, (size_t)H * sizeof(T), (const void *)next);
-            } else
-                memcpy((void *)dst, (const void *)src, (size_t)H * sizeof(T));
-            continue;
+        for (int64_t k = 0; k < K; k++) {
+            int64_t r = slot_of[t * K + k];
+            if ((uint64_t)r >= (uint64_t)n_rows)
+                continue;
+            T *dst = out + r * H;
+            if (w == nullptr) {
+                if (stream) {
+                    /* The next token's row is fetched during the first copy. */
+                    const T *next = k == 0 && t + 1 < t1 ? src + H : nullptr;
+                    mr_copy_stream((void *)dst, (const void *)src, (size_t)H * sizeof(T), (const void *)next);
+                } else
+                    memcpy((void *)dst, (const void *)src, (size_t)H * sizeof(T));
+                continue;
+            }
+            A wk = (A)w[t * K + k];
+            for (int64_t j = 0; j < H; j++)
+                mr_store(wk * mr_load<A>(src[j]), dst + j);
         }
-        A wk = (A)w[slot[r]];
-        for (int64_t j = 0; j < H; j++)
-            mr_store(wk * mr_load<A>(src[j]), dst + j);
     }
 #if MR_HAVE_SSE2
     if (stream)
@@ -163,7 +170,12 @@ static void mr_permute_t(const T *hidden, int64_t H, int64_t n_tokens, const int
 }
 
 /* combine, tokens [t0, t1): out[t] = sum over k of w[t, k] * (the slot's
- * expert_out row, or hidden[t] for an identity slot), in k order, in A. */
+ * expert_out row, or hidden[t] for an identity slot), in k order, in A,
+ * from +0 (a sum of -0 alone is +0, as a loop from zeros gives).  The first
+ * term is written straight into the accumulator and the last straight into
+ * out (the same operations, one pass fewer over the accumulator each), and
+ * whole rows of up to MR_COMBINE_COLS are summed at a time: one source row
+ * streams at a time, which the hardware prefetcher follows. */
 template <class T, class A, class W>
 static void mr_combine_t(const T *expert_out, const int64_t *slot_of, int64_t K, const W *w, const T *hidden,
                          int64_t H, int64_t t0, int64_t t1, T *out)
@@ -171,11 +183,21 @@ static void mr_combine_t(const T *expert_out, const int64_t *slot_of, int64_t K,
     A acc[MR_COMBINE_COLS];
     for (int64_t t = t0; t < t1; t++) {
         const int64_t *so = slot_of + t * K;
+        int64_t k_last = -1; /* the last slot that contributes */
+        for (int64_t k = 0; k < K; k++) {
+            if (so[k] >= 0 || (so[k] == -2 && hidden != nullptr))
+                k_last = k;
+        }
         for (int64_t c0 = 0; c0 < H; c0 += MR_COMBINE_COLS) {
             int64_t nc = H - c0 < MR_COMBINE_COLS ? H - c0 : MR_COMBINE_COLS;
-            for (int64_t j = 0; j < nc; j++)
-                acc[j] = 0;
-            for (int64_t k = 0; k < K; k++) {
+            T *dst = out + t * H + c0;
+            if (k_last < 0) {
+                for (int64_t j = 0; j < nc; j++)
+                    mr_store((A)0, dst + j);
+                continue;
+            }
+            bool first = true;
+            for (int64_t k = 0; k <= k_last; k++) {
                 int64_t s = so[k];
                 const T *src;
                 if (s >= 0)
@@ -185,12 +207,21 @@ static void mr_combine_t(const T *expert_out, const int64_t *slot_of, int64_t K,
                 else
                     continue;
                 A wk = w != nullptr ? (A)w[t * K + k] : (A)1;
-                for (int64_t j = 0; j < nc; j++)
-                    acc[j] = acc[j] + wk * mr_load<A>(src[j]);
+                if (k == k_last && first) {
+                    for (int64_t j = 0; j < nc; j++)
+                        mr_store((A)0 + wk * mr_load<A>(src[j]), dst + j);
+                } else if (k == k_last) {
+                    for (int64_t j = 0; j < nc; j++)
+                        mr_store(acc[j] + wk * mr_load<A>(src[j]), dst + j);
+                } else if (first) {
+                    for (int64_t j = 0; j < nc; j++)
+                        acc[j] = (A)0 + wk * mr_load<A>(src[j]);
+                } else {
+                    for (int64_t j = 0; j < nc; j++)
+                        acc[j] = acc[j] + wk * mr_load<A>(src[j]);
+                }
+                first = false;
             }
-            T *dst = out + t * H + c0;
-            for (int64_t j = 0; j < nc; j++)
-                mr_store(acc[j], dst + j);
         }
     }
 }
@@ -207,10 +238,10 @@ enum { MR_DT_F32 = 0, MR_DT_F64 = 1, MR_DT_F16 = 2, MR_DT_BF16 = 3 };
     }
 
 template <class W>
-static void mr_permute_w(int dtype, const void *hidden, int64_t H, int64_t n_tokens, const int64_t *tok,
-                         const int64_t *slot, const W *w, int64_t r0, int64_t r1, void *out, int stream)
+static void mr_permute_w(int dtype, const void *hidden, int64_t H, const int64_t *slot_of, int64_t K,
+                         const W *w, int64_t n_rows, int64_t t0, int64_t t1, void *out, int stream)
 {
-#define MR_ARGS(T) ((const T *)hidden, H, n_tokens, tok, slot, w, r0, r1, (T *)out, stream)
+#define MR_ARGS(T) ((const T *)hidden, H, slot_of, K, w, n_rows, t0, t1, (T *)out, stream)
     MR_ROW_DISPATCH(mr_permute_t, MR_ARGS, W)
 #undef MR_ARGS
 }
@@ -227,16 +258,27 @@ static void mr_combine_w(int dtype, const void *expert_out, const int64_t *slot_
 
 /* The entry points: w is float32 (w64 == 0), float64 or NULL.  permute
  * streams (stream != 0) only plain copies with 16-byte aligned rows. */
-static void mr_permute_rows(int dtype, const void *hidden, int64_t H, int64_t n_tokens, const int64_t *tok,
-                            const int64_t *slot, const void *w, int w64, int64_t r0, int64_t r1, void *out,
+static void mr_permute_rows(int dtype, const void *hidden, int64_t H, const int64_t *slot_of, int64_t K,
+                            const void *w, int w64, int64_t n_rows, int64_t t0, int64_t t1, void *out,
                             int stream)
 {
     size_t row_bytes = (size_t)H * (dtype == MR_DT_F64 ? 8 : dtype == MR_DT_F32 ? 4 : 2);
     stream = stream && w == nullptr && row_bytes % 16 == 0 && (uintptr_t)out % 16 == 0;
     if (w64)
-        mr_permute_w(dtype, hidden, H, n_tokens, tok, slot, (const double *)w, r0, r1, out, stream);
+        mr_permute_w(dtype, hidden, H, slot_of, K, (const double *)w, n_rows, t0, t1, out, stream);
     else
-        mr_permute_w(dtype, hidden, H, n_tokens, tok, slot, (const float *)w, r0, r1, out, stream);
+        mr_permute_w(dtype, hidden, H, slot_of, K, (const float *)w, n_rows, t0, t1, out, stream);
+}
+
+/* permute's padding rows among [r0, r1) (block_size: tok[r] == n_tokens)
+ * as zeros; the scatter writes every other row. */
+static void mr_permute_pad(size_t row_bytes, int64_t n_tokens, const int64_t *tok, int64_t r0, int64_t r1,
+                           void *out)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        if (tok[r] >= n_tokens)
+            memset((char *)out + (size_t)r * row_bytes, 0, row_bytes);
+    }
 }
 
 static void mr_combine_rows(int dtype, const void *expert_out, const int64_t *slot_of, int64_t K,
@@ -285,13 +327,14 @@ static int64_t mr_plan(const I *ids, int64_t T, int64_t K, int64_t E, int64_t S,
     stats[MR_ST_TOKENS] = 0; /* a plan that failed has no tokens */
     for (int64_t e = 0; e < L; e++)
         counts[e] = 0;
-    if (expert_map == nullptr && S == E && capacity < 0) {
-        /* The plain case: every id is a routed local expert. */
+    const bool plain = expert_map == nullptr && S == E && capacity < 0;
+    if (plain) {
+        /* The plain case: every id is a routed local expert (pass 2 reads
+         * the ids again rather than a copy in slot_of: one store less). */
         for (int64_t i = 0; i < n; i++) {
             int64_t v = (int64_t)ids[i];
             if ((uint64_t)v >= (uint64_t)E) /* negative ids wrap to large values */
                 return i;
-            slot_of[i] = v;
             counts[v]++;
         }
     } else {
@@ -353,7 +396,17 @@ static int64_t mr_plan(const I *ids, int64_t T, int64_t K, int64_t E, int64_t S,
     }
     offsets[L] = rows;
     /* Pass 2, token order: scatter, stable (token then k within an expert). */
-    for (int64_t t = 0; t < T; t++) {
+    if (plain) {
+        for (int64_t t = 0; t < T; t++) {
+            for (int64_t k = 0; k < K; k++) {
+                int64_t i = t * K + k, p = cursor[(int64_t)ids[i]]++;
+                tok[p] = t;
+                slot[p] = i;
+                slot_of[i] = p;
+            }
+        }
+    }
+    for (int64_t t = 0; !plain && t < T; t++) {
         for (int64_t k = 0; k < K; k++) {
             int64_t i = t * K + k, e = slot_of[i];
             if (e >= 0) {
