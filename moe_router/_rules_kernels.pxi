@@ -30,6 +30,18 @@ cdef extern from "csrc/rules.hpp" nogil:
     void mr_picked_sqrtsoftplus[T](const T* z, const Py_ssize_t* idx, int k, T* out)
     T mr_sparsemixer_sum[T](const T* z, Py_ssize_t n, T m, T thr, Py_ssize_t skip)
 
+cdef extern from "csrc/rules_small.hpp" nogil:
+    enum: MR_SMALL_NONE
+    ctypedef struct MrSmallRule:
+        int kind
+        int k
+        int norm
+        double p_norm, norm_min, eps, scale, thr
+    int mr_small_kind(Py_ssize_t n, Py_ssize_t k, int softmax, int sparsemixer, double cap,
+                      double eps, int has_bias, int has_table)
+    int mr_small_rows[T, I, W](const T* z, Py_ssize_t n, int rows, const MrSmallRule* rule,
+                               I* ids, W* w)
+
 from libc.math cimport pow as c_pow, sqrt
 
 # Scoring rules (the `score` argument of route_rows_rules).
@@ -290,6 +302,37 @@ cdef int _rules_weights(const floating* z, const RulesCtx* cx, floating* scratch
     return ROW_WEIGHT_OVERFLOW if overflow else ROW_OK
 
 
+cdef Py_ssize_t _rules_small_pair(const floating* logits, id_t* ids_out, weight_t* w_out,
+                                  const RulesCtx* cx, const MrSmallRule* small, Py_ssize_t p,
+                                  floating* scratch) noexcept nogil:
+    # Rows 2p and 2p + 1 (or the last one alone) on rules_small.hpp's path;
+    # a row it leaves (a non-finite value, a tie) takes _rules_row.
+    cdef Py_ssize_t r0 = 2 * p, n = cx.n, k = cx.k, r, n_bad = 0
+    cdef int rows = 2 if r0 + 1 < cx.n_rows else 1
+    cdef int st = mr_small_rows(logits + r0 * n, n, rows, small, ids_out + r0 * k, w_out + r0 * k)
+    for r in range(rows):
+        if st >> r & 1:
+            n_bad += _rules_row(logits + (r0 + r) * n, cx, scratch, NULL, ids_out + (r0 + r) * k,
+                                w_out + (r0 + r) * k) != ROW_OK
+        elif st >> (rows + r) & 1:
+            n_bad += 1  # ROW_WEIGHT_OVERFLOW
+    return n_bad
+
+
+cdef Py_ssize_t _rules_rows_small(const floating* logits, id_t* ids_out, weight_t* w_out,
+                                  const RulesCtx* cx, const MrSmallRule* small) noexcept nogil:
+    cdef Py_ssize_t p, n_bad = 0, n_pairs = (cx.n_rows + 1) // 2
+    cdef floating* scratch = <floating*>cx.scratch
+    if cx.num_threads > 1:
+        for p in prange(n_pairs, num_threads=cx.num_threads, schedule='static'):
+            n_bad += _rules_small_pair(logits, ids_out, w_out, cx, small, p,
+                                       scratch + threadid() * cx.scratch_per_thread)
+    else:
+        for p in range(n_pairs):
+            n_bad += _rules_small_pair(logits, ids_out, w_out, cx, small, p, scratch)
+    return n_bad
+
+
 cdef Py_ssize_t _rules_rows(const floating* logits, id_t* ids_out, weight_t* w_out,
                             const RulesCtx* cx) noexcept nogil:
     """Route every row; returns the number of rows that could not be routed."""
@@ -297,6 +340,20 @@ cdef Py_ssize_t _rules_rows(const floating* logits, id_t* ids_out, weight_t* w_o
     cdef floating* scratch = <floating*>cx.scratch
     cdef Py_ssize_t per_thread = cx.scratch_per_thread
     cdef const int64_t* table = cx.table
+    cdef MrSmallRule small
+    # Rows of up to 16 experts under the plain softmax rules or sparsemixer:
+    # rules_small.hpp's register path, the same bits (a shape's property).
+    small.kind = mr_small_kind(n, k, cx.score == SCORE_SOFTMAX, cx.score == SCORE_SPARSEMIXER,
+                               cx.cap, cx.eps, cx.bias != NULL, table != NULL)
+    if small.kind != MR_SMALL_NONE:
+        small.k = <int>k
+        small.norm = cx.norm
+        small.p_norm = cx.p_norm
+        small.norm_min = cx.norm_min
+        small.eps = cx.eps
+        small.scale = cx.scale
+        small.thr = cx.thr
+        return _rules_rows_small(logits, ids_out, w_out, cx, &small)
     if cx.num_threads > 1:
         for r in prange(cx.n_rows, num_threads=cx.num_threads, schedule='static'):
             n_bad += _rules_row(logits + r * n, cx, scratch + threadid() * per_thread,
