@@ -35,6 +35,18 @@ cdef extern from "csrc/rules.hpp" nogil:
                                      T bias_max, int k, T* c, T* s, Py_ssize_t* idx, int* ok)
     int mr_rule_approx_scores[T](const T* x, Py_ssize_t n, int sqrtsp, T cap, T* out)
 
+cdef extern from "csrc/rules_small.hpp" nogil:
+    enum: MR_SMALL_NONE
+    ctypedef struct MrSmallRule:
+        int kind
+        int k
+        int norm
+        double p_norm, norm_min, eps, scale, thr
+    int mr_small_kind(Py_ssize_t n, Py_ssize_t k, int softmax, int sparsemixer, double cap,
+                      double eps, int has_bias, int has_table)
+    int mr_small_rows[T, I, W](const T* z, Py_ssize_t n, int rows, const MrSmallRule* rule,
+                               I* ids, W* w)
+
 from libc.math cimport pow as c_pow, sqrt
 
 # Scoring rules (the `score` argument of route_rows_rules).
@@ -389,6 +401,37 @@ cdef Py_ssize_t _rules_pair(const floating* z, const RulesCtx* cx, floating* scr
     return n_bad
 
 
+cdef Py_ssize_t _rules_small_pair(const floating* logits, id_t* ids_out, weight_t* w_out,
+                                  const RulesCtx* cx, const MrSmallRule* small, Py_ssize_t p,
+                                  floating* scratch) noexcept nogil:
+    # Rows 2p and 2p + 1 (or the last one alone) on rules_small.hpp's path;
+    # a row it leaves (a non-finite value, a tie) takes _rules_row.
+    cdef Py_ssize_t r0 = 2 * p, n = cx.n, k = cx.k, r, n_bad = 0
+    cdef int rows = 2 if r0 + 1 < cx.n_rows else 1
+    cdef int st = mr_small_rows(logits + r0 * n, n, rows, small, ids_out + r0 * k, w_out + r0 * k)
+    for r in range(rows):
+        if st >> r & 1:
+            n_bad += _rules_row(logits + (r0 + r) * n, cx, scratch, NULL, ids_out + (r0 + r) * k,
+                                w_out + (r0 + r) * k) != ROW_OK
+        elif st >> (rows + r) & 1:
+            n_bad += 1  # ROW_WEIGHT_OVERFLOW
+    return n_bad
+
+
+cdef Py_ssize_t _rules_rows_small(const floating* logits, id_t* ids_out, weight_t* w_out,
+                                  const RulesCtx* cx, const MrSmallRule* small) noexcept nogil:
+    cdef Py_ssize_t p, n_bad = 0, n_pairs = (cx.n_rows + 1) // 2
+    cdef floating* scratch = <floating*>cx.scratch
+    if cx.num_threads > 1:
+        for p in prange(n_pairs, num_threads=cx.num_threads, schedule='static'):
+            n_bad += _rules_small_pair(logits, ids_out, w_out, cx, small, p,
+                                       scratch + threadid() * cx.scratch_per_thread)
+    else:
+        for p in range(n_pairs):
+            n_bad += _rules_small_pair(logits, ids_out, w_out, cx, small, p, scratch)
+    return n_bad
+
+
 cdef Py_ssize_t _rules_rows(const floating* logits, id_t* ids_out, weight_t* w_out,
                             const RulesCtx* cx) noexcept nogil:
     """Route every row; returns the number of rows that could not be routed."""
@@ -401,6 +444,20 @@ cdef Py_ssize_t _rules_rows(const floating* logits, id_t* ids_out, weight_t* w_o
     cdef bint pairs = (floating is float and cx.bias != NULL and table == NULL and n % 16 == 0
                        and k <= MR_BLOCK
                        and (cx.score == SCORE_SIGMOID or cx.score == SCORE_SQRTSOFTPLUS))
+    cdef MrSmallRule small
+    # Rows of up to 16 experts under the plain softmax rules or sparsemixer:
+    # rules_small.hpp's register path, the same bits (a shape's property).
+    small.kind = mr_small_kind(n, k, cx.score == SCORE_SOFTMAX, cx.score == SCORE_SPARSEMIXER,
+                               cx.cap, cx.eps, cx.bias != NULL, table != NULL)
+    if small.kind != MR_SMALL_NONE:
+        small.k = <int>k
+        small.norm = cx.norm
+        small.p_norm = cx.p_norm
+        small.norm_min = cx.norm_min
+        small.eps = cx.eps
+        small.scale = cx.scale
+        small.thr = cx.thr
+        return _rules_rows_small(logits, ids_out, w_out, cx, &small)
     if cx.num_threads > 1:
         if pairs:
             for q in prange(cx.n_rows // 2, num_threads=cx.num_threads, schedule='static'):

@@ -315,3 +315,83 @@ def test_extreme_logits_stay_finite(any_path):
         assert np.isfinite(out.expert_weights).all() and (out.expert_weights >= 0).all()
         oid, ow = ref.route_reference(z, 4, **opts)
         np.testing.assert_allclose(out.expert_weights, ow, rtol=2e-6, atol=1e-7)
+
+
+# The small-row path (csrc/rules_small.hpp): rows of up to 16 experts under
+# the softmax rules without a bias or a cap (k <= 8) and sparsemixer, two
+# rows at a time; rows with a non-finite value or a tie among the picked
+# values go to the general path.  Shapes at and around its bounds.
+SMALL_RULES = {
+    "dbrx_p1": (dict(moe_normalize_expert_weights=1.0), True),
+    "dbrx_p2": (dict(moe_normalize_expert_weights=2.0, routed_scaling_factor=2.5), True),
+    "p_half": (dict(moe_normalize_expert_weights=0.5), True),
+    "p_inf": (dict(moe_normalize_expert_weights=float("inf")), True),
+    "norm_min": (dict(moe_norm_min=0.9), True),
+    "sparsemixer": (dict(scoring_func="sparsemixer", router_jitter_noise=0.05), False),
+}
+
+
+def _small_rows(rng, n, dtype):
+    """Random rows, rounded rows (ties), a tie at the max, equal rows, extremes."""
+    z = rng.standard_normal((9, n)) * 3
+    z[5:7] = np.round(z[5:7])
+    z[7] = z[7, 0]  # every logit equal
+    if n > 1:
+        z[8, 1] = z[8].max() + 1.0
+        z[8, n - 1] = z[8, 1]  # the max twice
+    return z.astype(dtype)
+
+
+@pytest.mark.parametrize("n", [2, 7, 8, 15, 16, 17])
+@pytest.mark.parametrize("rule", sorted(SMALL_RULES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_rows_match_reference(any_path, n, rule, dtype):
+    opts, norm = SMALL_RULES[rule]
+    rng = np.random.default_rng(n * 100 + len(rule))
+    z = _small_rows(rng, n, dtype)
+    sparsemixer = opts.get("scoring_func") == "sparsemixer"
+    for k in [2] if sparsemixer else sorted({1, min(n, 4), min(n, 8), min(n, 9)}):
+        out = mr.Router(n, k, norm, **opts)(z)
+        if sparsemixer:  # (no logit of these seeded rows is near a mask's threshold)
+            oid, ow = ref.route_reference(z, k, norm, **opts)
+            np.testing.assert_array_equal(out.expert_ids, oid)
+            np.testing.assert_allclose(out.expert_weights, ow, rtol=2e-6, atol=1e-7)
+        else:
+            assert_like_reference(z, out, k, norm, opts)
+        # one row at a time (the single-row step) gives the batch's bits
+        for r in (0, 5, len(z) - 1):
+            one = mr.Router(n, k, norm, **opts)(z[r : r + 1])
+            np.testing.assert_array_equal(one.expert_ids[0], out.expert_ids[r])
+            assert one.expert_weights[0].tobytes() == out.expert_weights[r].tobytes()
+
+
+@pytest.mark.parametrize("rule", sorted(SMALL_RULES))
+def test_small_rows_non_finite(any_path, rule):
+    # +-inf rows take the general path (the reference's handling); a NaN
+    # row is named; the finite rows around them stay on the small path
+    opts, norm = SMALL_RULES[rule]
+    z = np.random.default_rng(5).standard_normal((5, 16)).astype(np.float32)
+    z[1, [3, 9]] = np.inf
+    z[2, [0, 4, 5]] = -np.inf
+    z[3, 7] = -np.inf
+    out = mr.Router(16, 2, norm, **opts)(z)
+    oid, ow = ref.route_reference(z, 2, norm, **opts)
+    np.testing.assert_array_equal(out.expert_ids, oid)
+    np.testing.assert_allclose(out.expert_weights, ow, rtol=2e-6, atol=1e-7)
+    z[3, 11] = np.nan
+    with pytest.raises(ValueError, match="row 3 contains NaN"):
+        mr.Router(16, 2, norm, **opts)(z)
+
+
+@pytest.mark.parametrize("rule", sorted(SMALL_RULES))
+def test_small_rows_thread_counts_give_the_same_bits(kernel_path, rule):
+    opts, norm = SMALL_RULES[rule]
+    k = 2 if opts.get("scoring_func") == "sparsemixer" else 4
+    z = np.random.default_rng(17).standard_normal((301, 16)).astype(np.float32)
+    z[::7] = np.round(z[::7])  # ties: rows of the general path among the pairs
+    one = mr.route(z, k, norm, num_threads=1, **opts)
+    two = mr.route(z, k, norm, num_threads=2, **opts)
+    np.testing.assert_array_equal(one.expert_ids, two.expert_ids)
+    assert one.expert_weights.tobytes() == two.expert_weights.tobytes()
+    if k == 4:
+        assert_like_reference(z, one, k, norm, opts)
