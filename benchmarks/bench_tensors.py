@@ -11,7 +11,9 @@ At 128 experts, top-8, one thread: `Router.__call__` on
   - a torch tensor against a NumPy array of the same data (batch 1: the
     per-call cost of taking tensors in and giving tensors out).
 Every round times each contender once, in turn (moe_router._bench.interleaved);
-the ratios are taken from the medians over rounds.
+the ratios are taken from the medians over rounds.  Each contender has a
+Router of its own, as a loop has: one Router fed NumPy arrays and torch
+tensors in turn would remake its output views at every switch.
 """
 
 import argparse
@@ -45,27 +47,30 @@ def main():
     except ImportError:
         ml_dtypes = None
     rng = np.random.default_rng(0)
-    router = mr.Router(128, 8, num_threads=1)
+
+    def router():
+        return mr.Router(128, 8, num_threads=1)
+
     for batch in (1, 256):
         z = rng.standard_normal((batch, 128)).astype(np.float32)
         c = {}
         if ml_dtypes is not None:
             bf = z.astype(ml_dtypes.bfloat16)
             bf_as_f32 = bf.astype(np.float32)
-            c["float32 (the bfloat16 values)"] = lambda a=bf_as_f32: router(a)
-            c["bfloat16 ndarray (ml_dtypes)"] = lambda a=bf: router(a)
+            c["float32 (the bfloat16 values)"] = lambda a=bf_as_f32, r=router(): r(a)
+            c["bfloat16 ndarray (ml_dtypes)"] = lambda a=bf, r=router(): r(a)
         f16 = z.astype(np.float16)
         f16_as_f32 = f16.astype(np.float32)
-        c["float32 (the float16 values)"] = lambda a=f16_as_f32: router(a)
-        c["float16 ndarray"] = lambda a=f16: router(a)
-        c["float16 -> float32 copy per call"] = lambda a=f16: router(a.astype(np.float32))
+        c["float32 (the float16 values)"] = lambda a=f16_as_f32, r=router(): r(a)
+        c["float16 ndarray"] = lambda a=f16, r=router(): r(a)
+        c["float16 -> float32 copy per call"] = lambda a=f16, r=router(): r(a.astype(np.float32))
         if torch is not None:
             t32 = torch.from_numpy(z.copy())
             tbf = t32.to(torch.bfloat16)
-            c["float32 ndarray"] = lambda a=z: router(a)
-            c["torch float32 tensor"] = lambda t=t32: router(t)
-            c["torch bfloat16 tensor"] = lambda t=tbf: router(t)
-            c["torch bfloat16 -> .float().numpy() per call"] = lambda t=tbf: router(
+            c["float32 ndarray"] = lambda a=z, r=router(): r(a)
+            c["torch float32 tensor"] = lambda t=t32, r=router(): r(t)
+            c["torch bfloat16 tensor"] = lambda t=tbf, r=router(): r(t)
+            c["torch bfloat16 -> .float().numpy() per call"] = lambda t=tbf, r=router(): r(
                 t.float().numpy()
             )
             c["PyTorch softmax+topk on the bfloat16 tensor"] = lambda t=tbf: torch_route(

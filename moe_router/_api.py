@@ -1221,8 +1221,8 @@ class Router:
             and out._top_k == self.top_k
         ):
             # A tensor of the type the views were made for: the plain
-            # settings as constants, its shape compared in the kernel.
-            rc = _dispatch.kernel.route_rows(
+            # router's entry point, its shape compared in the kernel.
+            rc = _dispatch.kernel.route_rows_foreign(
                 logits,
                 self.top_k,
                 v.norm_topk_prob,
@@ -1230,12 +1230,6 @@ class Router:
                 out._weights,
                 self._threads,
                 self.num_experts,
-                False,
-                1,
-                1,
-                1.0,
-                None,
-                False,
                 out._foreign_shape,
             )
             if rc == 0:

@@ -23,6 +23,16 @@ def sigmoid_topk_rows(
     topk_group: int,
     bias: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]: ...
+def route_rows_foreign(
+    logits: object,
+    top_k: int,
+    norm_topk_prob: bool,
+    expert_ids: npt.NDArray[np.integer[Any]],
+    expert_weights: npt.NDArray[np.floating[Any]],
+    num_threads: int,
+    num_experts: int,
+    views_shape: object,
+) -> int: ...
 def route_rows(
     logits: object,
     top_k: int,

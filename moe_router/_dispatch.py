@@ -127,6 +127,9 @@ class KernelByDtype:
         kernel = self.kernel_f64 if getattr(logits, "dtype", None) is self._f64 else self.kernel_f32
         return kernel.route_rows(logits, *args)
 
+    def route_rows_foreign(self, logits, *args):  # (tensors: the float32 module, as route_rows)
+        return self.kernel_f32.route_rows_foreign(logits, *args)
+
     def route_rows_rules(self, logits, *args):
         kernel = self.kernel_f64 if getattr(logits, "dtype", None) is self._f64 else self.kernel_f32
         return kernel.route_rows_rules(logits, *args)

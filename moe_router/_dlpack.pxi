@@ -95,14 +95,23 @@ cdef extern from *:
      * raised (the error cleared: the caller takes its slow path). */
     static int mr_descr_truth(PyObject *descr, PyObject *obj)
     {
-        descrgetfunc get = Py_TYPE(descr)->tp_descr_get;
-        PyObject *r = get ? get(descr, obj, (PyObject *)Py_TYPE(obj)) : NULL;
+        PyObject *r;
         int truth;
+        if (Py_IS_TYPE(descr, &PyGetSetDescr_Type)) {
+            /* A C getter (torch's): called as getset_get would, once obj
+             * is known to be an instance of the descriptor's type (the
+             * caller found descr on type(obj)'s MRO). */
+            PyGetSetDef *gs = ((PyGetSetDescrObject *)descr)->d_getset;
+            r = gs->get ? gs->get(obj, gs->closure) : NULL;
+        } else {
+            descrgetfunc get = Py_TYPE(descr)->tp_descr_get;
+            r = get ? get(descr, obj, (PyObject *)Py_TYPE(obj)) : NULL;
+        }
         if (r == NULL) {
             PyErr_Clear();
             return -1;
         }
-        truth = PyObject_IsTrue(r);
+        truth = r == Py_False ? 0 : r == Py_True ? 1 : PyObject_IsTrue(r);
         Py_DECREF(r);
         if (truth < 0) PyErr_Clear();
         return truth;

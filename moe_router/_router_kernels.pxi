@@ -776,6 +776,17 @@ cdef inline bint _overlap_bytes(const void* a, Py_ssize_t na, cnp.ndarray b) noe
     return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + na
 
 
+def route_rows_foreign(object logits, Py_ssize_t top_k, bint norm_topk_prob,
+                       cnp.ndarray expert_ids, cnp.ndarray expert_weights, int num_threads,
+                       Py_ssize_t num_experts, object views_shape):
+    """route_rows for the plain router (softmax, no groups, bias or
+    scaling) on a tensor read through DLPack: Router.__call__'s path for a
+    tensor of the type its output views were made for, with half the
+    arguments to convert.  The same checks and return values."""
+    return _route_rows_impl(logits, top_k, norm_topk_prob, expert_ids, expert_weights,
+                            num_threads, num_experts, False, 1, 1, 1.0, None, False, views_shape)
+
+
 def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
                cnp.ndarray expert_ids, cnp.ndarray expert_weights,
                int num_threads=1, Py_ssize_t num_experts=0, bint sigmoid=False,
@@ -804,6 +815,18 @@ def route_rows(object logits, Py_ssize_t top_k, bint norm_topk_prob,
     DEFAULT_PARALLEL_MIN_ROWS rows (one thread below); batches of fewer than
     PARALLEL_MIN_ROWS rows always run on one thread.
     """
+    return _route_rows_impl(logits, top_k, norm_topk_prob, expert_ids, expert_weights,
+                            num_threads, num_experts, sigmoid, n_group, topk_group,
+                            routed_scaling_factor, bias, bf16_bits, views_shape)
+
+
+cdef inline object _route_rows_impl(object logits, Py_ssize_t top_k, bint norm_topk_prob,
+                                    cnp.ndarray expert_ids, cnp.ndarray expert_weights,
+                                    int num_threads, Py_ssize_t num_experts, bint sigmoid,
+                                    Py_ssize_t n_group, Py_ssize_t topk_group,
+                                    double routed_scaling_factor, object bias, bint bf16_bits,
+                                    object views_shape):
+    # route_rows' body (route_rows_foreign shares it).
     cdef LogitsRef ref
     cdef int wt, it, bias_type
     cdef Py_ssize_t n, n_bad = 0, item

@@ -360,6 +360,23 @@ def route_rows(
     return 0
 
 
+def route_rows_foreign(
+    logits, top_k, norm_topk_prob, expert_ids, expert_weights, num_threads, num_experts, views_shape
+):
+    """Kernel-compatible entry (see the compiled route_rows_foreign): route_rows
+    of the plain router."""
+    return route_rows(
+        logits,
+        top_k,
+        norm_topk_prob,
+        expert_ids,
+        expert_weights,
+        num_threads,
+        num_experts,
+        views_shape=views_shape,
+    )
+
+
 _SCORES = ("softmax", "sigmoid", "sqrtsoftplus", "sparsemixer")
 
 

@@ -282,7 +282,7 @@ def test_torch_outputs_share_memory_and_stay_allocation_free(rng, torch):
     assert torch.from_dlpack(out.expert_ids).data_ptr() == out.expert_ids.ctypes.data
 
 
-def test_torch_warm_calls_after_changes(rng, torch):
+def test_torch_warm_calls_after_changes(any_path, rng, torch):
     # Once the views are made for a tensor type, Router.__call__ takes a
     # shorter path for it; whatever changes between calls must still route
     # like the reference or raise the catalogue's error.
