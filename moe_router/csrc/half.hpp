@@ -19,13 +19,7 @@
 namespace {
 
 /* A bfloat16 is the top half of a float32. */
-static MR_HOT float mr_bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
+static MR_HOT float mr_bf16_to_f32(uint16_t h) { return mr_f32_from_bits((uint32_t)h << 16); }
 
 /* IEEE binary16 -> binary32, exactly, without F16C: re-bias the exponent;
  * subnormals are normalised (their value is m * 2^-24, exact in float32). */
@@ -42,13 +36,9 @@ static MR_HOT float mr_f16_to_f32(uint16_t h)
     } else if (man == 0) {
         u = sign; /* +-0 */
     } else {
-        float f = (float)man * 5.9604644775390625e-8f; /* m * 2^-24, exact */
-        memcpy(&u, &f, sizeof u);
-        u |= sign;
+        u = mr_bits_from_f32((float)man * 5.9604644775390625e-8f) | sign; /* m * 2^-24, exact */
     }
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    return mr_f32_from_bits(u);
 }
 
 /* out[0..n) = the float32 values of the bfloat16 bits in[0..n). */

@@ -36,41 +36,29 @@ struct mr_bf16 {
     uint16_t bits;
 };
 
-static MR_HOT float mr_u2f(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static MR_HOT uint32_t mr_f2u(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
 
 /* Loads to the accumulation type A and rounding stores (to nearest, ties
  * to even, as NumPy, ml_dtypes and torch convert). */
 template <class A> static MR_HOT A mr_load(float x) { return (A)x; }
 template <class A> static MR_HOT A mr_load(double x) { return (A)x; }
-template <class A> static MR_HOT A mr_load(mr_bf16 x) { return (A)mr_u2f((uint32_t)x.bits << 16); }
+template <class A> static MR_HOT A mr_load(mr_bf16 x) { return (A)mr_f32_from_bits((uint32_t)x.bits << 16); }
 template <class A> static MR_HOT A mr_load(mr_f16 x)
 {
     uint32_t h = x.bits, sign = (h & 0x8000u) << 16, rest = h & 0x7fffu;
     if (rest >= 0x7c00u) /* inf, NaN: all-ones exponent, payload kept */
-        return (A)mr_u2f(sign | 0x7f800000u | ((rest & 0x3ffu) << 13));
+        return (A)mr_f32_from_bits(sign | 0x7f800000u | ((rest & 0x3ffu) << 13));
     /* The half's bits shifted into a float are the value times 2**-112
      * (the exponent biases differ by 112), subnormals included: scale back
      * by 2**112, exactly. */
-    float f = mr_u2f(rest << 13) * mr_u2f(0x77800000u);
-    return (A)mr_u2f(sign | mr_f2u(f));
+    float f = mr_f32_from_bits(rest << 13) * mr_f32_from_bits(0x77800000u);
+    return (A)mr_f32_from_bits(sign | mr_bits_from_f32(f));
 }
 
 static MR_HOT void mr_store(float a, float *p) { *p = a; }
 static MR_HOT void mr_store(double a, double *p) { *p = a; }
 static MR_HOT void mr_store(float a, mr_bf16 *p)
 {
-    uint32_t u = mr_f2u(a);
+    uint32_t u = mr_bits_from_f32(a);
     if ((u & 0x7fffffffu) > 0x7f800000u) {
         p->bits = (uint16_t)((u >> 16) | 0x40u); /* NaN stays a (quiet) NaN */
         return;
@@ -79,13 +67,13 @@ static MR_HOT void mr_store(float a, mr_bf16 *p)
 }
 static MR_HOT void mr_store(float a, mr_f16 *p)
 {
-    uint32_t u = mr_f2u(a), sign = (u >> 16) & 0x8000u, m = u & 0x7fffffffu, h;
+    uint32_t u = mr_bits_from_f32(a), sign = (u >> 16) & 0x8000u, m = u & 0x7fffffffu, h;
     if (m >= 0x47800000u) { /* |a| >= 65536, inf or NaN */
         h = m > 0x7f800000u ? 0x7e00u : 0x7c00u;
     } else if (m < 0x38800000u) { /* below the smallest normal half, 2**-14 */
         /* Adding 0.5 puts the half's subnormal bits at the bottom of the
          * float's mantissa, rounded to nearest even by the addition. */
-        h = mr_f2u(mr_u2f(m) + 0.5f) - 0x3f000000u;
+        h = mr_bits_from_f32(mr_f32_from_bits(m) + 0.5f) - 0x3f000000u;
     } else {
         /* Rebias the exponent, round the 13 dropped bits to nearest even;
          * a carry out of the mantissa bumps the exponent (65520 -> inf). */
@@ -316,6 +304,25 @@ enum {
  * flat index whose id is out of range, or -2 if expert_map has an entry
  * outside [-1, L) (it changed under us).  The caller sized the outputs for
  * T * K + min(L, T * K) * (B - 1) rows and L experts. */
+/* Expert e's segment, its c slots padded to a multiple of B, laid out at
+ * *rows (both plans' offsets pass): its offset, whether it is active, the
+ * expert of each of its blocks; *rows and *n_blocks advance past it. */
+static inline void mr_plan_segment(int64_t e, int64_t c, int64_t B, int64_t *offsets, int64_t *active,
+                                   int64_t *n_active, int64_t *block_experts, int64_t *rows,
+                                   int64_t *n_blocks)
+{
+    offsets[e] = *rows;
+    if (c > 0)
+        active[(*n_active)++] = e;
+    int64_t padded = B == 1 ? c : (c + B - 1) / B * B;
+    if (block_experts != nullptr) {
+        for (int64_t b = 0; b < padded / B; b++)
+            block_experts[*n_blocks + b] = e;
+    }
+    *n_blocks += padded / B;
+    *rows += padded;
+}
+
 template <class I>
 static int64_t mr_plan(const I *ids, int64_t T, int64_t K, int64_t E, int64_t S, const int64_t *expert_map,
                        int64_t L, int64_t capacity, int64_t B, int64_t *counts, int64_t *offsets,
@@ -381,18 +388,8 @@ static int64_t mr_plan(const I *ids, int64_t T, int64_t K, int64_t E, int64_t S,
     /* Offsets: exclusive cumsum of the counts rounded up to B. */
     int64_t rows = 0, n_active = 0, n_blocks = 0;
     for (int64_t e = 0; e < L; e++) {
-        offsets[e] = rows;
         cursor[e] = rows;
-        int64_t c = counts[e];
-        if (c > 0)
-            active[n_active++] = e;
-        int64_t padded = B == 1 ? c : (c + B - 1) / B * B;
-        if (block_experts != nullptr) {
-            for (int64_t b = 0; b < padded / B; b++)
-                block_experts[n_blocks + b] = e;
-        }
-        n_blocks += padded / B;
-        rows += padded;
+        mr_plan_segment(e, counts[e], B, offsets, active, &n_active, block_experts, &rows, &n_blocks);
     }
     offsets[L] = rows;
     /* Pass 2, token order: scatter, stable (token then k within an expert). */
@@ -495,7 +492,6 @@ static void mr_plan_starts(int64_t shares, int64_t T, int64_t K, int64_t L, int6
 {
     int64_t rows = 0, n_active = 0, n_blocks = 0;
     for (int64_t e = 0; e < L; e++) {
-        offsets[e] = rows;
         int64_t c = 0;
         for (int64_t j = 0; j < shares; j++) {
             int64_t cj = share_counts[j * L + e];
@@ -503,15 +499,7 @@ static void mr_plan_starts(int64_t shares, int64_t T, int64_t K, int64_t L, int6
             c += cj;
         }
         counts[e] = c;
-        if (c > 0)
-            active[n_active++] = e;
-        int64_t padded = B == 1 ? c : (c + B - 1) / B * B;
-        if (block_experts != nullptr) {
-            for (int64_t b = 0; b < padded / B; b++)
-                block_experts[n_blocks + b] = e;
-        }
-        n_blocks += padded / B;
-        rows += padded;
+        mr_plan_segment(e, c, B, offsets, active, &n_active, block_experts, &rows, &n_blocks);
     }
     offsets[L] = rows;
     stats[MR_ST_ROWS] = rows;
