@@ -15,15 +15,16 @@ ratio is of the minima over rounds (the medians are printed for spread).
 import argparse
 import importlib
 import os
-import statistics
-import time
+import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
 import moe_router as mr  # noqa: E402
-from moe_router._bench import calibrate  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ratios import interleaved  # noqa: E402
 
 # model_type: (modeling module, router class, config fields, how it is called)
 SHAPES = {
@@ -60,20 +61,6 @@ SHAPES = {
         "phimoe", "PhimoeTopKRouter", dict(num_local_experts=16, num_experts_per_tok=2), ""
     ),
 }  # fmt: skip
-
-
-def interleaved(contenders, rounds, slice_s=0.002):
-    """{name: (min, median)} seconds per call, each round running every contender once."""
-    loops = {name: calibrate(fn, slice_s) for name, fn in contenders.items()}
-    times = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            n = loops[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - t0) / n)
-    return {name: (min(ts), statistics.median(ts)) for name, ts in times.items()}
 
 
 def main():
