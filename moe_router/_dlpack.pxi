@@ -287,18 +287,20 @@ cdef object _dl_numpy_dtype(const MrDLTensor* t):
     return found
 
 
+# The NumPy name of each (DLPack code, bits) moe_router reads as itself (a
+# table, not f-strings of the bits: gcc 12 sees a false maybe-uninitialized
+# in Cython's int formatting when it inlines that into this function).
+_DL_NUMPY_NAMES = {(MR_DL_FLOAT, b): f"float{b}" for b in (16, 32, 64)}
+_DL_NUMPY_NAMES.update({(MR_DL_INT, b): f"int{b}" for b in (8, 16, 32, 64)})
+_DL_NUMPY_NAMES.update({(MR_DL_UINT, b): f"uint{b}" for b in (8, 16, 32, 64)})
+
+
 cdef object _dl_numpy_dtype_uncached(int code, int bits):
-    if code == MR_DL_FLOAT and bits in (16, 32, 64):
-        name = f"float{bits}"
+    name = _DL_NUMPY_NAMES.get((code, bits))
+    if name is not None:
         return np.dtype(name), name
     if code == MR_DL_BFLOAT and bits == 16:
         return np.dtype(np.uint16), "bfloat16"
-    if code == MR_DL_INT and bits in (8, 16, 32, 64):
-        name = f"int{bits}"
-        return np.dtype(name), name
-    if code == MR_DL_UINT and bits in (8, 16, 32, 64):
-        name = f"uint{bits}"
-        return np.dtype(name), name
     if code == 6 and bits == 8:
         return np.dtype(np.bool_), "bool"
     return None
