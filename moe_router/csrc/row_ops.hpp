@@ -494,26 +494,39 @@ template <class T> static MR_HOT int mr_cand_gather(const T *z, Py_ssize_t n, Py
     cd->c = c;
     return 0;
 }
-/* mr_cand_select for at most MR_BLOCK candidates: every row the sorting
- * networks do not take (double, k > 8, builds without MR_HAVE_NET8) and the
- * rows they leave to exact code (see vi_net_close). */
-template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int k, Py_ssize_t *idx, T m,
-                                                        T *e_out)
+/* mr_cand_select for at most NB * MR_BLOCK candidates (NB 1 or 2): every
+ * row of up to MR_BLOCK that the sorting networks do not take (double,
+ * k > 8, builds without MR_HAVE_NET8) or leave to exact code (see
+ * vi_net_close), and every row of MR_BLOCK to 2 * MR_BLOCK (long rows'
+ * loose thresholds: the top-12 of 768 has about 22 candidates). */
+template <class T, int NB> static MR_HOT int mr_cand_rank_blocks(const MrCand<T> *cd, int k, Py_ssize_t *idx,
+                                                                 T m, T *e_out)
 {
     using S = Vec<T>;
     typedef typename S::V V;
+    constexpr int NVB = NB * MR_NV;
     const T *cv = cd->v;
     const int32_t *ci = cd->i;
     const int c = cd->c;
     /* Every rank at once, with vector compares against each candidate q
-     * in turn, first by value only and over the whole block (no loop
-     * count that depends on c; the padding, -inf, ranks c >= k). */
-    V cvv[MR_NV], pos[MR_NV], rank[MR_NV];
-    T pos_l[MR_BLOCK], rank_l[MR_BLOCK], ev[MR_BLOCK];
+     * in turn, first by value only and over whole blocks (the padding,
+     * -inf, ranks c >= k; one block: no loop count that depends on c). */
+    V cvv[NVB], pos[NVB], rank[NVB];
+    T pos_l[NB * MR_BLOCK], rank_l[NB * MR_BLOCK], ev[NB * MR_BLOCK];
     int unique = 1;
-    for (int j = 0; j < MR_NV; j++)
+    for (int j = 0; j < NVB; j++)
         cvv[j] = S::load(cv + j * S::W);
-    mr_rank_gt(cv, cvv, rank);
+    if constexpr (NB == 1) {
+        mr_rank_gt(cv, cvv, rank);
+    } else {
+        for (int j = 0; j < NVB; j++)
+            rank[j] = S::set(0);
+        for (int q = 0; q < c; q++) {
+            const V vq = S::set(cv[q]);
+            for (int j = 0; j < NVB; j++)
+                rank[j] = S::count_gt(rank[j], vq, cvv[j]);
+        }
+    }
     /* rank = how many candidates are greater.  When exactly one
      * candidate has rank r for each r < k, those are the top k in
      * order: equal values would share a rank r < k (and leave r + 1
@@ -526,13 +539,13 @@ template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int
      * stalls on store forwarding). */
     if (e_out) {
         const V vm = S::set(m);
-        for (int j = 0; j < MR_NV; j++)
+        for (int j = 0; j < NVB; j++)
             S::store(ev + j * S::W, mr_exp_v<S>(S::sub(cvv[j], vm)));
     }
     for (int r = 0; r < k; r++) {
         const V vr = S::set((T)r);
         unsigned bits = 0;
-        for (int j = 0; j < MR_NV; j++)
+        for (int j = 0; j < NVB; j++)
             bits |= (unsigned)S::eq_bits(rank[j], vr) << (j * S::W);
         unique &= (bits != 0) & ((bits & (bits - 1)) == 0);
         const int at = bits ? mr_ctz(bits) : 0;
@@ -544,26 +557,33 @@ template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int
         return e_out != NULL;
     /* Equal candidates: equal values rank by position, that is by
      * expert index. */
-    for (int l = 0; l < MR_BLOCK; l++)
+    for (int l = 0; l < NB * MR_BLOCK; l++)
         pos_l[l] = (T)l;
-    for (int j = 0; j < MR_NV; j++) {
+    for (int j = 0; j < NVB; j++) {
         pos[j] = S::load(pos_l + j * S::W);
         rank[j] = S::set(0);
     }
     for (int q = 0; q < c; q++) {
         const V vq = S::set(cv[q]), pq = S::set((T)q);
-        for (int j = 0; j < MR_NV; j++) {
+        for (int j = 0; j < NVB; j++) {
             rank[j] = S::count_gt(rank[j], vq, cvv[j]);
             rank[j] = S::count_eq_before(rank[j], vq, cvv[j], pq, pos[j]);
         }
     }
-    for (int j = 0; j < MR_NV; j++)
+    for (int j = 0; j < NVB; j++)
         S::store(rank_l + j * S::W, rank[j]);
     for (int j = 0; j < c; j++) {
         int r = (int)rank_l[j];
         idx[r < k ? r : k] = ci[j];
     }
     return 0;
+}
+
+/* mr_cand_rank_blocks for at most MR_BLOCK candidates. */
+template <class T> static MR_HOT int mr_cand_rank_block(const MrCand<T> *cd, int k, Py_ssize_t *idx, T m,
+                                                        T *e_out)
+{
+    return mr_cand_rank_blocks<T, 1>(cd, k, idx, m, e_out);
 }
 
 /* Part 2 (late: see mr_cand_net8).  idx must hold MR_BLOCK + 1 entries and
@@ -585,8 +605,10 @@ template <class T> static MR_HOT int mr_cand_select(const MrCand<T> *cd, int k, 
             if (k <= 8 && mr_cand_net8(cd, k, idx, m, e_out, late))
                 return e_out != NULL;
 #endif
-        return mr_cand_rank_block(cd, k, idx, m, e_out);
+        return mr_cand_rank_blocks<T, 1>(cd, k, idx, m, e_out);
     }
+    if (c <= 2 * MR_BLOCK)
+        return mr_cand_rank_blocks<T, 2>(cd, k, idx, m, e_out);
 
     /* Place each candidate at its rank: the number of candidates before it
      * in the order (value descending, index ascending).  Candidates are in
