@@ -28,12 +28,12 @@
 
 namespace {
 
-template <class S> static MR_HOT typename S::V mr_exp_sat_v(typename S::V x)
+/* The exp of xc within the clamps below (mr_exp_sat_v's core). */
+template <class S> static MR_HOT typename S::V mr_exp_clamped_v(typename S::V xc)
 {
     typedef typename S::V V;
     if constexpr (mr_is_f32<typename S::T>) {
-        const V lo = S::set(-87.3f), magic = S::set(12582912.0f);
-        V xc = S::min(S::set(88.7f), S::max(lo, x)); /* keeps a NaN x */
+        const V magic = S::set(12582912.0f);
         V t = S::fma(xc, S::set(1.44269504088896341f), magic);
         V n = S::sub(t, magic);
         V r = S::fma(n, S::set(-0.693359375f), xc);
@@ -47,8 +47,7 @@ template <class S> static MR_HOT typename S::V mr_exp_sat_v(typename S::V x)
         p = S::fma(p, S::mul(r, r), S::add(r, S::set(1.0f)));
         return S::mul(p, S::pow2i(t));
     } else {
-        const V lo = S::set(-708.0), magic = S::set(6755399441055744.0);
-        V xc = S::min(S::set(709.0), S::max(lo, x));
+        const V magic = S::set(6755399441055744.0);
         V t = S::fma(xc, S::set(1.4426950408889634074), magic);
         V n = S::sub(t, magic);
         V r = S::fma(n, S::set(-6.93147180369123816490e-01), xc);
@@ -70,12 +69,30 @@ template <class S> static MR_HOT typename S::V mr_exp_sat_v(typename S::V x)
     }
 }
 
+template <class S> static MR_HOT typename S::V mr_exp_sat_v(typename S::V x)
+{
+    typedef typename S::T T;
+    const T lo = mr_is_f32<T> ? (T)-87.3f : (T)-708.0, hi = mr_is_f32<T> ? (T)88.7f : (T)709.0;
+    return mr_exp_clamped_v<S>(S::min(S::set(hi), S::max(S::set(lo), x))); /* keeps a NaN x */
+}
+
 /* exp, flushed to exactly 0 below the clamp. */
 template <class S> static MR_HOT typename S::V mr_exp_v(typename S::V x)
 {
     typedef typename S::T T;
     const T lo = mr_is_f32<T> ? (T)-87.3f : (T)-708.0;
     return S::zero_if_lt(x, S::set(lo), mr_exp_sat_v<S>(x));
+}
+
+/* mr_exp_v of x <= 0 (z - the row max: the softmax routers' exps), the
+ * same bits without the two clamps: they change nothing above the low one,
+ * and below it the flush to 0 masks whatever the polynomial gave (a
+ * bitwise mask: inf and NaN lanes are zeroed too). */
+template <class S> static MR_HOT typename S::V mr_exp_nonpos_v(typename S::V x)
+{
+    typedef typename S::T T;
+    const T lo = mr_is_f32<T> ? (T)-87.3f : (T)-708.0;
+    return S::zero_if_lt(x, S::set(lo), mr_exp_clamped_v<S>(x));
 }
 
 /* sigmoid(x) = 1 / (1 + exp(-x)) (exactly 0 below about -88.4 in float32,
