@@ -34,6 +34,9 @@ cdef extern from "csrc/rules.hpp" nogil:
     void mr_rule_approx_topk_pair[T](const T* z, Py_ssize_t n, int sqrtsp, T cap, const T* bias,
                                      T bias_max, int k, T* c, T* s, Py_ssize_t* idx, int* ok)
     int mr_rule_approx_scores[T](const T* x, Py_ssize_t n, int sqrtsp, T cap, T* out)
+    int mr_softmax_bias[T, I, W](const T* z, Py_ssize_t n, int rows, int k, const T* bias,
+                                 int norm, double norm_min, double eps, double scale, T* e,
+                                 T* key, I* ids, W* w)
 
 cdef extern from "csrc/rules_small.hpp" nogil:
     enum: MR_SMALL_NONE
@@ -84,6 +87,13 @@ cdef struct RulesCtx:
     Py_ssize_t scratch_per_thread
     int num_threads
     double bias_abs_max # max |bias| (float32 logits; mr_rule_approx_topk's slack)
+
+
+cdef inline bint _softmax_bias_fused(const RulesCtx* cx) noexcept nogil:
+    # The routers whose rows take rules.hpp's mr_softmax_bias (one or two
+    # at a time): softmax with a selection bias, no cap, p-norm or table.
+    return (cx.score == SCORE_SOFTMAX and cx.bias != NULL and cx.cap <= 0 and cx.p_norm == 0
+            and cx.table == NULL and cx.k <= MR_BLOCK)
 
 
 cdef inline void _picked_block(const floating* z, const floating* s, const id_t* ids,
@@ -209,7 +219,7 @@ cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
     cdef floating* key = scratch + 2 * n
     cdef floating m, mc, total, key_max
     cdef floating cap = <floating>cx.cap
-    cdef int has_nan
+    cdef int has_nan, st
     cdef int score = cx.score
     if cx.bias != NULL and (score == SCORE_SIGMOID or score == SCORE_SQRTSOFTPLUS):
         # First the selection on approximate scores, decided on the
@@ -236,6 +246,13 @@ cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
         if table_row == NULL:
             _rules_topk(key, n, k, lanes, ids_out)
         return _rules_weights(z, cx, scratch, s, table_row, 0, 0, ids_out, w_out)
+    if _softmax_bias_fused(cx):
+        # ERNIE, LongCat-Flash: every step below in one C++ function, the
+        # same bits (bit 0: a row it leaves to them)
+        st = mr_softmax_bias(z, n, 1, <int>k, <const floating*>cx.bias, cx.norm, cx.norm_min,
+                             cx.eps, cx.scale, scratch + n, key, ids_out, w_out)
+        if not st & 1:
+            return ROW_WEIGHT_OVERFLOW if st else ROW_OK
     # The softmax routers (and the ones without a bias): the row max first.
     m = mr_max_lanes(z, n, lanes, &has_nan)
     if has_nan:
@@ -385,7 +402,17 @@ cdef Py_ssize_t _rules_pair(const floating* z, const RulesCtx* cx, floating* scr
     cdef Py_ssize_t n = cx.n, k = cx.k, j, n_bad = 0
     cdef Py_ssize_t idx[2 * (MR_BLOCK + 1)]
     cdef int ok[2]
-    cdef int h
+    cdef int h, st
+    if _softmax_bias_fused(cx):  # (the exps to scratch[0..2n), the keys after them)
+        st = mr_softmax_bias(z, n, 2, <int>k, <const floating*>cx.bias, cx.norm, cx.norm_min,
+                             cx.eps, cx.scale, scratch, scratch + 2 * n, ids_out, w_out)
+        for h in range(2):
+            if st >> h & 1:
+                n_bad += _rules_row(z + h * n, cx, scratch, NULL, ids_out + h * k,
+                                    w_out + h * k) != ROW_OK
+            elif st >> (2 + h) & 1:
+                n_bad += 1  # ROW_WEIGHT_OVERFLOW
+        return n_bad
     mr_rule_approx_topk_pair(z, n, cx.score == SCORE_SQRTSOFTPLUS, <floating>cx.cap,
                              <const floating*>cx.bias, <floating>cx.bias_abs_max, <int>k,
                              scratch + 2 * n, scratch, idx, ok)
@@ -441,9 +468,10 @@ cdef Py_ssize_t _rules_rows(const floating* logits, id_t* ids_out, weight_t* w_o
     cdef const int64_t* table = cx.table
     # Two rows at a time where the approximate selection may take them
     # (float32 with a bias, no table, n a multiple of 16, k <= MR_BLOCK).
-    cdef bint pairs = (floating is float and cx.bias != NULL and table == NULL and n % 16 == 0
-                       and k <= MR_BLOCK
-                       and (cx.score == SCORE_SIGMOID or cx.score == SCORE_SQRTSOFTPLUS))
+    cdef bint pairs = ((floating is float and cx.bias != NULL and table == NULL and n % 16 == 0
+                        and k <= MR_BLOCK
+                        and (cx.score == SCORE_SIGMOID or cx.score == SCORE_SQRTSOFTPLUS))
+                       or _softmax_bias_fused(cx))
     cdef MrSmallRule small
     # Rows of up to 16 experts under the plain softmax rules or sparsemixer:
     # rules_small.hpp's register path, the same bits (a shape's property).

@@ -160,7 +160,7 @@ template <class T> static inline T mr_exp_into(const T *z, Py_ssize_t n, T m, T 
             acc[j] = S::set(0);
         for (int b = 0; b < 8 && i + MR_BLOCK <= n; b++, i += MR_BLOCK)
             for (int j = 0; j < MR_NV; j++) {
-                const V v = mr_exp_v<S>(S::sub(S::load(z + i + j * S::W), vm));
+                const V v = mr_exp_nonpos_v<S>(S::sub(S::load(z + i + j * S::W), vm));
                 S::store(e + i + j * S::W, v);
                 acc[j] = S::add(acc[j], v);
             }
@@ -183,12 +183,11 @@ template <class T> static inline T mr_exp_into(const T *z, Py_ssize_t n, T m, T 
     return (T)total.total();
 }
 
-/* p[i] = e[i] * (1 / total) (in place allowed), key[i] = p[i] + bias[i]:
- * the softmax probabilities and their biased selection scores; lanes[l] =
- * the max of the keys whose index is l modulo MR_BLOCK (mr_max_lanes'
- * lanes, for the top-k; no NaN is left here). */
-template <class T>
-static inline void mr_div_bias_into(const T *e, Py_ssize_t n, T total, const T *bias, T *p, T *key, T *lanes)
+/* mr_div_bias_into (below), storing p or not: a row that forms only the
+ * picked experts' p saves a store per vector (the same product, the same
+ * bits). */
+template <class T, bool STORE_P>
+static MR_HOT void mr_div_bias_keys(const T *e, Py_ssize_t n, T total, const T *bias, T *p, T *key, T *lanes)
 {
     using S = Vec<T>;
     typedef typename S::V V;
@@ -201,7 +200,8 @@ static inline void mr_div_bias_into(const T *e, Py_ssize_t n, T total, const T *
         for (int j = 0; j < MR_NV; j++) {
             const V v = S::mul(S::load(e + i + j * S::W), inv);
             const V kv = S::add(v, S::load(bias + i + j * S::W));
-            S::store(p + i + j * S::W, v);
+            if constexpr (STORE_P)
+                S::store(p + i + j * S::W, v);
             S::store(key + i + j * S::W, kv);
             acc[j] = S::max(kv, acc[j]);
         }
@@ -210,10 +210,21 @@ static inline void mr_div_bias_into(const T *e, Py_ssize_t n, T total, const T *
     const T inv_s = (T)1 / total;
     for (int l = 0; i < n; i++, l++) { /* one multiply and one add: the same in any lane */
         const T v = e[i] * inv_s;
-        p[i] = v;
+        if constexpr (STORE_P)
+            p[i] = v;
         key[i] = v + bias[i];
         lanes[l] = key[i] > lanes[l] ? key[i] : lanes[l];
     }
+}
+
+/* p[i] = e[i] * (1 / total) (in place allowed), key[i] = p[i] + bias[i]:
+ * the softmax probabilities and their biased selection scores; lanes[l] =
+ * the max of the keys whose index is l modulo MR_BLOCK (mr_max_lanes'
+ * lanes, for the top-k; no NaN is left here). */
+template <class T>
+static inline void mr_div_bias_into(const T *e, Py_ssize_t n, T total, const T *bias, T *p, T *key, T *lanes)
+{
+    mr_div_bias_keys<T, true>(e, n, total, bias, p, key, lanes);
 }
 
 /* The score of the sigmoid (SQRTSP false) or sqrtsoftplus routers, of the
@@ -399,6 +410,182 @@ template <class T> static inline T mr_sparsemixer_sum(const T *z, Py_ssize_t n, 
     return (T)total.total();
 }
 
+/* Each step for row 0, then (ROWS == 2) for row 1, before the next step:
+ * a row's steps are a chain of dependent ones (a reduction, then what it
+ * decides) that one row alone leaves the core mostly waiting on (as
+ * mr_topk_pair). */
+#define MR_RULE_EACH(h, ...)   \
+    {                          \
+        enum { h = 0 };        \
+        __VA_ARGS__;           \
+    }                          \
+    if constexpr (ROWS == 2) { \
+        enum { h = 1 };        \
+        __VA_ARGS__;           \
+    }
+
+/*
+ * The first steps of mr_softmax_bias_rows for a row of n = NB * MR_BLOCK
+ * experts (NB <= 4: ERNIE's 64 in float32), its values held in registers
+ * from the max through the keys: mr_max_lanes, mr_exp_into and
+ * mr_div_bias_keys' operations in their order (the sum's lanes add the
+ * blocks in order, one carry into Wide: n <= 8 blocks), so their bits.
+ * Stores e, key, the keys' lanes and *total; returns 0 (nothing useful
+ * written) for a row left to the general path (a NaN, an infinite max).
+ */
+template <int NB, class T>
+static MR_HOT int mr_softmax_bias_regs(const T *z, const T *bias, T *e, T *key, T *lanes, T *total)
+{
+    using S = Vec<T>;
+    typedef typename S::V V;
+    V v[NB][MR_NV], acc[MR_NV];
+    typename S::N nan_acc = S::nan_init();
+    for (int j = 0; j < MR_NV; j++)
+        acc[j] = S::set(-INFINITY);
+    for (int b = 0; b < NB; b++) {
+        for (int j = 0; j < MR_NV; j++) {
+            v[b][j] = S::load(z + b * MR_BLOCK + j * S::W);
+            acc[j] = S::max(v[b][j], acc[j]);
+        }
+        for (int j = 0; j < MR_NV; j += 2)
+            nan_acc = S::nan_acc(nan_acc, v[b][j], v[b][j + 1 < MR_NV ? j + 1 : j]);
+    }
+    V mv = acc[0];
+    for (int j = 1; j < MR_NV; j++)
+        mv = S::max(mv, acc[j]);
+    for (int s = S::W / 2; s >= 1; s /= 2)
+        mv = S::max(mv, S::swap(mv, s));
+    T ml[S::W];
+    S::store(ml, mv);
+    const T m = ml[0];
+    if (S::nan_any(nan_acc) || !(m > -INFINITY && m < INFINITY))
+        return 0;
+    const V vm = S::set(m);
+    for (int j = 0; j < MR_NV; j++)
+        acc[j] = S::set(0);
+    for (int b = 0; b < NB; b++)
+        for (int j = 0; j < MR_NV; j++) {
+            v[b][j] = mr_exp_nonpos_v<S>(S::sub(v[b][j], vm));
+            S::store(e + b * MR_BLOCK + j * S::W, v[b][j]);
+            acc[j] = S::add(acc[j], v[b][j]);
+        }
+    typename S::Wide wide = S::Wide::zero();
+    wide.add(acc);
+    *total = (T)wide.total();
+    const V inv = S::set((T)1 / *total);
+    for (int j = 0; j < MR_NV; j++)
+        acc[j] = S::set(-INFINITY);
+    for (int b = 0; b < NB; b++)
+        for (int j = 0; j < MR_NV; j++) {
+            const V kv = S::add(S::mul(v[b][j], inv), S::load(bias + b * MR_BLOCK + j * S::W));
+            S::store(key + b * MR_BLOCK + j * S::W, kv);
+            acc[j] = S::max(kv, acc[j]);
+        }
+    for (int j = 0; j < MR_NV; j++)
+        S::store(lanes + j * S::W, acc[j]);
+    return 1;
+}
+
+/* The first steps of mr_softmax_bias_rows for one row (the registers'
+ * form where n is 1 to 4 blocks); the same returns. */
+template <class T>
+static MR_HOT int mr_softmax_bias_first(const T *z, Py_ssize_t n, const T *bias, T *e, T *key, T *lanes,
+                                        T *total)
+{
+    switch (n) {
+    case MR_BLOCK: return mr_softmax_bias_regs<1>(z, bias, e, key, lanes, total);
+    case 2 * MR_BLOCK: return mr_softmax_bias_regs<2>(z, bias, e, key, lanes, total);
+    case 3 * MR_BLOCK: return mr_softmax_bias_regs<3>(z, bias, e, key, lanes, total);
+    case 4 * MR_BLOCK: return mr_softmax_bias_regs<4>(z, bias, e, key, lanes, total);
+    }
+    int has_nan;
+    const T m = mr_max_lanes(z, n, lanes, &has_nan);
+    if (has_nan || !(m > -INFINITY && m < INFINITY))
+        return 0;
+    *total = mr_exp_into(z, n, m, e);
+    mr_div_bias_keys<T, false>(e, n, *total, bias, (T *)NULL, key, lanes);
+    return 1;
+}
+
+/*
+ * ROWS (1 or 2) consecutive rows z + h * n of the softmax routers with a
+ * selection bias and neither a cap, a table nor a p-norm (ERNIE 4.5,
+ * LongCat-Flash): the steps of _rules_row and _rules_weights, with the
+ * same operations in the same order (the same bits), each for both rows
+ * before the next.  The general path spent about half of a 64-expert row
+ * between its steps and on storing every probability, of which only the
+ * picked are read: here p = e * (1 / total) is formed for them alone (the
+ * product the keys were made of).  e and key hold ROWS * n values each;
+ * norm, norm_min, eps and scale are RulesCtx's; ids and w hold ROWS * k.
+ * Returns a mask: bit h when row h is left to the general path (nothing
+ * written: a NaN, an infinite max, k > MR_BLOCK, candidates that do not
+ * decide the top-k); bit ROWS + h when a weight of row h overflowed Wt
+ * (written, as the general path writes it).
+ */
+template <int ROWS, class T, class I, class Wt>
+static MR_HOT int mr_softmax_bias_rows(const T *z, Py_ssize_t n, int k, const T *bias, int norm,
+                                       double norm_min, double eps, double scale, T *e, T *key, I *ids, Wt *w)
+{
+    using S = Vec<T>;
+    T lanes[ROWS][MR_BLOCK], total[ROWS] = {};
+    Py_ssize_t idx[ROWS][MR_BLOCK + 1];
+    MrCand<T> cd[ROWS];
+    int ok[ROWS], out = 0;
+    if (k > MR_BLOCK)
+        return (1 << ROWS) - 1;
+    MR_RULE_EACH(
+        h, ok[h] = mr_softmax_bias_first(z + h * n, n, bias, e + h * n, key + h * n, lanes[h], &total[h]))
+    MR_RULE_EACH(h, ok[h] = ok[h] && mr_cand_gather(key + h * n, n, n, (const Py_ssize_t *)NULL, 1, k,
+                                                    lanes[h], (T)0, &cd[h]) == 0)
+    MR_RULE_EACH(h, if (ok[h]) mr_cand_select(&cd[h], k, idx[h], (T)0, (T *)NULL, 1))
+    /* _rules_weights' with every score known (its total is 1): the sum in
+     * double, + eps, clamped below at moe_norm_min */
+    MR_RULE_EACH(h, {
+        if (ok[h]) {
+            /* p a vector at a time (0 past k: mr_sum_k reads 8), written
+             * as vectors: a vector load of scalar stores would wait for
+             * them (no store forwarding) */
+            typename S::V pv[MR_NV];
+            T p[MR_BLOCK], wv[MR_BLOCK];
+            const typename S::V inv = S::set((T)1 / total[h]);
+            for (int j = 0; j < MR_NV && j * S::W < k; j++) {
+                pv[j] = S::mul(S::gather(e + h * n, idx[h] + j * S::W, k - j * S::W, 0, 0), inv);
+                S::store(p + j * S::W, pv[j]);
+            }
+            T divisor = 1;
+            if (norm) {
+                divisor = (T)((double)mr_sum_k(p, k) + eps);
+                if (norm_min > 0 && divisor < (T)norm_min)
+                    divisor = (T)norm_min;
+            }
+            /* (p * scale) / divisor, lane by lane as the general path's */
+            const typename S::V vs = S::set((T)scale), vd = S::set(divisor);
+            for (int j = 0; j < MR_NV && j * S::W < k; j++)
+                S::store(wv + j * S::W, S::div(S::mul(pv[j], vs), vd));
+            int overflow = 0;
+            for (int j = 0; j < k; j++) {
+                ids[h * k + j] = (I)idx[h][j];
+                w[h * k + j] = (Wt)wv[j];
+                overflow |= w[h * k + j] == (Wt)INFINITY;
+            }
+            out |= overflow << (ROWS + h);
+        } else {
+            out |= 1 << h;
+        }
+    })
+    return out;
+}
+
+/* mr_softmax_bias_rows for rows = 1 or 2 (a Cython-callable template). */
+template <class T, class I, class Wt>
+static MR_HOT int mr_softmax_bias(const T *z, Py_ssize_t n, int rows, int k, const T *bias, int norm,
+                                  double norm_min, double eps, double scale, T *e, T *key, I *ids, Wt *w)
+{
+    if (rows == 2)
+        return mr_softmax_bias_rows<2>(z, n, k, bias, norm, norm_min, eps, scale, e, key, ids, w);
+    return mr_softmax_bias_rows<1>(z, n, k, bias, norm, norm_min, eps, scale, e, key, ids, w);
+}
+
 #if MR_HAVE_NET8
 /*
  * AVX2+ float32: the selection of the biased sigmoid (soft-capped: Laguna)
@@ -568,19 +755,6 @@ static MR_HOT int mr_rule_cands(const float *c, Py_ssize_t n, int k, const float
     return mr_cand_gather<float>(c, n, n, NULL, 1, k, lanes, 2 * slack, cd) == 0;
 }
 
-/* Each step for row 0, then (ROWS == 2) for row 1, before the next step:
- * a row's steps after its score pass are a chain of dependent ones that
- * one row alone leaves the core mostly waiting on (as mr_topk_pair). */
-#define MR_RULE_EACH(h, STMT)  \
-    {                          \
-        enum { h = 0 };        \
-        STMT;                  \
-    }                          \
-    if constexpr (ROWS == 2) { \
-        enum { h = 1 };        \
-        STMT;                  \
-    }
-
 /* Rows z + h * n (h < ROWS): ok[h] = whether idx + h * (MR_BLOCK + 1)
  * holds row h's ids (and s + h * n its candidates' exact scores); c holds
  * ROWS * n approximate keys. */
@@ -617,7 +791,6 @@ static inline void mr_rule_approx_rows(const float *z, Py_ssize_t n, float cap, 
     MR_RULE_EACH(h, if (ok[h]) mr_cand_select<float>(&cd[h], k, idx + h * (MR_BLOCK + 1), 0, NULL, 1))
 }
 
-#undef MR_RULE_EACH
 #endif
 
 /*
@@ -701,6 +874,7 @@ template <class T> static inline int mr_rule_approx_scores(const T *x, Py_ssize_
     return -1;
 }
 
+#undef MR_RULE_EACH
 #undef MR_NV
 
 }  // namespace
