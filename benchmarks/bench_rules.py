@@ -4,7 +4,9 @@
 
 One row per model at its config's router shape, batch 1 and 256, one
 thread: the Router (route_rows_rules), and the plain softmax Router of the
-same shape for scale, against the PyTorch form of that
+same shape for scale (for the softmax rules with a selection bias also the
+plain Router with norm_topk_prob=False: it too takes every expert's exp,
+the bound those rules share), against the PyTorch form of that
 model's transformers router from its logits (moe_router._bench; before
 timing, each form is checked against the transformers module itself on
 random weights, where transformers is installed).  Timing as
@@ -140,6 +142,11 @@ def main():
         router = mr.Router(e, k, norm, num_threads=1, **opts)
         # the plain softmax router of the same shape: what the rule costs on top
         plain = mr.Router(e, k, num_threads=1)
+        # and, for the softmax rules with a selection bias (every expert's
+        # probability is needed), the plain router that also needs every
+        # exp (its weights are p, not renormalised): the bound they share
+        full = mr.Router(e, k, False, num_threads=1)
+        full_softmax = "e_score_correction_bias" in opts and opts.get("scoring_func") is None
         for batch in (1, 256):
             # Batch 1 cycles through 64 one-token rows, as a decode loop would.
             pool = [
@@ -158,6 +165,10 @@ def main():
             c["plain Router, same shape"] = lambda it=iter(range(10**12)): plain(
                 pool[next(it) % len(pool)]
             )
+            if full_softmax:
+                c["plain, norm_topk_prob=False"] = lambda it=iter(range(10**12)): full(
+                    pool[next(it) % len(pool)]
+                )
             if torch is not None:
                 kw = {}
                 if hashed:

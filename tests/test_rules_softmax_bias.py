@@ -82,3 +82,19 @@ def test_softmax_bias_nan_row_is_named(any_path):
     np.testing.assert_array_equal(
         mr.Router(64, 6, e_score_correction_bias=np.zeros(64))(z[:2]).expert_ids, oid
     )
+
+
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_rows_many_candidates(any_path, norm, dtype):
+    # The top-12 of 768: the lane threshold leaves 17 to 32 candidates on
+    # most rows (the two-block ranking), some 33 or more; the plain router
+    # and the biased one, against the reference.
+    rng = np.random.default_rng(21)
+    z = rng.standard_normal((64, 768)).astype(dtype)
+    z[5] = np.round(z[5])  # ties among the candidates
+    out = mr.Router(768, 12, norm)(z)
+    assert_like_reference(z, out, 12, norm, {})
+    kw = dict(e_score_correction_bias=rng.normal(0, 1e-4, 768), routed_scaling_factor=6.0)
+    out = mr.Router(768, 12, norm, **kw)(z)
+    assert_like_reference(z, out, 12, norm, kw)
