@@ -245,6 +245,9 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
     }
     for (int r = 0; r < R; r++)
         out |= (tie[r] != 0) << r;
+    if (out == (1 << R) - 1) /* (also keeps the passes' masks from being sunk past the
+                              * weights, which would keep every pass's row in memory) */
+        return out;
     if constexpr (KIND == MR_SMALL_SPARSEMIXER) {
         /* _sparsemixer_row: the softmax at the arg max over the unmasked
          * experts, then at the second over the others but the first */
@@ -282,35 +285,15 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
         for (int g = 0; g < NP; g += BV)
             for (int s = (B < W ? B : W) / 2; s >= 1; s /= 2)
                 t[g] = S::add(t[g], S::swap(t[g], s)); /* (in every lane of the block) */
-        const V vs = S::set((T)rule->scale);
-        T wq[R][NP * W];
-        int row_buf[R]; /* the row of wq holding row r's weights */
+        /* The divisor in each lane of its row's block: the sum, already
+         * there; else each row's (a p-norm, the full softmax sum, the
+         * clamp) broadcast to its block. */
+        V vd[NP];
         if (rule->norm && !(rule->p_norm > 0) && !(rule->norm_min > 0)) {
-            /* the divisor is the sum, already in the block's lanes */
-            V wv[NP];
             for (int q = 0; q < NP; q++)
-                wv[q] = S::div(S::mul(e[q], vs), t[q - q % BV]);
-            if constexpr (KC == B && std::is_same<T, Wt>::value && R * B % W == 0) {
-                if (out == 0) { /* the rows' weights are the vectors' lanes */
-                    unsigned inf_bits = 0;
-                    for (int q = 0; q < NP; q++) {
-                        S::store(w + q * W, wv[q]);
-                        inf_bits |= (unsigned)S::eq_bits(wv[q], S::set((T)INFINITY)) << (q * W);
-                    }
-                    for (int r = 0; r < R; r++) {
-                        for (int j = 0; j < KC; j++)
-                            ids[r * KC + j] = (I)id[r][j];
-                        out |= ((inf_bits >> (r * B) & ((1u << B) - 1)) != 0) << (R + r);
-                    }
-                    return out;
-                }
-            }
-            for (int q = 0; q < NP; q++)
-                S::store(wq[0] + q * W, wv[q]);
-            for (int r = 0; r < R; r++)
-                row_buf[r] = 0;
+                vd[q] = t[q - q % BV];
         } else {
-            T es[NP * W], ts[NP * W];
+            T es[NP * W], ts[NP * W], dr[R];
             for (int q = 0; q < NP; q++) {
                 S::store(es + q * W, e[q]);
                 S::store(ts + q * W, t[q]);
@@ -334,16 +317,43 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
                     if (rule->norm_min > 0 && divisor < (T)rule->norm_min * total)
                         divisor = (T)rule->norm_min * total;
                 }
-                const V vd = S::set(divisor);
-                for (int q = 0; q < NP; q++)
-                    S::store(wq[r] + q * W, S::div(S::mul(e[q], vs), vd));
-                row_buf[r] = r;
+                dr[r] = divisor;
+            }
+            for (int q = 0; q < NP; q++) {
+                if constexpr (B < W && R > 1) { /* row 0's lanes < B, row 1's from B (+ 0: exact) */
+                    const V half = S::set((T)B - (T)0.5), lane = S::load(MrSmallConst<T>::pos);
+                    vd[q] = S::add(S::zero_if_lt(half, lane, S::set(dr[0])), S::zero_if_lt(lane, half, S::set(dr[1])));
+                } else {
+                    vd[q] = S::set(dr[B >= W ? q * W / B : 0]);
+                }
             }
         }
+        const V vs = S::set((T)rule->scale);
+        V wv[NP];
+        for (int q = 0; q < NP; q++)
+            wv[q] = S::div(S::mul(e[q], vs), vd[q]);
+        if constexpr (KC == B && std::is_same<T, Wt>::value && R * B % W == 0) {
+            if (out == 0) { /* the rows' weights are the vectors' lanes */
+                unsigned inf_bits = 0;
+                for (int q = 0; q < NP; q++) {
+                    S::store(w + q * W, wv[q]);
+                    inf_bits |= (unsigned)S::eq_bits(wv[q], S::set((T)INFINITY)) << (q * W);
+                }
+                for (int r = 0; r < R; r++) {
+                    for (int j = 0; j < KC; j++)
+                        ids[r * KC + j] = (I)id[r][j];
+                    out |= ((inf_bits >> (r * B) & ((1u << B) - 1)) != 0) << (R + r);
+                }
+                return out;
+            }
+        }
+        T wq[NP * W];
+        for (int q = 0; q < NP; q++)
+            S::store(wq + q * W, wv[q]);
         for (int r = 0; r < R; r++) {
             if (out >> r & 1)
                 continue;
-            const T *wb = wq[row_buf[r]] + r * B;
+            const T *wb = wq + r * B;
             int overflow = 0;
 #pragma GCC unroll 8
             for (int j = 0; j < MR_SMALL_KMAX; j++) {
@@ -359,19 +369,44 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
     }
 }
 
-/* mr_small_rows_r for rows = 1 or 2 (a Cython-callable template): k = 4
- * (DBRX's top-4) and sparsemixer's k = 2 with k known when compiled. */
+/* Pairs [p0, p1) of the n_rows rows at z (pair p: rows 2p and 2p + 1, the
+ * last one alone when n_rows is odd) by mr_small_rows_r, up to the first
+ * pair whose mask is not 0: its index, the mask in *st; p1 when none. */
+template <int KC, int KIND, class T, class I, class Wt>
+static MR_HOT Py_ssize_t mr_small_pairs_k(const T *z, Py_ssize_t n, Py_ssize_t n_rows, Py_ssize_t p0,
+                                          Py_ssize_t p1, const MrSmallRule *rule, I *ids, Wt *w, int *st)
+{
+    const Py_ssize_t k = KC > 0 ? KC : rule->k;
+    const Py_ssize_t full = p1 < n_rows / 2 ? p1 : n_rows / 2;
+    Py_ssize_t p = p0;
+    for (; p < full; p++) {
+        const int s = mr_small_rows_r<2, KC, KIND>(z + 2 * p * n, n, rule, ids + 2 * p * k, w + 2 * p * k);
+        if (s) {
+            *st = s;
+            return p;
+        }
+    }
+    if (p < p1) { /* the odd row */
+        const int s = mr_small_rows_r<1, KC, KIND>(z + 2 * p * n, n, rule, ids + 2 * p * k, w + 2 * p * k);
+        if (s) {
+            *st = s;
+            return p;
+        }
+    }
+    return p1;
+}
+
+/* mr_small_pairs_k for the rule (a Cython-callable template): k = 4
+ * (DBRX's top-4) and sparsemixer's k = 2 known when compiled. */
 template <class T, class I, class Wt>
-static MR_HOT int mr_small_rows(const T *z, Py_ssize_t n, int rows, const MrSmallRule *rule, I *ids, Wt *w)
+static MR_HOT Py_ssize_t mr_small_pairs(const T *z, Py_ssize_t n, Py_ssize_t n_rows, Py_ssize_t p0, Py_ssize_t p1,
+                                        const MrSmallRule *rule, I *ids, Wt *w, int *st)
 {
     if (rule->kind == MR_SMALL_SPARSEMIXER)
-        return rows == 2 ? mr_small_rows_r<2, 2, MR_SMALL_SPARSEMIXER>(z, n, rule, ids, w)
-                         : mr_small_rows_r<1, 2, MR_SMALL_SPARSEMIXER>(z, n, rule, ids, w);
+        return mr_small_pairs_k<2, MR_SMALL_SPARSEMIXER>(z, n, n_rows, p0, p1, rule, ids, w, st);
     if (rule->k == 4)
-        return rows == 2 ? mr_small_rows_r<2, 4, MR_SMALL_SOFTMAX>(z, n, rule, ids, w)
-                         : mr_small_rows_r<1, 4, MR_SMALL_SOFTMAX>(z, n, rule, ids, w);
-    return rows == 2 ? mr_small_rows_r<2, 0, MR_SMALL_SOFTMAX>(z, n, rule, ids, w)
-                     : mr_small_rows_r<1, 0, MR_SMALL_SOFTMAX>(z, n, rule, ids, w);
+        return mr_small_pairs_k<4, MR_SMALL_SOFTMAX>(z, n, n_rows, p0, p1, rule, ids, w, st);
+    return mr_small_pairs_k<0, MR_SMALL_SOFTMAX>(z, n, n_rows, p0, p1, rule, ids, w, st);
 }
 
 }  // namespace
