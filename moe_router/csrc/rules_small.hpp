@@ -159,7 +159,8 @@ static MR_HOT typename S::T mr_small_sparsemixer_sum(const typename S::V *v, typ
  * (kind KIND; k = KC, or rule->k when KC is 0) into ids / w (R * k each,
  * _rules_row's layout).  Returns a mask: bit r set when row r is left to
  * the general path (a non-finite value, or a tie among its picked values,
- * whose order the passes below do not resolve: nothing written for it);
+ * whose order the passes below do not resolve: its weights not written,
+ * its ids garbage, for the general path to overwrite);
  * bit R + r when row r's weights overflowed the weights' type (written, as
  * the general path writes them).  The passes run for every row, whatever
  * its values (a NaN row gives garbage ids, never an out-of-bounds access).
@@ -227,6 +228,7 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
             const unsigned bits = mr_small_eq_bits<S, NV>(v[r], m);
             tie[r] |= bits & (bits - 1);
             id[r][p] = __builtin_ctz(bits | 1u << MR_BLOCK); /* (a NaN row: no bit) */
+            ids[r * k + p] = (I)id[r][p]; /* (now: kept in registers, not the stack) */
             if (p < 2)
                 mv[r][p] = m;
             if constexpr (KIND != MR_SMALL_SPARSEMIXER) {
@@ -257,8 +259,6 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
                 continue;
             const T w1 = 1 / mr_small_sparsemixer_sum<S, NV>(zv[r], mr_small_first<S>(mv[r][0]), thr, -1);
             const T w2 = 1 / mr_small_sparsemixer_sum<S, NV>(zv[r], mr_small_first<S>(mv[r][1]), thr, id[r][0]);
-            ids[r * 2] = (I)id[r][0];
-            ids[r * 2 + 1] = (I)id[r][1];
             w[r * 2] = (Wt)(w1 * scale);
             w[r * 2 + 1] = (Wt)(w2 * scale);
         }
@@ -339,11 +339,8 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
                     S::store(w + q * W, wv[q]);
                     inf_bits |= (unsigned)S::eq_bits(wv[q], S::set((T)INFINITY)) << (q * W);
                 }
-                for (int r = 0; r < R; r++) {
-                    for (int j = 0; j < KC; j++)
-                        ids[r * KC + j] = (I)id[r][j];
+                for (int r = 0; r < R; r++)
                     out |= ((inf_bits >> (r * B) & ((1u << B) - 1)) != 0) << (R + r);
-                }
                 return out;
             }
         }
@@ -359,7 +356,6 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
             for (int j = 0; j < MR_SMALL_KMAX; j++) {
                 if (j >= k)
                     break;
-                ids[r * k + j] = (I)id[r][j];
                 w[r * k + j] = (Wt)wb[j];
                 overflow |= w[r * k + j] == (Wt)INFINITY;
             }
