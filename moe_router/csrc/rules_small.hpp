@@ -7,15 +7,21 @@
  * exps gathered back from the row, the sums' blocks); here the row stays in
  * registers: the top-k is k passes of a vector arg max (all lanes equal to
  * the max leave together, ids in index order: the smaller index first on a
- * tie), each pass's max is the picked value, and one or two rows go through
- * the same steps side by side so that their dependent steps overlap.
+ * tie), each pass's max is the picked value, and the two rows of a pair go
+ * through the same steps side by side so that their dependent steps
+ * overlap; with k <= 4 their picked values share one vector of 8 lanes (4
+ * a row), so the pair takes one exp, one sum tree, one divide and one store
+ * of its weights.  The loop over the pairs is here too (mr_small_pairs),
+ * with k = 4 and sparsemixer's 2 known when compiled; it returns to Cython
+ * only at a pair with a row for the general path.
  *
  * Every value is computed with the same operations, in the same order, as
  * the general path (mr_picked_exp's exp of z - m, mr_sum_k's tree of the K
  * picked exps, the Wide lane totals of mr_sum_exp and mr_sparsemixer_sum,
  * _p_norm in double, _rules_weights' divisor), so a row gets the general
- * path's bits; rows holding a non-finite value are left to the general
- * path (the returned mask), which has their special cases.
+ * path's bits (tests/test_rules.py compares them); rows holding a
+ * non-finite value are left to the general path (the returned mask), which
+ * has their special cases.
  */
 #ifndef MOE_ROUTER_RULES_SMALL_HPP
 #define MOE_ROUTER_RULES_SMALL_HPP
@@ -228,7 +234,8 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
             const unsigned bits = mr_small_eq_bits<S, NV>(v[r], m);
             tie[r] |= bits & (bits - 1);
             id[r][p] = __builtin_ctz(bits | 1u << MR_BLOCK); /* (a NaN row: no bit) */
-            ids[r * k + p] = (I)id[r][p]; /* (now: kept in registers, not the stack) */
+            /* stored now: kept for the end, the pair's ids are spilled */
+            ids[r * k + p] = (I)id[r][p];
             if (p < 2)
                 mv[r][p] = m;
             if constexpr (KIND != MR_SMALL_SPARSEMIXER) {
@@ -258,7 +265,8 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
             if (out >> r & 1)
                 continue;
             const T w1 = 1 / mr_small_sparsemixer_sum<S, NV>(zv[r], mr_small_first<S>(mv[r][0]), thr, -1);
-            const T w2 = 1 / mr_small_sparsemixer_sum<S, NV>(zv[r], mr_small_first<S>(mv[r][1]), thr, id[r][0]);
+            const T w2 =
+                1 / mr_small_sparsemixer_sum<S, NV>(zv[r], mr_small_first<S>(mv[r][1]), thr, id[r][0]);
             w[r * 2] = (Wt)(w1 * scale);
             w[r * 2 + 1] = (Wt)(w2 * scale);
         }
@@ -271,7 +279,7 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
         V e[NP], t[NP];
         for (int q = 0; q < NP; q++) {
             e[q] = mr_exp_v<S>(d[q]);
-            if (KC != B) {
+            if constexpr (KC != B) {
                 const T *in_block = B >= W ? MrSmallConst<T>::pos + (q % BV) * W
                                            : (B == 4 ? MrSmallConst<T>::pos_in4 : MrSmallConst<T>::pos_in8);
                 e[q] = S::zero_if_lt(S::set((T)k - (T)0.5), S::load(in_block), e[q]);
@@ -322,7 +330,8 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
             for (int q = 0; q < NP; q++) {
                 if constexpr (B < W && R > 1) { /* row 0's lanes < B, row 1's from B (+ 0: exact) */
                     const V half = S::set((T)B - (T)0.5), lane = S::load(MrSmallConst<T>::pos);
-                    vd[q] = S::add(S::zero_if_lt(half, lane, S::set(dr[0])), S::zero_if_lt(lane, half, S::set(dr[1])));
+                    vd[q] = S::add(S::zero_if_lt(half, lane, S::set(dr[0])),
+                                   S::zero_if_lt(lane, half, S::set(dr[1])));
                 } else {
                     vd[q] = S::set(dr[B >= W ? q * W / B : 0]);
                 }
@@ -395,8 +404,8 @@ static MR_HOT Py_ssize_t mr_small_pairs_k(const T *z, Py_ssize_t n, Py_ssize_t n
 /* mr_small_pairs_k for the rule (a Cython-callable template): k = 4
  * (DBRX's top-4) and sparsemixer's k = 2 known when compiled. */
 template <class T, class I, class Wt>
-static MR_HOT Py_ssize_t mr_small_pairs(const T *z, Py_ssize_t n, Py_ssize_t n_rows, Py_ssize_t p0, Py_ssize_t p1,
-                                        const MrSmallRule *rule, I *ids, Wt *w, int *st)
+static MR_HOT Py_ssize_t mr_small_pairs(const T *z, Py_ssize_t n, Py_ssize_t n_rows, Py_ssize_t p0,
+                                        Py_ssize_t p1, const MrSmallRule *rule, I *ids, Wt *w, int *st)
 {
     if (rule->kind == MR_SMALL_SPARSEMIXER)
         return mr_small_pairs_k<2, MR_SMALL_SPARSEMIXER>(z, n, n_rows, p0, p1, rule, ids, w, st);
