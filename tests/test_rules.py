@@ -397,10 +397,14 @@ def test_small_rows_bit_for_bit_general_path(kernel_path, n, rule, dtype):
     z = z.astype(dtype)
     sparsemixer = opts.get("scoring_func") == "sparsemixer"
     for k in [2] if sparsemixer else sorted({1, min(n, 2), min(n, 4), min(n, 7), min(n, 8)}):
-        small = mr.Router(n, k, norm, **opts)(z)
-        general = mr.Router(MR_BLOCK + 1, k, norm, **opts)(_general_path_rows(z))
-        np.testing.assert_array_equal(small.expert_ids, general.expert_ids)
-        assert small.expert_weights.tobytes() == general.expert_weights.tobytes()
+        # (the output dtypes: the weights stored as vectors, or one by one)
+        for ids_dtype, w_dtype in [(np.int32, np.float32), (np.int64, np.float64)]:
+            small = mr.Router(n, k, norm, **opts)(z, out=mr.RouterOutput.empty(ids_dtype, w_dtype))
+            general = mr.Router(MR_BLOCK + 1, k, norm, **opts)(
+                _general_path_rows(z), out=mr.RouterOutput.empty(ids_dtype, w_dtype)
+            )
+            np.testing.assert_array_equal(small.expert_ids, general.expert_ids)
+            assert small.expert_weights.tobytes() == general.expert_weights.tobytes()
         finite = np.isfinite(z).all(axis=1)
         assert_like_reference(z[finite], mr.route(z[finite], k, norm, **opts), k, norm, opts)
 

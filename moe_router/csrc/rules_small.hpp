@@ -68,7 +68,9 @@ static inline int mr_small_kind(Py_ssize_t n, Py_ssize_t k, int softmax, int spa
  * one is (its last product may fuse with the caller's + eps * total).  The
  * softmax rules' first picked value is the row max, whose exp is exp(0) = 1
  * exactly, so mx is 1 on every finite row: then e / mx is e and mx * x is
- * x bit for bit, and the divides and the product are left out. */
+ * x bit for bit, and the divides and the product are left out.  (p = 2 in
+ * float32 only: there e * e is exact in double, so a fused multiply-add
+ * gives the same sum as a separate add, wherever the compiler fuses.) */
 template <class T> static MR_HOT double mr_small_p_norm(const T *e, int k, double p)
 {
     double mx = 0, acc = 0;
@@ -77,12 +79,12 @@ template <class T> static MR_HOT double mr_small_p_norm(const T *e, int k, doubl
             mx = e[j];
     if (mx == 0 || p == INFINITY)
         return mx;
-    if (mx == 1) {
-        if (p == 2) {
-            for (int j = 0; j < k; j++)
-                acc += (double)e[j] * (double)e[j];
-            return std::sqrt(acc);
-        }
+    if (mx == 1 && p == 2 && mr_is_f32<T>) {
+        for (int j = 0; j < k; j++)
+            acc += (double)e[j] * (double)e[j];
+        return std::sqrt(acc);
+    }
+    if (mx == 1 && p != 2) {
         for (int j = 0; j < k; j++)
             acc += std::pow((double)e[j], p);
         return std::pow(acc, 1.0 / p);
@@ -402,14 +404,18 @@ static MR_HOT Py_ssize_t mr_small_pairs_k(const T *z, Py_ssize_t n, Py_ssize_t n
 }
 
 /* mr_small_pairs_k for the rule (a Cython-callable template): k = 4
- * (DBRX's top-4) and sparsemixer's k = 2 known when compiled. */
+ * (DBRX's top-4, float32) and sparsemixer's k = 2 known when compiled.
+ * Not k = 4 in float64: there the p-norm's (e / mx)^2 + acc is rounded
+ * once or twice as GCC fuses it or not, which it decides by the loop's
+ * shape (_p_norm's runtime-k loop: pairs unfused, an odd last one fused);
+ * mr_small_p_norm's loop keeps that shape only with k unknown. */
 template <class T, class I, class Wt>
 static MR_HOT Py_ssize_t mr_small_pairs(const T *z, Py_ssize_t n, Py_ssize_t n_rows, Py_ssize_t p0,
                                         Py_ssize_t p1, const MrSmallRule *rule, I *ids, Wt *w, int *st)
 {
     if (rule->kind == MR_SMALL_SPARSEMIXER)
         return mr_small_pairs_k<2, MR_SMALL_SPARSEMIXER>(z, n, n_rows, p0, p1, rule, ids, w, st);
-    if (rule->k == 4)
+    if (rule->k == 4 && mr_is_f32<T>)
         return mr_small_pairs_k<4, MR_SMALL_SOFTMAX>(z, n, n_rows, p0, p1, rule, ids, w, st);
     return mr_small_pairs_k<0, MR_SMALL_SOFTMAX>(z, n, n_rows, p0, p1, rule, ids, w, st);
 }
