@@ -47,8 +47,9 @@ cdef extern from "csrc/rules_small.hpp" nogil:
         double p_norm, norm_min, eps, scale, thr
     int mr_small_kind(Py_ssize_t n, Py_ssize_t k, int softmax, int sparsemixer, double cap,
                       double eps, int has_bias, int has_table)
-    int mr_small_rows[T, I, W](const T* z, Py_ssize_t n, int rows, const MrSmallRule* rule,
-                               I* ids, W* w)
+    Py_ssize_t mr_small_pairs[T, I, W](const T* z, Py_ssize_t n, Py_ssize_t n_rows, Py_ssize_t p0,
+                                       Py_ssize_t p1, const MrSmallRule* rule, I* ids, W* w,
+                                       int* st)
 
 from libc.math cimport pow as c_pow, sqrt
 
@@ -428,34 +429,42 @@ cdef Py_ssize_t _rules_pair(const floating* z, const RulesCtx* cx, floating* scr
     return n_bad
 
 
-cdef Py_ssize_t _rules_small_pair(const floating* logits, id_t* ids_out, weight_t* w_out,
-                                  const RulesCtx* cx, const MrSmallRule* small, Py_ssize_t p,
-                                  floating* scratch) noexcept nogil:
-    # Rows 2p and 2p + 1 (or the last one alone) on rules_small.hpp's path;
-    # a row it leaves (a non-finite value, a tie) takes _rules_row.
-    cdef Py_ssize_t r0 = 2 * p, n = cx.n, k = cx.k, r, n_bad = 0
-    cdef int rows = 2 if r0 + 1 < cx.n_rows else 1
-    cdef int st = mr_small_rows(logits + r0 * n, n, rows, small, ids_out + r0 * k, w_out + r0 * k)
-    for r in range(rows):
-        if st >> r & 1:
-            n_bad += _rules_row(logits + (r0 + r) * n, cx, scratch, NULL, ids_out + (r0 + r) * k,
-                                w_out + (r0 + r) * k) != ROW_OK
-        elif st >> (rows + r) & 1:
-            n_bad += 1  # ROW_WEIGHT_OVERFLOW
+cdef Py_ssize_t _rules_small_span(const floating* logits, id_t* ids_out, weight_t* w_out,
+                                  const RulesCtx* cx, const MrSmallRule* small, Py_ssize_t p0,
+                                  Py_ssize_t p1, floating* scratch) noexcept nogil:
+    # Pairs [p0, p1) of rows (rows 2p and 2p + 1, or the last one alone) on
+    # rules_small.hpp's path, which returns at a pair with a row it leaves
+    # (a non-finite value, a tie: _rules_row takes it) or a weight overflow.
+    cdef Py_ssize_t p, r, r0, n = cx.n, k = cx.k, n_bad = 0
+    cdef int st = 0, rows
+    while p0 < p1:
+        p = mr_small_pairs(logits, n, cx.n_rows, p0, p1, small, ids_out, w_out, &st)
+        if p >= p1:
+            break
+        r0 = 2 * p
+        rows = 2 if r0 + 1 < cx.n_rows else 1
+        for r in range(rows):
+            if st >> r & 1:
+                n_bad += _rules_row(logits + (r0 + r) * n, cx, scratch, NULL,
+                                    ids_out + (r0 + r) * k, w_out + (r0 + r) * k) != ROW_OK
+            elif st >> (rows + r) & 1:
+                n_bad += 1  # ROW_WEIGHT_OVERFLOW
+        p0 = p + 1
     return n_bad
 
 
 cdef Py_ssize_t _rules_rows_small(const floating* logits, id_t* ids_out, weight_t* w_out,
                                   const RulesCtx* cx, const MrSmallRule* small) noexcept nogil:
-    cdef Py_ssize_t p, n_bad = 0, n_pairs = (cx.n_rows + 1) // 2
+    # One span of pairs per thread (each row's bits do not depend on which).
+    cdef Py_ssize_t t, n_bad = 0, n_pairs = (cx.n_rows + 1) // 2, nt = cx.num_threads
     cdef floating* scratch = <floating*>cx.scratch
-    if cx.num_threads > 1:
-        for p in prange(n_pairs, num_threads=cx.num_threads, schedule='static'):
-            n_bad += _rules_small_pair(logits, ids_out, w_out, cx, small, p,
+    if nt > 1:
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            n_bad += _rules_small_span(logits, ids_out, w_out, cx, small, t * n_pairs // nt,
+                                       (t + 1) * n_pairs // nt,
                                        scratch + threadid() * cx.scratch_per_thread)
     else:
-        for p in range(n_pairs):
-            n_bad += _rules_small_pair(logits, ids_out, w_out, cx, small, p, scratch)
+        n_bad = _rules_small_span(logits, ids_out, w_out, cx, small, 0, n_pairs, scratch)
     return n_bad
 
 

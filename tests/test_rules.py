@@ -365,6 +365,50 @@ def test_small_rows_match_reference(any_path, n, rule, dtype):
             assert one.expert_weights[0].tobytes() == out.expert_weights[r].tobytes()
 
 
+def _general_path_rows(z):
+    """z with -inf columns up to 17 experts: past the small path's 16, so every
+    row takes the general one, with the same picks and the same values (an
+    expert at -inf is never picked before a finite one, and its exp, 0, adds
+    exactly nothing to a sum)."""
+    pad = np.full((len(z), MR_BLOCK + 1 - z.shape[1]), -np.inf, z.dtype)
+    return np.concatenate([z, pad], axis=1)
+
+
+MR_BLOCK = 16
+
+
+@pytest.mark.parametrize("n", [2, 5, 8, 15, 16])
+@pytest.mark.parametrize("rule", sorted(SMALL_RULES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_rows_bit_for_bit_general_path(kernel_path, n, rule, dtype):
+    # The register path against the general row path (_rules_row /
+    # _rules_weights / _p_norm), bit for bit, for every k it takes, with rows
+    # it leaves to the general path (ties, +-inf) beside rows it keeps: a
+    # pair shares vectors, and its left row must not spoil the other one.
+    opts, norm = SMALL_RULES[rule]
+    rng = np.random.default_rng(n * 1000 + len(rule))
+    z = rng.standard_normal((23, n)) * 3
+    z[3] = np.round(z[3])  # ties among the picks
+    z[6] = 0.5  # every logit equal
+    z[9, : n - 2] = -np.inf  # two finite: picks past 2 reach -inf
+    z[12, n // 2] = np.inf
+    z[15] = rng.standard_normal(n) * 1e-3  # weights near 1 / k
+    z[18] *= 30  # far apart: exps that underflow to 0
+    z = z.astype(dtype)
+    sparsemixer = opts.get("scoring_func") == "sparsemixer"
+    for k in [2] if sparsemixer else sorted({1, min(n, 2), min(n, 4), min(n, 7), min(n, 8)}):
+        # (the output dtypes: the weights stored as vectors, or one by one)
+        for ids_dtype, w_dtype in [(np.int32, np.float32), (np.int64, np.float64)]:
+            small = mr.Router(n, k, norm, **opts)(z, out=mr.RouterOutput.empty(ids_dtype, w_dtype))
+            general = mr.Router(MR_BLOCK + 1, k, norm, **opts)(
+                _general_path_rows(z), out=mr.RouterOutput.empty(ids_dtype, w_dtype)
+            )
+            np.testing.assert_array_equal(small.expert_ids, general.expert_ids)
+            assert small.expert_weights.tobytes() == general.expert_weights.tobytes()
+        finite = np.isfinite(z).all(axis=1)
+        assert_like_reference(z[finite], mr.route(z[finite], k, norm, **opts), k, norm, opts)
+
+
 @pytest.mark.parametrize("rule", sorted(SMALL_RULES))
 def test_small_rows_non_finite(any_path, rule):
     # +-inf rows take the general path (the reference's handling); a NaN
