@@ -85,6 +85,9 @@ def route_rows_rules(
     bf16_bits: bool = False,
     views_shape: object = None,
 ) -> int: ...
+def exp_pass_into(
+    x: npt.NDArray[np.floating[Any]], m: float, out: npt.NDArray[np.floating[Any]]
+) -> float: ...
 def rule_approx_scores_into(
     x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], sqrtsoftplus: bool, cap: float = 0.0
 ) -> bool | None: ...

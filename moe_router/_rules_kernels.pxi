@@ -337,6 +337,25 @@ cdef int _rules_weights(const floating* z, const RulesCtx* cx, floating* scratch
     return ROW_WEIGHT_OVERFLOW if overflow else ROW_OK
 
 
+def exp_pass_into(const floating[::1] x, double m, floating[::1] out):
+    """out[i] = exp(x[i] - m) by the softmax rules' pass over a row
+    (mr_exp_into: the exps of x - m <= 0, MR_EXP_NI vectors interleaved),
+    returning their sum; for tests.  m: finite, at least max(x)."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef floating total
+    if out.shape[0] != n:
+        raise ValueError(f"out has {out.shape[0]} elements, x has {n}")
+    if not (-INFINITY < m < INFINITY):
+        raise ValueError(f"m must be finite, got {m}")
+    if n == 0:
+        return 0.0
+    if not np.asarray(x).max() <= m:
+        raise ValueError(f"m must be at least max(x) (no NaN in x), got {m}")
+    with nogil:
+        total = mr_exp_into(&x[0], n, <floating>m, &out[0])
+    return float(total)
+
+
 def rule_approx_scores_into(const float[::1] x, float[::1] out, bint sqrtsoftplus, double cap=0):
     """out = the approximate scores that mr_rule_approx_topk selects on (the
     sigmoid or sqrtsoftplus of x soft-capped at cap when cap > 0), for

@@ -42,3 +42,27 @@ def test_exp_edges(kernel):
     out64 = np.empty_like(x64)
     kernel.exp_into(x64, out64)
     assert out64[0] == 0 and out64[1] == 0 and out64[2] == 1.0 and np.isnan(out64[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_pass_matches_exp_bit_for_bit(kernel, dtype):
+    # The softmax rules' pass (exps of x - m <= 0, several vectors
+    # interleaved, no clamps) against exp_into, the single-vector exp, bit
+    # for bit; its sum against the float64 sum of those exps.
+    rng = np.random.default_rng(2)
+    for n in [1, 7, 16, 17, 31, 32, 48, 64, 100, 256, 768, 2100]:
+        x = (rng.standard_normal(n) * 30).astype(dtype)
+        x[:: max(1, n // 5)] = -np.inf
+        x[1::7] = dtype(-1e30)
+        x[n // 2] = x.max() if np.isfinite(x.max()) else 0.0
+        m = float(np.max(x[np.isfinite(x)]))
+        got = np.empty_like(x)
+        total = kernel.exp_pass_into(x, m, got)
+        want = np.empty_like(x)
+        kernel.exp_into((x - dtype(m)).astype(dtype), want)
+        assert got.tobytes() == want.tobytes(), n
+        np.testing.assert_allclose(total, np.sum(want, dtype=np.float64), rtol=1e-6)
+    with pytest.raises(ValueError, match="at least max"):
+        kernel.exp_pass_into(np.ones(3, dtype), 0.5, np.empty(3, dtype))
+    with pytest.raises(ValueError, match="finite"):
+        kernel.exp_pass_into(np.ones(3, dtype), np.inf, np.empty(3, dtype))

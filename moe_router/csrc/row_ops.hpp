@@ -242,10 +242,21 @@ template <class T> static MR_NOINLINE T mr_sum_exp(const T *z, Py_ssize_t n, T m
     const V vm = S::set(m);
     Py_ssize_t i = 0;
     typename S::Wide total = S::Wide::zero();
+    constexpr int G = mr_exp_blocks<S>(); /* blocks whose exps interleave */
     while (i + MR_BLOCK <= n) {
         for (int j = 0; j < MR_NV; j++)
             acc[j] = S::set(0);
-        for (int b = 0; b < 8 && i + MR_BLOCK <= n; b++, i += MR_BLOCK)
+        int b = 0;
+        /* G blocks at a time, then one: each lane adds the blocks in order */
+        for (; b + G <= 8 && i + G * MR_BLOCK <= n; b += G, i += G * MR_BLOCK) {
+            V v[G * MR_NV];
+            for (int q = 0; q < G * MR_NV; q++)
+                v[q] = S::sub(S::load(z + i + q * S::W), vm);
+            mr_exp_vs<S, G * MR_NV, false>(v);
+            for (int q = 0; q < G * MR_NV; q++)
+                acc[q % MR_NV] = S::add(acc[q % MR_NV], v[q]);
+        }
+        for (; b < 8 && i + MR_BLOCK <= n; b++, i += MR_BLOCK)
             for (int j = 0; j < MR_NV; j++)
                 acc[j] = S::add(acc[j], mr_exp_v<S>(S::sub(S::load(z + i + j * S::W), vm)));
         total.add(acc);

@@ -155,15 +155,32 @@ template <class T> static inline T mr_exp_into(const T *z, Py_ssize_t n, T m, T 
     const V vm = S::set(m);
     Py_ssize_t i = 0;
     typename S::Wide total = S::Wide::zero();
+    constexpr int G = mr_exp_blocks<S>(); /* blocks whose exps interleave */
     while (i + MR_BLOCK <= n) {
         for (int j = 0; j < MR_NV; j++)
             acc[j] = S::set(0);
-        for (int b = 0; b < 8 && i + MR_BLOCK <= n; b++, i += MR_BLOCK)
-            for (int j = 0; j < MR_NV; j++) {
-                const V v = mr_exp_nonpos_v<S>(S::sub(S::load(z + i + j * S::W), vm));
-                S::store(e + i + j * S::W, v);
-                acc[j] = S::add(acc[j], v);
+        int b = 0;
+        /* G blocks at a time, then one: each lane adds the blocks in order */
+        for (; b + G <= 8 && i + G * MR_BLOCK <= n; b += G, i += G * MR_BLOCK) {
+            V v[G * MR_NV];
+            for (int q = 0; q < G * MR_NV; q++)
+                v[q] = S::sub(S::load(z + i + q * S::W), vm);
+            mr_exp_vs<S, G * MR_NV, true>(v);
+            for (int q = 0; q < G * MR_NV; q++) {
+                S::store(e + i + q * S::W, v[q]);
+                acc[q % MR_NV] = S::add(acc[q % MR_NV], v[q]);
             }
+        }
+        for (; b < 8 && i + MR_BLOCK <= n; b++, i += MR_BLOCK) {
+            V v[MR_NV];
+            for (int j = 0; j < MR_NV; j++)
+                v[j] = S::sub(S::load(z + i + j * S::W), vm);
+            mr_exp_vs<S, MR_NV, true>(v);
+            for (int j = 0; j < MR_NV; j++) {
+                S::store(e + i + j * S::W, v[j]);
+                acc[j] = S::add(acc[j], v[j]);
+            }
+        }
         total.add(acc);
     }
     if (i < n) {
@@ -464,8 +481,11 @@ static MR_HOT int mr_softmax_bias_regs(const T *z, const T *bias, T *e, T *key, 
     for (int j = 0; j < MR_NV; j++)
         acc[j] = S::set(0);
     for (int b = 0; b < NB; b++)
+        for (int j = 0; j < MR_NV; j++)
+            v[b][j] = S::sub(v[b][j], vm);
+    mr_exp_vs<S, NB * MR_NV, true>(&v[0][0]);
+    for (int b = 0; b < NB; b++)
         for (int j = 0; j < MR_NV; j++) {
-            v[b][j] = mr_exp_nonpos_v<S>(S::sub(v[b][j], vm));
             S::store(e + b * MR_BLOCK + j * S::W, v[b][j]);
             acc[j] = S::add(acc[j], v[b][j]);
         }
