@@ -34,9 +34,12 @@ cdef extern from "csrc/rules.hpp" nogil:
     void mr_rule_approx_topk_pair[T](const T* z, Py_ssize_t n, int sqrtsp, T cap, const T* bias,
                                      T bias_max, int k, T* c, T* s, Py_ssize_t* idx, int* ok)
     int mr_rule_approx_scores[T](const T* x, Py_ssize_t n, int sqrtsp, T cap, T* out)
-    int mr_softmax_bias[T, I, W](const T* z, Py_ssize_t n, int rows, int k, const T* bias,
-                                 int norm, double norm_min, double eps, double scale, T* e,
-                                 T* key, I* ids, W* w)
+    int mr_softmax_bias_pair[T, I, W](const T* z, Py_ssize_t n, int k, const T* bias, int norm,
+                                      double norm_min, double eps, double scale, T* e, T* key,
+                                      I* ids, W* w)
+    int mr_softmax_bias_one[T, I, W](const T* z, Py_ssize_t n, int k, const T* bias, int norm,
+                                     double norm_min, double eps, double scale, T* e, T* key,
+                                     I* ids, W* w)
 
 cdef extern from "csrc/rules_small.hpp" nogil:
     enum: MR_SMALL_NONE
@@ -91,7 +94,7 @@ cdef struct RulesCtx:
 
 
 cdef inline bint _softmax_bias_fused(const RulesCtx* cx) noexcept nogil:
-    # The routers whose rows take rules.hpp's mr_softmax_bias (one or two
+    # The routers whose rows take rules.hpp's mr_softmax_bias_rows (one or two
     # at a time): softmax with a selection bias, no cap, p-norm or table.
     return (cx.score == SCORE_SOFTMAX and cx.bias != NULL and cx.cap <= 0 and cx.p_norm == 0
             and cx.table == NULL and cx.k <= MR_BLOCK)
@@ -250,8 +253,8 @@ cdef int _rules_row(const floating* z, const RulesCtx* cx, floating* scratch,
     if _softmax_bias_fused(cx):
         # ERNIE, LongCat-Flash: every step below in one C++ function, the
         # same bits (bit 0: a row it leaves to them)
-        st = mr_softmax_bias(z, n, 1, <int>k, <const floating*>cx.bias, cx.norm, cx.norm_min,
-                             cx.eps, cx.scale, scratch + n, key, ids_out, w_out)
+        st = mr_softmax_bias_one(z, n, <int>k, <const floating*>cx.bias, cx.norm, cx.norm_min,
+                                 cx.eps, cx.scale, scratch + n, key, ids_out, w_out)
         if not st & 1:
             return ROW_WEIGHT_OVERFLOW if st else ROW_OK
     # The softmax routers (and the ones without a bias): the row max first.
@@ -424,8 +427,8 @@ cdef Py_ssize_t _rules_pair(const floating* z, const RulesCtx* cx, floating* scr
     cdef int ok[2]
     cdef int h, st
     if _softmax_bias_fused(cx):  # (the exps to scratch[0..2n), the keys after them)
-        st = mr_softmax_bias(z, n, 2, <int>k, <const floating*>cx.bias, cx.norm, cx.norm_min,
-                             cx.eps, cx.scale, scratch, scratch + 2 * n, ids_out, w_out)
+        st = mr_softmax_bias_pair(z, n, <int>k, <const floating*>cx.bias, cx.norm, cx.norm_min,
+                                  cx.eps, cx.scale, scratch, scratch + 2 * n, ids_out, w_out)
         for h in range(2):
             if st >> h & 1:
                 n_bad += _rules_row(z + h * n, cx, scratch, NULL, ids_out + h * k,

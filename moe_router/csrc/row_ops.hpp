@@ -618,7 +618,9 @@ template <class T> static MR_HOT int mr_cand_select(const MrCand<T> *cd, int k, 
 #endif
         return mr_cand_rank_blocks<T, 1>(cd, k, idx, m, e_out);
     }
-    if (c <= 2 * MR_BLOCK)
+    /* (16-byte vectors: 8 of them per compare round cost more than the
+     * loop below; SSE2's bfloat16-valued 128/8 rows, tied, 1.13x slower) */
+    if (sizeof(typename Vec<T>::V) >= 32 && c <= 2 * MR_BLOCK)
         return mr_cand_rank_blocks<T, 2>(cd, k, idx, m, e_out);
 
     /* Place each candidate at its rank: the number of candidates before it
