@@ -428,6 +428,24 @@ def test_small_rows_non_finite(any_path, rule):
 
 
 @pytest.mark.parametrize("rule", sorted(SMALL_RULES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_small_rows_far_apart_finite_values(any_path, rule, dtype, batch):
+    # Finite logits whose difference from the max overflows to -inf (found
+    # by the fuzz target: the small path's picked differences, -inf times
+    # its unit vector's zeros, made every weight NaN): exp of it is 0.
+    big = np.finfo(dtype).max
+    z = np.tile(np.array([-0.37 * big, 0.43 * big, big, 1.0], dtype), (batch, 1))
+    opts, norm = SMALL_RULES[rule]
+    k = 2 if opts.get("scoring_func") == "sparsemixer" else 4  # (the far one picked)
+    out = mr.Router(4, k, norm, **opts)(z)
+    with np.errstate(over="ignore"):
+        oid, ow = ref.route_reference(z, k, norm, **opts)
+    np.testing.assert_array_equal(out.expert_ids, oid)
+    np.testing.assert_allclose(out.expert_weights, ow, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", sorted(SMALL_RULES))
 def test_small_rows_thread_counts_give_the_same_bits(kernel_path, rule):
     opts, norm = SMALL_RULES[rule]
     k = 2 if opts.get("scoring_func") == "sparsemixer" else 4

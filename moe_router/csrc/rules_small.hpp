@@ -242,11 +242,13 @@ static MR_HOT int mr_small_rows_r(const T *z, Py_ssize_t n, const MrSmallRule *r
                 mv[r][p] = m;
             if constexpr (KIND != MR_SMALL_SPARSEMIXER) {
                 const int lane = r * B + p;
-                V x = S::sub(m, mv[r][0]);
-                if constexpr (B < W && R > 1) /* -inf or NaN (a row left to the general path) * 0
-                                               * would spoil the other row's lanes; exp(-max) is
-                                               * exp(-inf), 0 */
-                    x = S::max(x, S::set(-std::numeric_limits<T>::max()));
+                /* m - max overflows to -inf for finite values far apart
+                 * (-3e38 - 3.4e38), and a row left to the general path may
+                 * give NaN: either times the unit vector's zeros would
+                 * spoil the other lanes (the other picked values', the
+                 * other row's).  exp(-max) is exp(-inf), 0: the same bits;
+                 * max keeps its second operand, -max, for a NaN x. */
+                const V x = S::max(S::sub(m, mv[r][0]), S::set(-std::numeric_limits<T>::max()));
                 d[lane / W] = S::fma(x, S::load(MrSmallConst<T>::unit + MR_BLOCK - lane % W), d[lane / W]);
             }
             if (p + 1 < k)
