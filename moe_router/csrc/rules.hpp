@@ -557,7 +557,9 @@ static MR_HOT int mr_softmax_bias_rows(const T *z, Py_ssize_t n, int k, const T 
         h, ok[h] = mr_softmax_bias_first(z + h * n, n, bias, e + h * n, key + h * n, lanes[h], &total[h]))
     MR_RULE_EACH(h, ok[h] = ok[h] && mr_cand_gather(key + h * n, n, n, (const Py_ssize_t *)NULL, 1, k,
                                                     lanes[h], (T)0, &cd[h]) == 0)
-    MR_RULE_EACH(h, if (ok[h]) mr_cand_select(&cd[h], k, idx[h], (T)0, (T *)NULL, 1))
+    /* (late: the other row's gather ran since this one's; a lone row's
+     * select follows its own gather) */
+    MR_RULE_EACH(h, if (ok[h]) mr_cand_select(&cd[h], k, idx[h], (T)0, (T *)NULL, ROWS == 2))
     /* _rules_weights' with every score known (its total is 1): the sum in
      * double, + eps, clamped below at moe_norm_min */
     MR_RULE_EACH(h, {
