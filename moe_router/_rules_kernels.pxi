@@ -475,6 +475,7 @@ cdef Py_ssize_t _rules_small_span(const floating* logits, id_t* ids_out, weight_
     return n_bad
 
 
+@cython.cdivision(True)  # nt >= 2: C division, no error path in the prange even in debug builds
 cdef Py_ssize_t _rules_rows_small(const floating* logits, id_t* ids_out, weight_t* w_out,
                                   const RulesCtx* cx, const MrSmallRule* small) noexcept nogil:
     # One span of pairs per thread (each row's bits do not depend on which).
