@@ -53,6 +53,20 @@ template <class T> struct MrRowOf {
     void tail(const T *, Py_ssize_t, Py_ssize_t) const {}
 };
 
+/* The max of a block's MR_NV lane vectors, by a tree of lane swaps (no
+ * NaN is left in them). */
+template <class S> static MR_HOT typename S::T mr_max_of_lanes(const typename S::V *acc)
+{
+    typename S::V mv = acc[0];
+    for (int j = 1; j < MR_NV; j++)
+        mv = S::max(mv, acc[j]);
+    for (int s = S::W / 2; s >= 1; s /= 2)
+        mv = S::max(mv, S::swap(mv, s));
+    typename S::T ml[S::W];
+    S::store(ml, mv);
+    return ml[0];
+}
+
 /* mr_max_lanes, the row's values taken through `src`: src.block(z, i) gives
  * the vector at z + i, src.tail(z, i, n) makes z[i..n) readable (a source
  * that writes the row into z as it goes, half.hpp's MrWidenRow, fuses that
@@ -90,16 +104,8 @@ static MR_HOT T mr_max_lanes_of(const T *z, Py_ssize_t n, T *lanes, int *has_nan
         for (int j = 0; j < MR_NV; j++)
             acc[j] = S::load(lanes + j * S::W);
     }
-    /* The max of the lanes by a tree of lane swaps (no NaN is left here). */
-    V mv = acc[0];
-    for (int j = 1; j < MR_NV; j++)
-        mv = S::max(mv, acc[j]);
-    for (int s = S::W / 2; s >= 1; s /= 2)
-        mv = S::max(mv, S::swap(mv, s));
-    T ml[S::W];
-    S::store(ml, mv);
     *has_nan = S::nan_any(nan_acc) | nan_tail;
-    return ml[0];
+    return mr_max_of_lanes<S>(acc);
 }
 
 template <class T> static MR_HOT T mr_max_lanes(const T *z, Py_ssize_t n, T *lanes, int *has_nan)

@@ -467,14 +467,7 @@ static MR_HOT int mr_softmax_bias_regs(const T *z, const T *bias, T *e, T *key, 
         for (int j = 0; j < MR_NV; j += 2)
             nan_acc = S::nan_acc(nan_acc, v[b][j], v[b][j + 1 < MR_NV ? j + 1 : j]);
     }
-    V mv = acc[0];
-    for (int j = 1; j < MR_NV; j++)
-        mv = S::max(mv, acc[j]);
-    for (int s = S::W / 2; s >= 1; s /= 2)
-        mv = S::max(mv, S::swap(mv, s));
-    T ml[S::W];
-    S::store(ml, mv);
-    const T m = ml[0];
+    const T m = mr_max_of_lanes<S>(acc);
     if (S::nan_any(nan_acc) || !(m > -INFINITY && m < INFINITY))
         return 0;
     const V vm = S::set(m);
